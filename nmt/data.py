@@ -1,0 +1,183 @@
+"""Encoded splits, the Batch (the one place that builds tgt_in / tgt_out and masks), token-budget buckets.
+
+Conventions: the source gets EOS appended; `tgt_in` = BOS + target, `tgt_out` = target + EOS;
+`*_pad_mask` is True at padding. Batches of one epoch are a pure function of (seed, epoch), so a
+position in the data is just (epoch, batch index) and resuming replays nothing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from nmt.errors import NmtError
+from nmt.tokenizer import BOS, EOS, PAD
+
+
+class Split:
+    """One encoded split: token ids of each sentence as slices of a flat array."""
+
+    def __init__(self, src: np.ndarray, src_off: np.ndarray, tgt: np.ndarray, tgt_off: np.ndarray):
+        self._src, self._src_off, self._tgt, self._tgt_off = src, src_off, tgt, tgt_off
+        self.src_lens = np.diff(src_off)
+        self.tgt_lens = np.diff(tgt_off)
+
+    def __len__(self) -> int:
+        return len(self.src_lens)
+
+    def src(self, i: int) -> np.ndarray:
+        return self._src[self._src_off[i] : self._src_off[i + 1]]
+
+    def tgt(self, i: int) -> np.ndarray:
+        return self._tgt[self._tgt_off[i] : self._tgt_off[i + 1]]
+
+    @classmethod
+    def from_lists(cls, src: list[list[int]], tgt: list[list[int]]) -> Split:
+        def flat(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+            off = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
+            return np.array([t for s in seqs for t in s], dtype=np.int32), off
+
+        return cls(*flat(src), *flat(tgt))
+
+
+def load_split(prepared_dir: Path, role: str) -> Split:
+    arrays = []
+    for name in ("src", "src.off", "tgt", "tgt.off"):
+        path = prepared_dir / f"{role}.{name}.npy"
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as e:
+            raise NmtError(f"{path}: cannot read encoded split ({e}); run `nmt prepare` again") from None
+    return Split(*arrays)
+
+
+@dataclass
+class TextFile:
+    """One side of one split, read and cleaned."""
+
+    path: str
+    sha256: str
+    lines: list[str]
+    crlf: int = 0
+    bom: int = 0
+
+
+def decode_lines(data: bytes, name: str) -> TextFile:
+    """Split UTF-8 bytes into lines; strip BOM, CR and surrounding whitespace; name file:line on bad UTF-8."""
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    out = TextFile(name, hashlib.sha256(data).hexdigest(), [])
+    for n, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise NmtError(f"{name}:{n}: invalid UTF-8 at byte {e.start} of the line") from None
+        out.crlf += line.endswith("\r")
+        if line.startswith("\ufeff"):
+            out.bom += 1
+            line = line.lstrip("\ufeff")
+        out.lines.append(" ".join(line.split()))
+    return out
+
+
+def read_text(path: Path) -> TextFile:
+    """Read and clean a UTF-8 text file, plain or gzipped; `sha256` is that of the file as stored."""
+    try:
+        stored = path.read_bytes()
+        data = gzip.decompress(stored) if path.suffix == ".gz" else stored
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise NmtError(f"{path}: cannot read: {e}") from None
+    text = decode_lines(data, str(path))
+    text.sha256 = hashlib.sha256(stored).hexdigest()
+    return text
+
+
+def read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise NmtError(f"{path}: cannot read: {e}") from None
+
+
+@dataclass
+class Batch:
+    src: torch.Tensor  # (B, S) source ids + EOS, padded
+    src_pad_mask: torch.Tensor  # (B, S) True at padding
+    tgt_in: Optional[torch.Tensor]  # (B, T) BOS + target
+    tgt_out: Optional[torch.Tensor]  # (B, T) target + EOS
+    index: np.ndarray  # (B,) position of each row in its split
+    n_src: int  # real (non-pad) source tokens
+    n_tgt: int  # real target tokens, i.e. labels that count in the loss
+
+    def to(self, device: torch.device) -> Batch:
+        nb = device.type == "cuda"
+        move = lambda t: None if t is None else t.to(device, non_blocking=nb)  # noqa: E731
+        return Batch(move(self.src), move(self.src_pad_mask), move(self.tgt_in), move(self.tgt_out), self.index, self.n_src, self.n_tgt)
+
+
+def _pad(seqs: list[np.ndarray], prefix: Optional[int], suffix: Optional[int]) -> torch.Tensor:
+    extra = (prefix is not None) + (suffix is not None)
+    out = np.full((len(seqs), max(len(s) for s in seqs) + extra), PAD, dtype=np.int64)
+    for row, s in enumerate(seqs):
+        start = 0
+        if prefix is not None:
+            out[row, 0] = prefix
+            start = 1
+        out[row, start : start + len(s)] = s
+        if suffix is not None:
+            out[row, start + len(s)] = suffix
+    return torch.from_numpy(out)
+
+
+def make_batch(src: list[np.ndarray], tgt: Optional[list[np.ndarray]], index: np.ndarray, pin: bool = False) -> Batch:
+    """Pad a list of sentences into a Batch; `tgt=None` for translation input."""
+    s = _pad(src, None, EOS)
+    tgt_in = tgt_out = None
+    n_tgt = 0
+    if tgt is not None:
+        tgt_in, tgt_out = _pad(tgt, BOS, None), _pad(tgt, None, EOS)
+        n_tgt = sum(len(t) + 1 for t in tgt)
+    if pin:
+        s, tgt_in, tgt_out = (t.pin_memory() if t is not None else None for t in (s, tgt_in, tgt_out))
+    return Batch(s, s == PAD, tgt_in, tgt_out, index, sum(len(x) + 1 for x in src), n_tgt)
+
+
+def split_batch(split: Split, index: np.ndarray, pin: bool = False) -> Batch:
+    return make_batch([split.src(i) for i in index], [split.tgt(i) for i in index], index, pin)
+
+
+def bucket_batches(
+    src_lens: np.ndarray, tgt_lens: Optional[np.ndarray], max_tokens: int, seed: Optional[int] = None, epoch: int = 0
+) -> list[np.ndarray]:
+    """Group sentence indices into batches of at most `max_tokens` padded tokens each.
+
+    Sorted by length so padding stays small; with a seed, ties are broken at random and the batch
+    order is shuffled, both as a pure function of (seed, epoch). Cost of a batch = rows x longest
+    side (+1 for BOS/EOS). A sentence longer than the budget gets a batch of its own.
+    """
+    n = len(src_lens)
+    if tgt_lens is None:
+        tgt_lens = np.zeros_like(src_lens)
+    rng = np.random.default_rng([seed, epoch]) if seed is not None else None
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    order = order[np.lexsort((src_lens[order], tgt_lens[order]))]  # stable: keeps random tie order
+    width = np.maximum(src_lens, tgt_lens)[order] + 1
+    batches, start, longest = [], 0, 0
+    for k in range(n):
+        longest_k = max(longest, int(width[k]))
+        if k > start and longest_k * (k - start + 1) > max_tokens:
+            batches.append(order[start:k])
+            start, longest_k = k, int(width[k])
+        longest = longest_k
+    if n > start:
+        batches.append(order[start:n])
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches

@@ -1,0 +1,59 @@
+"""Stage 4: sacreBLEU, chrF and TER (with signatures) for a hypothesis file or a checkpoint on a split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from nmt.checkpoint import atomic_write_text
+from nmt.data import read_lines, read_text
+from nmt.errors import NmtError
+from nmt.metrics import score_all
+from nmt.tokenizer import Tokenizer
+from nmt.translate import format_output, load_translator, translate_lines
+
+SPLITS = ("valid", "test")
+
+
+def evaluate_files(hyp: str, ref: str) -> dict:
+    """Score a detokenized hypothesis file against a reference file (both cleaned the same way)."""
+    hyps, refs = read_text(Path(hyp)).lines, read_text(Path(ref)).lines
+    if len(hyps) != len(refs):
+        raise NmtError(f"{hyp} has {len(hyps)} lines but {ref} has {len(refs)}")
+    return {"hyp": hyp, "ref": ref, "metrics": score_all(hyps, refs)}
+
+
+def evaluate_checkpoint(
+    checkpoint: str, split: str, beam: Optional[int], alpha: Optional[float], prepared_dir: Optional[str], device: Optional[str] = None
+) -> dict:
+    """Translate `split` of the checkpoint's prepared dir, score it, save hypotheses and JSON beside the checkpoint."""
+    if split not in SPLITS:
+        raise NmtError(f"--split {split}: must be one of {', '.join(SPLITS)}")
+    tr = load_translator(checkpoint, device)
+    pdir = Path(prepared_dir) if prepared_dir else tr.cfg.prepared_dir
+    if Tokenizer.load(pdir).sha256 != tr.tok.sha256:
+        raise NmtError(f"{checkpoint} was trained with a different tokenizer than the one in {pdir}")
+    src, refs = read_lines(pdir / f"{split}.src.txt"), read_lines(pdir / f"{split}.tgt.txt")
+    beam = beam or tr.cfg.decode.beam
+    alpha = tr.cfg.decode.alpha if alpha is None else alpha
+    hyps = translate_lines(tr, src, beam, alpha)
+    text = format_output(tr, hyps, 1)
+    out_dir = Path(tr.path).parent
+    stem = f"{split}.{Path(tr.path).stem}.beam{beam}"
+    atomic_write_text(out_dir / f"{stem}.hyp.txt", text)
+    result = {
+        "checkpoint": tr.path, "split": split, "prepared_dir": str(pdir), "beam": beam, "alpha": alpha,
+        "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs),
+    }
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def format_report(result: dict) -> str:
+    m = result["metrics"]
+    lines = [m["bleu"]["text"] + f"  [{m['bleu']['signature']}]"]
+    lines.append(f"lowercased BLEU (as papers report): {m['bleu_lc']['score']:.2f}  [{m['bleu_lc']['signature']}]")
+    lines.append(m["chrf"]["text"] + f"  [{m['chrf']['signature']}]")
+    lines.append(m["ter"]["text"] + f"  [{m['ter']['signature']}]")
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""Encoder-decoder Transformer (Vaswani et al. 2017) on torch's scaled_dot_product_attention.
+
+Two ways in:
+- training: `forward(src, src_pad_mask, tgt_in) -> logits (B, T, V)` = `decode(tgt_in, encode(...))`;
+- decoding: `start(src, src_pad_mask) -> state`, then `step(prev_tokens (B,), state) -> (logits (B, V), state)`.
+  The state is a plain dict of batch-first tensors (cross-attention keys/values computed once,
+  growing self-attention keys/values), so search can reorder it with `index_select` on dim 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sinusoid_table(n: int, d: int) -> Tensor:
+    """(n, d) fixed sinusoidal position table: sin on even dims, cos on odd dims."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table
+
+
+class Attention(nn.Module):
+    """Multi-head attention; keys/values are projected separately so they can be cached."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def _split(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, H, T, D/H)
+        b, t, d = x.shape
+        return x.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, H, S, D/H) for the positions in x (B, S, D)."""
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, causal: bool = False) -> Tensor:
+        """x (B, T, D) attends to k, v (B, H, S, D/H); mask (B, 1, 1, S) is True where allowed."""
+        q = self._split(self.q(x))
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        b, h, t, dh = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, h * dh))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d_model: int, ffn: int, dropout: float):
+        super().__init__(nn.Linear(d_model, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, d_model))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float, attn_dropout: float, pre_norm: bool):
+        super().__init__()
+        self.pre_norm = pre_norm
+        self.attn = Attention(d_model, heads, attn_dropout)
+        self.ffn = FeedForward(d_model, ffn, dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        h = self.norm1(x) if self.pre_norm else x
+        x = x + self.drop(self.attn(h, *self.attn.project_kv(h), mask=mask))
+        if not self.pre_norm:
+            x = self.norm1(x)
+        h = self.norm2(x) if self.pre_norm else x
+        x = x + self.drop(self.ffn(h))
+        return x if self.pre_norm else self.norm2(x)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float, attn_dropout: float, pre_norm: bool):
+        super().__init__()
+        self.pre_norm = pre_norm
+        self.self_attn = Attention(d_model, heads, attn_dropout)
+        self.cross_attn = Attention(d_model, heads, attn_dropout)
+        self.ffn = FeedForward(d_model, ffn, dropout)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self, x: Tensor, cross_kv: tuple[Tensor, Tensor], mem_mask: Tensor, past: Optional[tuple[Tensor, Tensor]] = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x (B, T, D). Without `past`, T positions attend causally; with it, x holds only the new
+        position(s) and attends to past + itself. Returns the output and the self-attention keys/values."""
+        h = self.norm1(x) if self.pre_norm else x
+        k, v = self.self_attn.project_kv(h)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        x = x + self.drop(self.self_attn(h, k, v, causal=past is None and x.size(1) > 1))
+        if not self.pre_norm:
+            x = self.norm1(x)
+        h = self.norm2(x) if self.pre_norm else x
+        x = x + self.drop(self.cross_attn(h, *cross_kv, mask=mem_mask))
+        if not self.pre_norm:
+            x = self.norm2(x)
+        h = self.norm3(x) if self.pre_norm else x
+        x = x + self.drop(self.ffn(h))
+        return (x if self.pre_norm else self.norm3(x)), (k, v)
+
+
+class Transformer(nn.Module):
+    def __init__(
+        self,
+        src_vocab: int,
+        tgt_vocab: int,
+        layers: int = 6,
+        dec_layers: Optional[int] = None,
+        d_model: int = 512,
+        heads: int = 8,
+        ffn: int = 2048,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        pre_norm: bool = True,
+        learned_positions: bool = False,
+        max_positions: int = 512,
+        share_embeddings: bool = True,
+        tie_output: bool = True,
+        pad_id: int = 0,
+    ):
+        super().__init__()
+        if share_embeddings and src_vocab != tgt_vocab:
+            raise ValueError("shared embeddings need one vocabulary")
+        self.d_model, self.pad_id, self.max_positions = d_model, pad_id, max_positions
+        self.src_embed = nn.Embedding(src_vocab, d_model, padding_idx=pad_id)
+        self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(tgt_vocab, d_model, padding_idx=pad_id)
+        if learned_positions:
+            self.positions = nn.Parameter(torch.randn(max_positions, d_model) * d_model**-0.5)
+        else:
+            self.register_buffer("positions", sinusoid_table(max_positions, d_model), persistent=False)
+        args = (d_model, heads, ffn, dropout, attn_dropout, pre_norm)
+        self.encoder = nn.ModuleList(EncoderLayer(*args) for _ in range(layers))
+        self.decoder = nn.ModuleList(DecoderLayer(*args) for _ in range(dec_layers or layers))
+        # pre-norm stacks need a final norm; post-norm layers already end in one
+        self.enc_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
+        self.dec_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
+        self.drop = nn.Dropout(dropout)
+        self.output = nn.Linear(d_model, tgt_vocab, bias=False)
+        self._init_weights()
+        if tie_output:
+            self.output.weight = self.tgt_embed.weight
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "embed" not in name and name != "positions":
+                nn.init.xavier_uniform_(p)
+        for emb in {self.src_embed, self.tgt_embed}:
+            nn.init.normal_(emb.weight, std=self.d_model**-0.5)
+            nn.init.zeros_(emb.weight[self.pad_id])
+
+    def _embed(self, emb: nn.Embedding, tokens: Tensor, offset: int = 0) -> Tensor:
+        """(B, T) ids -> (B, T, D): scaled embeddings + positions offset..offset+T-1."""
+        pos = self.positions[offset : offset + tokens.size(1)]
+        return self.drop(emb(tokens) * math.sqrt(self.d_model) + pos)
+
+    def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
+        """src (B, S) -> memory (B, S, D)."""
+        x, mask = self._embed(self.src_embed, src), self._mem_mask(src_pad_mask)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return self.enc_norm(x)
+
+    @staticmethod
+    def _mem_mask(src_pad_mask: Tensor) -> Tensor:
+        return ~src_pad_mask[:, None, None, :]  # (B, 1, 1, S), True where attention is allowed
+
+    def decode(self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor) -> Tensor:
+        """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V); position t sees tgt_in[:, :t+1]."""
+        x, mask = self._embed(self.tgt_embed, tgt_in), self._mem_mask(src_pad_mask)
+        for layer in self.decoder:
+            x, _ = layer(x, layer.cross_attn.project_kv(memory), mask)
+        return self.output(self.dec_norm(x))
+
+    def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.decode(tgt_in, self.encode(src, src_pad_mask), src_pad_mask)
+
+    def start(self, src: Tensor, src_pad_mask: Tensor) -> dict:
+        """Encode once and precompute every layer's cross-attention keys/values for `step`."""
+        memory = self.encode(src, src_pad_mask)
+        b, h = src.size(0), self.decoder[0].self_attn.heads
+        empty = memory.new_zeros(b, h, 0, self.d_model // h)
+        return {
+            "mem_mask": self._mem_mask(src_pad_mask),
+            "cross": [layer.cross_attn.project_kv(memory) for layer in self.decoder],
+            "self": [(empty, empty) for _ in self.decoder],
+            "pos": 0,
+        }
+
+    def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
+        """One decoding step: prev (B,) last tokens -> logits (B, V) for the next token, new state."""
+        pos = state["pos"]
+        x = self._embed(self.tgt_embed, prev[:, None], offset=min(pos, self.max_positions - 1))
+        new_self = []
+        for layer, cross, past in zip(self.decoder, state["cross"], state["self"]):
+            x, kv = layer(x, cross, state["mem_mask"], past)
+            new_self.append(kv)
+        logits = self.output(self.dec_norm(x[:, 0]))
+        return logits, {**state, "self": new_self, "pos": pos + 1}

@@ -1,0 +1,264 @@
+"""Stage 1: check and clean a parallel corpus, train SentencePiece, write an encoded prepared dir.
+
+A corpus is a folder of aligned files `{split}.{lang}` (or `.gz`). The named corpus `multi30k` is
+that same thing with a known upstream URL and sha256 sums, downloaded (or read from a local copy)
+and verified before use. Output (all written atomically, byte-identical for identical inputs):
+
+    <prepared_dir>/manifest.json          counts, filters, settings, input checksums
+    <prepared_dir>/spm.model              (or spm.src.model + spm.tgt.model)
+    <prepared_dir>/{train,valid,test}.{src,tgt}.txt      cleaned text (references for scoring)
+    <prepared_dir>/{train,valid,test}.{src,tgt}.npy      token ids, concatenated (int32)
+    <prepared_dir>/{train,valid,test}.{src,tgt}.off.npy  offsets into the above (int64, n+1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from nmt.checkpoint import atomic_write_bytes, atomic_write_text
+from nmt.config import Config
+from nmt.data import TextFile, read_text
+from nmt.errors import NmtError
+from nmt.tokenizer import Tokenizer, train_spm
+
+PREPARED_FORMAT = "nmt-prepared"
+PREPARED_VERSION = 1
+ROLES = ("train", "valid", "test")
+
+MULTI30K_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}"
+MULTI30K_CACHE = Path("data/multi30k")
+MULTI30K_SHA256 = {
+    "test_2016_flickr.cs.gz": "200a4a74cc9560f051924abb9803be008d1908d77f747e9141aeb86dfd2797f1",
+    "test_2016_flickr.de.gz": "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
+    "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+    "test_2016_flickr.fr.gz": "6d326e188d259fb1d04ac19eae3af956559b3a0b93d7635e56c90987c40c8b90",
+    "train.cs.gz": "a65adb8b32e3bc664f21ecba7a6e7f6950fd1f405e135f7c312faabdb6255077",
+    "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
+    "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
+    "train.fr.gz": "622e75069e9f4c577425c4f277116ce66e63a2401c0a2312d90073cb12379a3c",
+    "val.cs.gz": "b63226e05c4bd5dd6a42897d74b86a1b9d2c31498252c572b1ea7f7996927fcc",
+    "val.de.gz": "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
+    "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
+    "val.fr.gz": "ca3106f1a72390591d25f6c45cb4cd39dec4cd3f123e099748a3ce5256c160e9",
+}
+
+
+@dataclass
+class TrainFilter:
+    read: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: {"empty": 0, "too_long": 0, "ratio": 0})
+    duplicates: int = 0
+
+
+def find_file(folder: Path, stem: str, lang: str) -> Path:
+    """`{folder}/{stem}.{lang}` or its `.gz`; a one-line error naming both when neither exists."""
+    for name in (f"{stem}.{lang}", f"{stem}.{lang}.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise NmtError(f"{folder / f'{stem}.{lang}'}: file not found (nor {stem}.{lang}.gz)")
+
+
+def read_parallel(src_path: Path, tgt_path: Path) -> tuple[TextFile, TextFile]:
+    src, tgt = read_text(src_path), read_text(tgt_path)
+    if len(src.lines) != len(tgt.lines):
+        raise NmtError(
+            f"{src_path} has {len(src.lines)} lines but {tgt_path} has {len(tgt.lines)}: parallel files must be aligned line by line"
+        )
+    return src, tgt
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fetch_multi30k(folder: Path, names: list[str]) -> None:
+    """Download the named Multi30k files into `folder` (unless already there) and verify checksums."""
+    for name in names:
+        dest = folder / name
+        if dest.is_file() and sha256_file(dest) == MULTI30K_SHA256[name]:
+            continue
+        url = MULTI30K_URL.format(name=name)
+        print(f"downloading {url}", file=sys.stderr)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                data = r.read()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise NmtError(
+                f"cannot download {url} ({reason}); with no network, point at a local copy of Multi30k: "
+                f"nmt prepare --config C --source DIR (or data.source: DIR), DIR holding {name}"
+            ) from None
+        got = hashlib.sha256(data).hexdigest()
+        if got != MULTI30K_SHA256[name]:
+            raise NmtError(f"{url}: sha256 {got} does not match the expected {MULTI30K_SHA256[name]}")
+        atomic_write_bytes(dest, data)
+
+
+def corpus_files(cfg: Config, source: Optional[str]) -> dict[str, tuple[Path, Path]]:
+    """Resolve (src_path, tgt_path) for each role; fetch/verify Multi30k when that corpus is named."""
+    d = cfg.data
+    folder = Path(source or d.source or MULTI30K_CACHE)
+    stems = {"train": d.train, "valid": d.valid, "test": d.test}
+    if d.corpus == "multi30k":
+        names = [f"{stems[r]}.{lang}.gz" for r in ROLES for lang in (d.src_lang, d.tgt_lang)]
+        unknown = [n for n in names if n not in MULTI30K_SHA256]
+        if unknown:
+            raise NmtError(f"data: multi30k has no file {unknown[0]} (languages: en de fr cs; splits: train val test_2016_flickr)")
+        if source or d.source:
+            for name in names:
+                path = folder / name
+                if not path.is_file():
+                    raise NmtError(f"{path}: file not found (the local Multi30k folder must hold {', '.join(names)})")
+                if sha256_file(path) != MULTI30K_SHA256[name]:
+                    raise NmtError(f"{path}: sha256 does not match the upstream Multi30k file")
+        else:
+            fetch_multi30k(folder, names)
+    elif not folder.is_dir():
+        raise NmtError(f"{folder}: corpus folder not found (data.source)")
+    return {r: (find_file(folder, stems[r], d.src_lang), find_file(folder, stems[r], d.tgt_lang)) for r in ROLES}
+
+
+def filter_train(src_ids: list[list[int]], tgt_ids: list[list[int]], max_len: int, max_ratio: float) -> tuple[list[int], TrainFilter]:
+    """Indices of training pairs to keep, and how many were dropped for each reason."""
+    stats = TrainFilter(read=len(src_ids))
+    keep = []
+    for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
+        if not s or not t:
+            stats.dropped["empty"] += 1
+        elif len(s) > max_len or len(t) > max_len:
+            stats.dropped["too_long"] += 1
+        elif max(len(s), len(t)) / min(len(s), len(t)) > max_ratio:
+            stats.dropped["ratio"] += 1
+        else:
+            keep.append(i)
+    stats.kept = len(keep)
+    return keep, stats
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_split(out: Path, role: str, src_lines: list[str], tgt_lines: list[str], src_ids: list[list[int]], tgt_ids: list[list[int]]) -> None:
+    for side, lines, ids in (("src", src_lines, src_ids), ("tgt", tgt_lines, tgt_ids)):
+        atomic_write_text(out / f"{role}.{side}.txt", "".join(line + "\n" for line in lines))
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+        atomic_write_bytes(out / f"{role}.{side}.npy", npy_bytes(flat))
+        atomic_write_bytes(out / f"{role}.{side}.off.npy", npy_bytes(offsets))
+
+
+def build_tokenizer(cfg: Config, src_lines: list[str], tgt_lines: list[str]) -> Tokenizer:
+    d = cfg.data
+    args = (d.vocab_size, d.spm_type, d.character_coverage, d.seed)
+    if d.joint_vocab:
+        return Tokenizer(train_spm([*src_lines, *tgt_lines], *args))
+    return Tokenizer(train_spm(src_lines, *args), train_spm(tgt_lines, *args))
+
+
+def data_settings(cfg: Config) -> dict:
+    """The data settings that determine a prepared dir's contents (where it came from excluded)."""
+    d = asdict(cfg.data)
+    for key in ("source", "prepared_dir"):
+        d.pop(key)
+    return d
+
+
+def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
+    """Run stage 1 for `cfg`; return the manifest written to `<prepared_dir>/manifest.json`."""
+    files = corpus_files(cfg, source)
+    texts = {role: read_parallel(*files[role]) for role in ROLES}
+    train_src, train_tgt = texts["train"]
+    if cfg.data.max_train_pairs:
+        train_src.lines = train_src.lines[: cfg.data.max_train_pairs]
+        train_tgt.lines = train_tgt.lines[: cfg.data.max_train_pairs]
+    pairs = [(s, t) for s, t in zip(train_src.lines, train_tgt.lines) if s and t]
+    if not pairs:
+        raise NmtError(f"{files['train'][0]}: no non-empty training pairs")
+    tok = build_tokenizer(cfg, [s for s, _ in pairs], [t for _, t in pairs])
+
+    out = cfg.prepared_dir
+    out.mkdir(parents=True, exist_ok=True)
+    manifest: dict = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION, "data": data_settings(cfg)}
+    manifest["inputs"] = {}
+    manifest["counts"] = {}
+    manifest["warnings"] = {}
+    for role in ROLES:
+        src, tgt = texts[role]
+        src_ids, tgt_ids = tok.encode_src(src.lines), tok.encode_tgt(tgt.lines)
+        src_lines, tgt_lines = src.lines, tgt.lines
+        if role == "train":
+            keep, stats = filter_train(src_ids, tgt_ids, cfg.data.max_len, cfg.data.max_len_ratio)
+            if not keep:
+                raise NmtError(f"{src.path}: no training pairs left after filtering (data.max_len={cfg.data.max_len}, data.max_len_ratio={cfg.data.max_len_ratio})")
+            src_lines, tgt_lines = [src_lines[i] for i in keep], [tgt_lines[i] for i in keep]
+            src_ids, tgt_ids = [src_ids[i] for i in keep], [tgt_ids[i] for i in keep]
+            stats.duplicates = len(src_lines) - len(set(zip(src_lines, tgt_lines)))
+            manifest["counts"]["train"] = asdict(stats)
+        else:
+            manifest["counts"][role] = {"read": len(src_lines), "kept": len(src_lines)}
+        write_split(out, role, src_lines, tgt_lines, src_ids, tgt_ids)
+        manifest["inputs"][role] = {
+            side: {"path": f.path, "sha256": f.sha256, "lines": len(f.lines)} for side, f in (("src", src), ("tgt", tgt))
+        }
+        for f in (src, tgt):
+            if f.crlf or f.bom:
+                manifest["warnings"][f.path] = {"crlf_lines": f.crlf, "bom_lines": f.bom}
+    files_written = tok.save(out)
+    manifest["tokenizer"] = {
+        "files": files_written,
+        "sha256": tok.sha256,
+        "src_vocab_size": tok.src_vocab_size,
+        "tgt_vocab_size": tok.tgt_vocab_size,
+    }
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    report(manifest, out, log)
+    return manifest
+
+
+def report(manifest: dict, out: Path, log) -> None:
+    c = manifest["counts"]
+    t = c["train"]
+    log(f"train: {t['read']} pairs read, {t['kept']} kept; dropped: " + ", ".join(f"{k} {v}" for k, v in t["dropped"].items()))
+    log(f"valid: {c['valid']['kept']} pairs, test: {c['test']['kept']} pairs (never filtered)")
+    for path, w in manifest["warnings"].items():
+        log(f"warning: {path}: {w['crlf_lines']} lines ended in CR (stripped), {w['bom_lines']} byte-order marks (stripped)")
+    if t["duplicates"]:
+        log(f"warning: train has {t['duplicates']} duplicated pairs (kept)")
+    tk = manifest["tokenizer"]
+    log(f"vocabulary: {tk['src_vocab_size']} source / {tk['tgt_vocab_size']} target pieces ({', '.join(tk['files'])})")
+    log(f"wrote {out}")
+
+
+def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
+    """Read and check a prepared dir's manifest (format version; settings match `cfg` when given)."""
+    path = prepared_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NmtError(f"{path}: not found; run `nmt prepare --config C` first") from None
+    except (OSError, ValueError) as e:
+        raise NmtError(f"{path}: unreadable manifest: {e}") from None
+    if manifest.get("format") != PREPARED_FORMAT or manifest.get("version") != PREPARED_VERSION:
+        raise NmtError(
+            f"{path}: prepared-data format {manifest.get('format')} v{manifest.get('version')} is not "
+            f"{PREPARED_FORMAT} v{PREPARED_VERSION}; run `nmt prepare` again"
+        )
+    if cfg is not None and manifest["data"] != data_settings(cfg):
+        diff = sorted(k for k in manifest["data"].keys() | data_settings(cfg).keys() if manifest["data"].get(k) != data_settings(cfg).get(k))
+        raise NmtError(f"{prepared_dir}: prepared with different data settings ({', '.join('data.' + k for k in diff)}); run `nmt prepare` again")
+    return manifest

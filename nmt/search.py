@@ -1,0 +1,173 @@
+"""Greedy and beam search over a small model interface, shared by every architecture.
+
+A model offers `start(src, src_pad_mask) -> state` and `step(prev (B,), state) -> (logits (B, V), state)`.
+The state is any nest of dicts/lists/tuples whose tensors are batch-first; `select_state` reorders
+it (beam parents) and shrinks it (finished sentences leave the batch) with one `index_select`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nmt.data import bucket_batches, make_batch
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without BOS, without EOS
+    score: float  # length-normalised log-probability (beam) or plain sum (greedy)
+    log_prob: float  # sum of token log-probabilities, EOS included
+
+
+def select_state(state: Any, index: Tensor) -> Any:
+    """Pick rows `index` (dim 0) of every tensor in a nested decoder state."""
+    if isinstance(state, Tensor):
+        return state.index_select(0, index)
+    if isinstance(state, dict):
+        return {k: select_state(v, index) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(select_state(v, index) for v in state)
+    return state
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty (Wu et al. 2016): ((5 + length) / 6) ** alpha; 1 when alpha = 0."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def max_lengths(src_pad_mask: Tensor, a: float, b: int, cap: int) -> Tensor:
+    """(B,) maximum output length per sentence: a * source length + b, at most `cap` (EOS included)."""
+    src_len = (~src_pad_mask).sum(1)
+    return torch.clamp((src_len.float() * a).long() + b, max=cap)
+
+
+@torch.inference_mode()
+def greedy_search(model, src: Tensor, src_pad_mask: Tensor, max_len: Tensor, bos: int, eos: int) -> list[Hypothesis]:
+    """Pick the most probable token at each step until EOS or `max_len` (B,) tokens."""
+    state = model.start(src, src_pad_mask)
+    b = src.size(0)
+    alive = torch.arange(b, device=src.device)  # original row of each live row
+    prev = torch.full((b,), bos, dtype=torch.long, device=src.device)
+    tokens: list[Tensor] = []
+    owners: list[Tensor] = []
+    log_prob = torch.zeros(b, device=src.device)
+    ended = torch.zeros(b, dtype=torch.long, device=src.device)  # output length incl. EOS
+    max_len = max_len.to(src.device)
+    for t in range(int(max_len.max())):
+        logits, state = model.step(prev, state)
+        lp = F.log_softmax(logits.float(), dim=-1)
+        force = max_len[alive] <= t + 1  # last allowed position: must be EOS
+        lp[force, :eos] = -float("inf")
+        lp[force, eos + 1 :] = -float("inf")
+        best, prev = lp.max(dim=-1)
+        log_prob.index_add_(0, alive, best)
+        tokens.append(prev)
+        owners.append(alive)
+        done = prev == eos
+        if bool(done.any()):
+            ended[alive[done]] = t + 1
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            alive, prev, state = alive[keep], prev[keep], select_state(state, keep)
+    out: list[list[int]] = [[] for _ in range(b)]
+    for tok, own in zip(tokens, owners):
+        for row, token in zip(own.tolist(), tok.tolist()):
+            if token != eos:
+                out[row].append(token)
+    scores = log_prob.tolist()
+    return [Hypothesis(out[i], scores[i], scores[i]) for i in range(b)]
+
+
+def top_candidates(scores: Tensor, log_probs: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Best `k` continuations per sentence over all beams.
+
+    scores (N, K) cumulative log-probs of the beams, log_probs (N, K, V) next-token log-probs.
+    Returns (cand_scores, tokens, parent_beams), each (N, k), best first.
+    """
+    n, beams, v = log_probs.shape
+    flat = (scores[:, :, None] + log_probs).view(n, beams * v)
+    cand_scores, idx = flat.topk(min(k, beams * v), dim=1)
+    return cand_scores, idx % v, idx // v
+
+
+@torch.inference_mode()
+def beam_search(
+    model, src: Tensor, src_pad_mask: Tensor, max_len: Tensor, bos: int, eos: int, beam: int, alpha: float, nbest: int = 1
+) -> list[list[Hypothesis]]:
+    """Beam search batched over sentences x beams; a sentence leaves the batch once it has `beam`
+    finished hypotheses. Returns the `nbest` best per sentence by length-normalised score."""
+    dev = src.device
+    n = src.size(0)
+    k = beam
+    rows = torch.arange(n, device=dev).repeat_interleave(k)
+    state = select_state(model.start(src, src_pad_mask), rows)
+    sent = torch.arange(n, device=dev)  # original sentence of each live sentence
+    max_len = max_len.to(dev)
+    scores = torch.full((n, k), -float("inf"), device=dev)
+    scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
+    prefix = torch.empty((n * k, 0), dtype=torch.long, device=dev)
+    prev = torch.full((n * k,), bos, dtype=torch.long, device=dev)
+    finished: list[list[Hypothesis]] = [[] for _ in range(n)]
+    for t in range(int(max_len.max())):
+        logits, state = model.step(prev, state)
+        lp = F.log_softmax(logits.float(), dim=-1).view(len(sent), k, -1)
+        force = max_len[sent] <= t + 1
+        lp[force, :, :eos] = -float("inf")
+        lp[force, :, eos + 1 :] = -float("inf")
+        cand, tok, parent = top_candidates(scores, lp, 2 * k)
+        is_eos = tok == eos
+        # finished: EOS among the top k candidates (beyond rank k they would not have been kept)
+        fin = (is_eos[:, :k] & (cand[:, :k] > -float("inf"))).nonzero().tolist()
+        if fin:
+            cand_c, parent_c = cand.tolist(), parent.tolist()
+            for i, r in fin:
+                row = i * k + parent_c[i][r]
+                hyp = prefix[row].tolist()
+                score = cand_c[i][r] / length_penalty(len(hyp) + 1, alpha)
+                finished[int(sent[i])].append(Hypothesis(hyp, score, cand_c[i][r]))
+        # the k best non-EOS candidates continue (at most k EOS among 2k, so k remain)
+        new_scores, pos = cand.masked_fill(is_eos, -float("inf")).topk(k, dim=1)
+        new_tok, new_parent = tok.gather(1, pos), parent.gather(1, pos)
+        done = torch.tensor([len(finished[int(s)]) >= k for s in sent.tolist()], device=dev) | force
+        if bool(done.all()):
+            break
+        keep = (~done).nonzero().squeeze(1)
+        src_rows = (keep[:, None] * k + new_parent[keep]).view(-1)  # parent row of each kept beam
+        state = select_state(state, src_rows)
+        prefix = torch.cat([prefix[src_rows], new_tok[keep].view(-1, 1)], dim=1)
+        prev = new_tok[keep].view(-1)
+        scores, sent = new_scores[keep], sent[keep]
+    return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
+
+
+def decode_corpus(
+    model, src_ids: list[list[int]], device: torch.device, max_tokens: int, beam: int, alpha: float,
+    max_len_a: float, max_len_b: int, max_positions: int, bos: int, eos: int, nbest: int = 1, progress=None,
+) -> list[list[Hypothesis]]:
+    """Translate id sequences in length-sorted batches of about `max_tokens` source tokens (x beam);
+    return the `nbest` hypotheses of each, in input order. Empty inputs get an empty output."""
+    results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in src_ids]
+    todo = np.array([i for i, s in enumerate(src_ids) if s], dtype=np.int64)
+    if len(todo) == 0:
+        return results
+    lens = np.array([len(src_ids[i]) for i in todo])
+    for batch_pos in bucket_batches(lens, None, max(max_tokens // beam, 8)):
+        index = todo[batch_pos]
+        batch = make_batch([np.asarray(src_ids[i]) for i in index], None, index).to(device)
+        max_len = max_lengths(batch.src_pad_mask, max_len_a, max_len_b, max_positions - 1)
+        if beam == 1 and nbest == 1:
+            hyps = [[h] for h in greedy_search(model, batch.src, batch.src_pad_mask, max_len, bos, eos)]
+        else:
+            hyps = beam_search(model, batch.src, batch.src_pad_mask, max_len, bos, eos, beam, alpha, nbest)
+        for i, h in zip(index.tolist(), hyps):
+            results[i] = h
+        if progress is not None:
+            progress.update(len(index))
+    return results
