@@ -90,7 +90,8 @@ def environment() -> dict:
     """Versions, git commit and command line: recorded in the run directory for reproducibility."""
     try:
         here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        commit = r.stdout.strip() if r.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {
@@ -253,6 +254,7 @@ class Trainer:
                 if s.step % t.valid_every == 0 or stop_reason:
                     stop_reason = self.validate_and_save(bar) or stop_reason
                     last_valid_step = s.step
+                    window_tokens, window_start = 0, time.perf_counter()  # tokens/s excludes validation
             if s.batch_in_epoch >= len(batches):
                 s.epoch, s.batch_in_epoch = s.epoch + 1, 0
                 if t.max_epochs and s.epoch >= t.max_epochs and stop_reason is None:

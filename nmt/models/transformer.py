@@ -188,11 +188,11 @@ class Transformer(nn.Module):
     def start(self, src: Tensor, src_pad_mask: Tensor) -> dict:
         """Encode once and precompute every layer's cross-attention keys/values for `step`."""
         memory = self.encode(src, src_pad_mask)
-        b, h = src.size(0), self.decoder[0].self_attn.heads
-        empty = memory.new_zeros(b, h, 0, self.d_model // h)
+        cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder]
+        empty = cross[0][0][:, :, :0]  # (B, H, 0, D/H), in the dtype the projections produce
         return {
             "mem_mask": self._mem_mask(src_pad_mask),
-            "cross": [layer.cross_attn.project_kv(memory) for layer in self.decoder],
+            "cross": cross,
             "self": [(empty, empty) for _ in self.decoder],
             "pos": 0,
         }
