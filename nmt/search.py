@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nmt.data import bucket_batches, make_batch
+from nmt.tokenizer import PAD
 
 
 @dataclass
@@ -34,6 +35,15 @@ def select_state(state: Any, index: Tensor) -> Any:
     if isinstance(state, (list, tuple)):
         return type(state)(select_state(v, index) for v in state)
     return state
+
+
+def restrict(lp: Tensor, bos: int, eos: int, force_eos: Tensor) -> Tensor:
+    """Never emit PAD or BOS; rows where `force_eos` (...,) is True may only emit EOS. lp (..., V), in place."""
+    lp[..., PAD] = -float("inf")
+    lp[..., bos] = -float("inf")
+    lp[force_eos, ..., :eos] = -float("inf")
+    lp[force_eos, ..., eos + 1 :] = -float("inf")
+    return lp
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -61,10 +71,7 @@ def greedy_search(model, src: Tensor, src_pad_mask: Tensor, max_len: Tensor, bos
     max_len = max_len.to(src.device)
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
-        lp = F.log_softmax(logits.float(), dim=-1)
-        force = max_len[alive] <= t + 1  # last allowed position: must be EOS
-        lp[force, :eos] = -float("inf")
-        lp[force, eos + 1 :] = -float("inf")
+        lp = restrict(F.log_softmax(logits.float(), dim=-1), bos, eos, max_len[alive] <= t + 1)
         best, prev = lp.max(dim=-1)
         log_prob.index_add_(0, alive, best)
         tokens.append(prev)
@@ -117,10 +124,8 @@ def beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
-        lp = F.log_softmax(logits.float(), dim=-1).view(len(sent), k, -1)
-        force = max_len[sent] <= t + 1
-        lp[force, :, :eos] = -float("inf")
-        lp[force, :, eos + 1 :] = -float("inf")
+        force = max_len[sent] <= t + 1  # last allowed position: must be EOS
+        lp = restrict(F.log_softmax(logits.float(), dim=-1).view(len(sent), k, -1), bos, eos, force)
         cand, tok, parent = top_candidates(scores, lp, 2 * k)
         is_eos = tok == eos
         # finished: EOS among the top k candidates (beyond rank k they would not have been kept)

@@ -1,0 +1,143 @@
+"""Search: hand-written probability tables where the right answer can be worked out on paper."""
+
+import math
+
+import torch
+
+from nmt.models.transformer import Transformer
+from nmt.search import beam_search, decode_corpus, greedy_search, length_penalty, select_state, top_candidates
+from nmt.tokenizer import BOS, EOS, PAD
+
+A, B = 4, 5
+V = 6
+
+
+class ScriptedModel:
+    """Next-token probabilities looked up from a table keyed by the prefix generated so far."""
+
+    def __init__(self, table: dict[tuple, dict[int, float]], default: dict[int, float] = {EOS: 1.0}):  # noqa: B006
+        self.table, self.default = table, default
+
+    def start(self, src, src_pad_mask):
+        return {"prefix": torch.empty((src.size(0), 0), dtype=torch.long)}
+
+    def step(self, prev, state):
+        prefix = state["prefix"]
+        if not (prev == BOS).all():
+            prefix = torch.cat([state["prefix"], prev[:, None]], dim=1)
+        logits = torch.full((prev.size(0), V), math.log(1e-9))
+        for row, p in enumerate(prefix.tolist()):
+            for tok, prob in self.table.get(tuple(p), self.default).items():
+                logits[row, tok] = math.log(prob)
+        return logits, {"prefix": prefix}
+
+
+def run(model, beam, alpha=0.0, nbest=1, max_len=10, n=1):
+    src = torch.full((n, 3), A)
+    mask = src == PAD
+    lens = torch.full((n,), max_len)
+    if beam == 0:
+        return greedy_search(model, src, mask, lens, BOS, EOS)
+    return beam_search(model, src, mask, lens, BOS, EOS, beam, alpha, nbest)
+
+
+# Greedy takes A (0.6) then EOS: p = 0.6 * 0.4 = 0.24. Beam 2 also keeps B (0.4), whose EOS has
+# p = 0.4 * 0.9 = 0.36 > 0.24: beam search must find [B], greedy must return [A].
+TRAP = {(): {A: 0.6, B: 0.4}, (A,): {EOS: 0.4, A: 0.3, B: 0.3}, (B,): {EOS: 0.9, A: 0.05, B: 0.05}}
+
+
+def test_beam_finds_the_sequence_greedy_misses():
+    model = ScriptedModel(TRAP)
+    greedy = run(model, beam=0)[0]
+    assert greedy.tokens == [A]
+    assert math.isclose(greedy.log_prob, math.log(0.24), rel_tol=1e-4)
+    best = run(model, beam=2)[0][0]
+    assert best.tokens == [B]
+    assert math.isclose(best.log_prob, math.log(0.36), rel_tol=1e-4)
+
+
+def test_nbest_is_sorted_and_complete():
+    hyps = run(ScriptedModel(TRAP), beam=2, nbest=2)[0]
+    assert [h.tokens for h in hyps] == [[B], [A]]
+    assert hyps[0].score >= hyps[1].score
+
+
+def test_length_penalty_values():
+    assert length_penalty(7, 0.0) == 1.0
+    assert math.isclose(length_penalty(1, 1.0), 1.0)
+    assert math.isclose(length_penalty(7, 0.6), 2.0**0.6)
+
+
+def test_length_penalty_can_prefer_the_longer_hypothesis():
+    # Empty output: p = 0.55 (length 1 with EOS). [A]: p = 0.45 * 0.9 = 0.405 (length 2).
+    # alpha 0: -0.598 beats -0.904. alpha 3: -0.904 / (7/6)**3 = -0.569 beats -0.598.
+    model = ScriptedModel({(): {EOS: 0.55, A: 0.45}, (A,): {EOS: 0.9, B: 0.1}})
+    assert run(model, beam=2, alpha=0.0)[0][0].tokens == []
+    assert run(model, beam=2, alpha=3.0)[0][0].tokens == [A]
+
+
+def test_max_length_forces_eos():
+    # EOS is (nearly) impossible, so only the length limit can end these: 4 tokens + forced EOS = 5.
+    loop = ScriptedModel({}, default={A: 0.999, B: 0.001})
+    assert run(loop, beam=0, max_len=5)[0].tokens == [A] * 4
+    assert run(loop, beam=3, max_len=5)[0][0].tokens == [A] * 4
+
+
+def test_top_candidates_picks_scores_tokens_parents():
+    scores = torch.tensor([[0.0, -1.0]])
+    log_probs = torch.log(torch.tensor([[[0.1, 0.9, 0.0], [0.5, 0.5, 0.0]]]) + 1e-12)
+    s, tok, parent = top_candidates(scores, log_probs, 3)
+    # beam 0 + token 1: log .9 = -0.11; beam 1 + token 0 or 1: -1 + log .5 = -1.69; beam 0 + token 0: -2.30
+    assert tok.tolist() == [[1, 0, 1]]
+    assert parent.tolist() == [[0, 1, 1]]
+    expected = torch.tensor([[math.log(0.9), -1.0 + math.log(0.5), -1.0 + math.log(0.5)]])
+    assert torch.allclose(s, expected, atol=1e-5)
+
+
+def test_select_state_reorders_nested_tensors():
+    state = {"a": [torch.arange(3), (torch.arange(3) * 10,)], "n": 7}
+    out = select_state(state, torch.tensor([2, 2, 0]))
+    assert out["a"][0].tolist() == [2, 2, 0] and out["a"][1][0].tolist() == [20, 20, 0] and out["n"] == 7
+
+
+def random_transformer():
+    torch.manual_seed(3)
+    return Transformer(30, 30, layers=2, d_model=32, heads=4, ffn=64, dropout=0.0, max_positions=64).eval()
+
+
+def sources(n=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, 30, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+
+
+def test_beam_one_equals_greedy_on_a_real_model():
+    model, src = random_transformer(), sources()
+    kw = dict(device=torch.device("cpu"), max_tokens=1000, alpha=0.6, max_len_a=1.5, max_len_b=5, max_positions=64, bos=BOS, eos=EOS)
+    greedy = decode_corpus(model, src, beam=1, **kw)
+    beam1 = [beam_search_one(model, s) for s in src]
+    assert [g[0].tokens for g in greedy] == [b.tokens for b in beam1]
+    assert any(len(g[0].tokens) > 0 for g in greedy)
+
+
+def beam_search_one(model, s, beam=1):
+    src = torch.tensor([s + [EOS]])
+    mask = src == PAD
+    lens = torch.clamp((torch.tensor([len(s) + 1]) * 1.5).long() + 5, max=63)
+    return beam_search(model, src, mask, lens, BOS, EOS, beam, 0.6)[0][0]
+
+
+def test_batched_decoding_equals_one_sentence_at_a_time():
+    """Finished sentences leave the batch and beams are reordered: none of it may change a result."""
+    model, src = random_transformer(), sources(9, seed=5)
+    kw = dict(device=torch.device("cpu"), alpha=0.6, max_len_a=1.5, max_len_b=5, max_positions=64, bos=BOS, eos=EOS)
+    for beam in (1, 4):
+        together = decode_corpus(model, src, max_tokens=10_000, beam=beam, **kw)
+        alone = [decode_corpus(model, [s], max_tokens=10_000, beam=beam, **kw)[0] for s in src]
+        assert [h[0].tokens for h in together] == [h[0].tokens for h in alone]
+        for a, b in zip(together, alone):
+            assert math.isclose(a[0].score, b[0].score, rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_empty_input_gives_empty_output():
+    out = decode_corpus(random_transformer(), [[], [5, 6], []], torch.device("cpu"), 100, 2, 0.6, 1.5, 5, 64, BOS, EOS)
+    assert out[0][0].tokens == [] and out[2][0].tokens == []

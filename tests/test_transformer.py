@@ -1,0 +1,92 @@
+"""Properties of the Transformer a person can check: causality, padding invariance, cache = recompute."""
+
+import pytest
+import torch
+
+from nmt.models.transformer import Transformer
+from nmt.tokenizer import BOS, PAD
+
+V = 40
+
+
+def tiny(**kw) -> Transformer:
+    torch.manual_seed(0)
+    args = dict(layers=2, d_model=32, heads=4, ffn=64, dropout=0.0, max_positions=64)
+    args.update(kw)
+    return Transformer(V, V, **args).eval()
+
+
+def batch(b=3, s=7, t=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, V, (b, s), generator=g)
+    src[1, 5:] = PAD  # a shorter sentence
+    tgt = torch.randint(4, V, (b, t), generator=g)
+    tgt[:, 0] = BOS
+    return src, src == PAD, tgt
+
+
+VARIANTS = [dict(pre_norm=True), dict(pre_norm=False), dict(learned_positions=True), dict(share_embeddings=False, tie_output=False)]
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_output_shape(kw):
+    src, mask, tgt = batch()
+    assert tiny(**kw)(src, mask, tgt).shape == (3, 6, V)
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_decoder_is_causal(kw):
+    """Changing target token k leaves the logits of positions < k unchanged, and changes position k."""
+    model = tiny(**kw)
+    src, mask, tgt = batch()
+    before = model(src, mask, tgt)
+    changed = tgt.clone()
+    changed[:, 3] = (changed[:, 3] + 1 - 4) % (V - 4) + 4
+    after = model(src, mask, changed)
+    torch.testing.assert_close(before[:, :3], after[:, :3])
+    assert not torch.allclose(before[:, 3], after[:, 3])
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_extra_source_padding_changes_nothing(kw):
+    model = tiny(**kw)
+    src, mask, tgt = batch()
+    padded = torch.cat([src, torch.full((3, 4), PAD)], dim=1)
+    torch.testing.assert_close(model(src, mask, tgt), model(padded, padded == PAD, tgt), atol=1e-5, rtol=1e-5)
+
+
+def test_padding_is_what_is_masked():
+    """Sanity check of the test above: changing a *real* source token does change the output."""
+    model = tiny()
+    src, mask, tgt = batch()
+    other = src.clone()
+    other[0, 0] = (other[0, 0] + 1 - 4) % (V - 4) + 4
+    assert not torch.allclose(model(src, mask, tgt)[0], model(other, mask, tgt)[0])
+    torch.testing.assert_close(model(src, mask, tgt)[2], model(other, mask, tgt)[2])  # other rows unaffected
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_incremental_decoding_equals_full_recomputation(kw):
+    model = tiny(**kw)
+    src, mask, tgt = batch()
+    full = model(src, mask, tgt)
+    state = model.start(src, mask)
+    for t in range(tgt.size(1)):
+        logits, state = model.step(tgt[:, t], state)
+        torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_and_tied_embeddings_are_one_tensor():
+    model = tiny(share_embeddings=True, tie_output=True)
+    assert model.src_embed.weight is model.tgt_embed.weight is model.output.weight
+    untied = tiny(share_embeddings=False, tie_output=False)
+    assert untied.src_embed.weight is not untied.tgt_embed.weight
+    assert untied.output.weight is not untied.tgt_embed.weight
+
+
+def test_dropout_only_in_training_mode():
+    model = tiny(dropout=0.5)
+    src, mask, tgt = batch()
+    torch.testing.assert_close(model(src, mask, tgt), model(src, mask, tgt))
+    model.train()
+    assert not torch.allclose(model(src, mask, tgt), model(src, mask, tgt))
