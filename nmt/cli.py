@@ -30,7 +30,9 @@ def prepare(
     from nmt.config import load_config
     from nmt.prepare import prepare as run
 
-    run(load_config(config, set_), source=source, log=lambda m: print(m, file=sys.stderr))
+    # --source stands in for data.source, also where the config leaves it null (corpus 'files' needs one)
+    overrides = [*set_, f"data.source={json.dumps(source)}"] if source else set_
+    run(load_config(config, overrides), source=source, log=lambda m: print(m, file=sys.stderr))
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +211,20 @@ def config_from_dict(raw: Any, origin: str, name: Optional[str] = None) -> Confi
     return cfg
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads exponent floats without a dot (1e-3), as YAML 1.2 does; YAML 1.1 reads them as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with the safe loader above (plain data only)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Parse 'section.key=value' (value in YAML syntax) into (['section', 'key'], value)."""
     if "=" not in item:
@@ -219,7 +234,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if len(parts) != 2 or not all(parts):
         raise NmtError(f"--set {item}: expected section.key=value, e.g. train.max_steps=100")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = parse_yaml(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
     return parts, value
@@ -234,7 +249,7 @@ def read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise NmtError(f"{path}: cannot read config: {e}") from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -92,7 +93,7 @@ def read_text(path: Path) -> TextFile:
     try:
         stored = path.read_bytes()
         data = gzip.decompress(stored) if path.suffix == ".gz" else stored
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib.error: damaged .gz data
         raise NmtError(f"{path}: cannot read: {e}") from None
     text = decode_lines(data, str(path))
     text.sha256 = hashlib.sha256(stored).hexdigest()

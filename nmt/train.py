@@ -160,7 +160,7 @@ class Trainer:
         self.model.train()
         n_tgt = sum(b.n_tgt for b in batches)
         total = torch.zeros((), device=self.device)
-        for i, b in enumerate(batches):
+        for b in batches:
             b = b.to(self.device)
             with autocast_for(self.device, self.cfg.train.precision):
                 logits = self.model(b.src, b.src_pad_mask, b.tgt_in)
@@ -226,43 +226,52 @@ class Trainer:
 
     def run(self) -> None:
         s, t = self.state, self.cfg.train
-        accum = t.accum_steps
         bar = tqdm(total=t.max_steps, initial=s.step, disable=not t.progress, unit="step", dynamic_ncols=True, file=sys.stderr)
-        pin = self.device.type == "cuda"
-        window_tokens, window_start, stop_reason = 0, time.perf_counter(), None
-        last_valid_step = s.step if s.step > 0 else -1
-        while stop_reason is None:
-            batches = bucket_batches(self.train_split.src_lens, self.train_split.tgt_lens, t.max_tokens, t.seed, s.epoch)
-            while s.batch_in_epoch < len(batches) and stop_reason is None:
-                group = batches[s.batch_in_epoch : s.batch_in_epoch + accum]
-                step_start = time.perf_counter()
-                loss, n_tgt, ok = self.train_step([split_batch(self.train_split, ix, pin) for ix in group])
-                s.batch_in_epoch += len(group)
-                s.step += 1
-                s.skipped_steps += not ok
-                s.train_tokens += n_tgt
-                s.train_seconds += time.perf_counter() - step_start
-                window_tokens += n_tgt
-                bar.update(1)
-                if s.step % t.log_every == 0 or s.step == 1:
-                    tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-                    self.log({"step": s.step, "epoch": s.epoch, "train_loss": loss, "lr": lr, "tgt_tokens_per_s": tps, "time": s.train_seconds})
-                    window_tokens, window_start = 0, time.perf_counter()
-                stop_reason = self.stop_reason()
-                if s.step % t.valid_every == 0 or stop_reason:
-                    stop_reason = self.validate_and_save(bar) or stop_reason
-                    last_valid_step = s.step
-                    window_tokens, window_start = 0, time.perf_counter()  # tokens/s excludes validation
-            if s.batch_in_epoch >= len(batches):
-                s.epoch, s.batch_in_epoch = s.epoch + 1, 0
-                if t.max_epochs and s.epoch >= t.max_epochs and stop_reason is None:
-                    stop_reason = f"reached train.max_epochs={t.max_epochs}"
-                    if last_valid_step != s.step:
-                        self.validate_and_save(bar)
+        self.window = [0, time.perf_counter()]  # target tokens and start time of the tokens/s window
+        self.last_valid_step = s.step if s.step > 0 else -1
+        stop = None
+        while stop is None:
+            stop = self.run_epoch(bar)
         bar.close()
-        tqdm.write(f"stopped: {stop_reason}; best valid BLEU {s.best_bleu:.2f} at step {s.best_step}; checkpoints in {self.run_dir}", file=sys.stderr)
+        tqdm.write(f"stopped: {stop}; best valid BLEU {s.best_bleu:.2f} at step {s.best_step}; checkpoints in {self.run_dir}", file=sys.stderr)
+
+    def run_epoch(self, bar) -> Optional[str]:
+        """Train from the current position to the end of the epoch; return why training stops, if it does."""
+        s, t = self.state, self.cfg.train
+        batches = bucket_batches(self.train_split.src_lens, self.train_split.tgt_lens, t.max_tokens, t.seed, s.epoch)
+        pin = self.device.type == "cuda"
+        while s.batch_in_epoch < len(batches):
+            group = batches[s.batch_in_epoch : s.batch_in_epoch + t.accum_steps]
+            start = time.perf_counter()
+            loss, n_tgt, ok = self.train_step([split_batch(self.train_split, ix, pin) for ix in group])
+            s.batch_in_epoch += len(group)
+            s.step += 1
+            s.skipped_steps += not ok
+            s.train_tokens += n_tgt
+            s.train_seconds += time.perf_counter() - start
+            self.window[0] += n_tgt
+            bar.update(1)
+            if s.step % t.log_every == 0 or s.step == 1:
+                self.log_progress(loss, bar)
+            stop = self.stop_reason()
+            if s.step % t.valid_every == 0 or stop:
+                stop = self.validate_and_save(bar) or stop
+            if stop:
+                return stop
+        s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+        if t.max_epochs and s.epoch >= t.max_epochs:
+            if self.last_valid_step != s.step:
+                self.validate_and_save(bar)
+            return f"reached train.max_epochs={t.max_epochs}"
+        return None
+
+    def log_progress(self, loss: float, bar) -> None:
+        s = self.state
+        tps = self.window[0] / max(time.perf_counter() - self.window[1], 1e-9)
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+        self.log({"step": s.step, "epoch": s.epoch, "train_loss": loss, "lr": lr, "tgt_tokens_per_s": tps, "time": s.train_seconds})
+        self.window = [0, time.perf_counter()]
 
     def stop_reason(self) -> Optional[str]:
         s, t = self.state, self.cfg.train
@@ -279,6 +288,8 @@ class Trainer:
         record = {"step": self.state.step, "epoch": self.state.epoch, "time": self.state.train_seconds, **metrics,
                   "valid_seconds": time.perf_counter() - start, "skipped_steps": self.state.skipped_steps}
         self.log(record)
+        self.last_valid_step = self.state.step
+        self.window = [0, time.perf_counter()]  # tokens/s excludes validation
         shown = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
         tqdm.write(f"valid: {shown}", file=sys.stderr)
         bar.refresh()
