@@ -28,11 +28,12 @@ def prepare(
 ) -> None:
     """Check and clean the corpus, train SentencePiece, write the prepared directory."""
     from nmt.config import load_config
-    from nmt.prepare import prepare as run
 
     # --source stands in for data.source, also where the config leaves it null (corpus 'files' needs one)
-    overrides = [*set_, f"data.source={json.dumps(source)}"] if source else set_
-    run(load_config(config, overrides), source=source, log=lambda m: print(m, file=sys.stderr))
+    cfg = load_config(config, [*set_, f"data.source={json.dumps(source)}"] if source else set_)
+    from nmt.prepare import prepare as run  # heavy imports after the config is known to be good
+
+    run(cfg, source=source, log=lambda m: print(m, file=sys.stderr))
 
 
 @app.command()
@@ -44,9 +45,11 @@ def train(
 ) -> None:
     """Train a model on a prepared directory."""
     from nmt.config import load_config
-    from nmt.train import train as run
 
-    run(load_config(config, set_), run_dir, resume)
+    cfg = load_config(config, set_)
+    from nmt.train import train as run  # heavy imports after the config is known to be good
+
+    run(cfg, run_dir, resume)
 
 
 @app.command()

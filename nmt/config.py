@@ -212,7 +212,17 @@ def config_from_dict(raw: Any, origin: str, name: Optional[str] = None) -> Confi
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads exponent floats without a dot (1e-3), as YAML 1.2 does; YAML 1.1 reads them as strings."""
+    """SafeLoader that rejects duplicate keys and reads exponent floats without a dot (1e-3) as
+    YAML 1.2 does (YAML 1.1 reads them as strings)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(

@@ -41,12 +41,15 @@ def evaluate_checkpoint(
     text = format_output(tr, hyps, 1)
     out_dir = Path(tr.path).parent
     stem = f"{split}.{Path(tr.path).stem}.beam{beam}"
-    atomic_write_text(out_dir / f"{stem}.hyp.txt", text)
     result = {
         "checkpoint": tr.path, "split": split, "prepared_dir": str(pdir), "beam": beam, "alpha": alpha,
         "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs),
     }
-    atomic_write_text(out_dir / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    try:
+        atomic_write_text(out_dir / f"{stem}.hyp.txt", text)
+        atomic_write_text(out_dir / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    except OSError as e:  # e.g. a read-only folder holding the checkpoint
+        raise NmtError(f"{out_dir}: cannot write {stem}.hyp.txt and {stem}.json beside the checkpoint: {e.strerror or e}") from None
     return result
 
 

@@ -182,6 +182,7 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
     """Run stage 1 for `cfg`; return the manifest written to `<prepared_dir>/manifest.json`."""
     files = corpus_files(cfg, source)
     texts = {role: read_parallel(*files[role]) for role in ROLES}
+    input_lines = {f.path: len(f.lines) for pair in texts.values() for f in pair}  # before max_train_pairs
     train_src, train_tgt = texts["train"]
     if cfg.data.max_train_pairs:
         train_src.lines = train_src.lines[: cfg.data.max_train_pairs]
@@ -213,7 +214,7 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
             manifest["counts"][role] = {"read": len(src_lines), "kept": len(src_lines)}
         write_split(out, role, src_lines, tgt_lines, src_ids, tgt_ids)
         manifest["inputs"][role] = {
-            side: {"path": f.path, "sha256": f.sha256, "lines": len(f.lines)} for side, f in (("src", src), ("tgt", tgt))
+            side: {"path": f.path, "sha256": f.sha256, "lines": input_lines[f.path]} for side, f in (("src", src), ("tgt", tgt))
         }
         for f in (src, tgt):
             if f.crlf or f.bom:

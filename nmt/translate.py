@@ -85,7 +85,10 @@ def translate(
     hyps = translate_lines(tr, text.lines, beam, tr.cfg.decode.alpha if alpha is None else alpha, nbest)
     result = format_output(tr, hyps, nbest)
     if output:
-        atomic_write_text(Path(output), result)
+        try:
+            atomic_write_text(Path(output), result)
+        except OSError as e:  # a directory, a missing parent we may not create, no permission
+            raise NmtError(f"{output}: cannot write: {e.strerror or e}") from None
     else:
         sys.stdout.write(result)
         sys.stdout.flush()

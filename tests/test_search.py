@@ -5,7 +5,14 @@ import math
 import torch
 
 from nmt.models.transformer import Transformer
-from nmt.search import beam_search, decode_corpus, greedy_search, length_penalty, select_state, top_candidates
+from nmt.search import (
+    beam_search,
+    decode_corpus,
+    greedy_search,
+    length_penalty,
+    select_state,
+    top_candidates,
+)
 from nmt.tokenizer import BOS, EOS, PAD
 
 A, B = 4, 5

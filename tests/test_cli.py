@@ -1,0 +1,321 @@
+"""The command line, end to end on configs/smoke.yaml, and its error paths (one `error:` line, no traceback).
+
+The end-to-end test runs the real program in subprocesses (`python -m nmt ...`) for each stage.
+Further calls, and most error paths, go through `nmt.cli.main` in-process: it is the console-script
+entry point itself, and it saves the ~2.5 s each subprocess spends importing torch. One error path
+also runs as a subprocess to check the real exit status and stderr.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nmt.cli import main
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+NBEST_LINE = re.compile(r"^(\d+) \|\|\| (.*) \|\|\| (-?\d+\.\d+)$")
+SHORT = "A dog runs."
+LONG = "A man in a blue shirt is standing on a ladder and cleaning the windows of a tall building."
+
+
+def nmt(*args: object, cwd: Path, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    """Run `python -m nmt ARGS` in `cwd`; stdout/stderr as text."""
+    # One thread: on a small shared machine two OpenMP threads per process can be ~40x slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nmt", *map(str, args)], cwd=cwd, input=stdin, capture_output=True, timeout=300, env=env
+    )
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"{proc.args} failed:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def assert_one_error_line(code: object, stderr: str, *names: object) -> str:
+    """Non-zero exit, no traceback, exactly one non-empty stderr line `error: ...` naming each of `names`."""
+    assert code not in (0, None)
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for name in names:
+        assert str(name) in lines[0]
+    return lines[0]
+
+
+@dataclass
+class SmokeRun:
+    cwd: Path  # an empty directory every command runs in: nothing may appear there
+    prepared: Path
+    run: Path
+    sets: list[str]  # the --set flags that go with every config-taking command
+    prepare: subprocess.CompletedProcess
+    train: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, multi30k_dir: Path) -> SmokeRun:
+    """`nmt prepare` then `nmt train` on configs/smoke.yaml, everything under a tmp dir."""
+    work = tmp_path_factory.mktemp("cli")
+    cwd, prepared, run = work / "cwd", work / "prepared", work / "run"
+    cwd.mkdir()
+    sets = ["--set", f"data.prepared_dir={prepared}"]
+    prep = nmt("prepare", "--config", SMOKE, "--source", multi30k_dir, *sets, cwd=cwd)
+    train = nmt("train", "--config", SMOKE, "--run-dir", run, *sets, "--set", "train.threads=1", cwd=cwd)
+    return SmokeRun(cwd, prepared, run, sets, prep, train)
+
+
+# --- in-process calls of the entry point ---
+
+@pytest.fixture
+def cli(monkeypatch, capsys, tmp_path: Path):
+    """Call `nmt.cli.main` with argv (and stdin bytes); returns (exit code, stdout, stderr)."""
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: object, stdin: bytes = b"") -> tuple[object, str, str]:
+        monkeypatch.setattr(sys, "argv", ["nmt", *map(str, args)])
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+        import torch
+
+        threads = torch.get_num_threads()  # `nmt train` sets it from the config: put it back
+        torch.set_num_threads(1)  # see nmt(): one thread is the fast choice here
+        try:
+            with pytest.raises(SystemExit) as info:
+                main()
+        finally:
+            torch.set_num_threads(threads)
+        out, err = capsys.readouterr()
+        return info.value.code, out, err
+
+    return call
+
+
+def test_end_to_end(smoke: SmokeRun, cli, tmp_path: Path) -> None:
+    ok(smoke.prepare)
+    assert (smoke.prepared / "manifest.json").is_file() and (smoke.prepared / "spm.model").is_file()
+    ok(smoke.train)
+    for name in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl"):
+        assert (smoke.run / name).is_file(), name
+    ckpt, cwd = smoke.run / "best.pt", smoke.cwd
+
+    # 1-best, stdin and file: one line per input line, an empty line stays an empty line
+    lines = [LONG, "", SHORT]
+    text = "".join(line + "\n" for line in lines)
+    from_stdin = ok(nmt("translate", "--checkpoint", ckpt, cwd=cwd, stdin=text.encode())).stdout
+    assert from_stdin.endswith("\n") and len(from_stdin.split("\n")[:-1]) == len(lines)
+    assert from_stdin.split("\n")[1] == ""
+    (tmp_path / "in.txt").write_text(text, encoding="utf-8")
+    out_file = tmp_path / "sub" / "out.txt"
+    proc = ok(nmt("translate", "--checkpoint", smoke.run, "--input", tmp_path / "in.txt", "--output", out_file, cwd=cwd))
+    assert proc.stdout == ""
+    assert out_file.read_text(encoding="utf-8") == from_stdin  # a run dir means its best.pt
+
+    # n-best: `i ||| text ||| score`, 2 per input, grouped by input index in input order
+    def nbest(order: list[str]) -> dict[str, list[float]]:
+        code, out, err = cli("translate", "--checkpoint", ckpt, "--nbest", 2, "--beam", 2,
+                             stdin="".join(s + "\n" for s in order).encode())
+        assert code in (0, None), err
+        rows = [NBEST_LINE.match(line) for line in out.splitlines()]
+        assert all(rows), out
+        assert [int(m.group(1)) for m in rows] == [0, 0, 1, 1]
+        return {order[i]: [float(m.group(3)) for m in rows if int(m.group(1)) == i] for i in range(2)}
+
+    forward, backward = nbest([LONG, SHORT]), nbest([SHORT, LONG])
+    assert forward[LONG] != forward[SHORT]  # otherwise the comparison below proves nothing
+    assert backward == forward  # each input keeps its own hypotheses whatever its position
+    for scores in forward.values():
+        assert scores == sorted(scores, reverse=True)
+
+    # evaluate a checkpoint on the test split: JSON with scores and signatures, hypotheses saved
+    result = json.loads(ok(nmt("evaluate", "--checkpoint", ckpt, "--split", "test", "--json", cwd=cwd)).stdout)
+    refs = smoke.prepared / "test.tgt.txt"
+    n_refs = len(refs.read_text(encoding="utf-8").splitlines())
+    hyp = Path(result["hyp"])
+    assert len(hyp.read_text(encoding="utf-8").splitlines()) == n_refs
+    for metric in ("bleu", "chrf", "ter"):
+        m = result["metrics"][metric]
+        assert isinstance(m["score"], float) and m["score"] >= 0
+        assert "nrefs:1" in m["signature"] and "version:" in m["signature"]
+    assert 0 <= result["metrics"]["bleu"]["score"] <= 100
+
+    # evaluate --hyp --ref scores those same hypotheses identically
+    code, out, err = cli("evaluate", "--hyp", hyp, "--ref", refs, "--json")
+    assert code in (0, None), err
+    assert json.loads(out)["metrics"] == result["metrics"]
+
+    assert list(cwd.iterdir()) == []  # every output went where it was told to go
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_invalid_utf8_on_stdin_subprocess(smoke: SmokeRun) -> None:
+    proc = nmt("translate", "--checkpoint", smoke.run / "best.pt", cwd=smoke.cwd, stdin=b"fine\nbad \xff\n")
+    line = assert_one_error_line(proc.returncode, proc.stderr, "<stdin>:2")
+    assert "UTF-8" in line
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["prepare", "train"])
+def test_missing_config_file(cli, tmp_path: Path, command: str) -> None:
+    code, _, err = cli(command, "--config", tmp_path / "nope.yaml")
+    assert_one_error_line(code, err, tmp_path / "nope.yaml", "not found")
+
+
+def test_unknown_key(cli, tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "data:\n  source: /x\ntrain:\n  max_step: 10\n")
+    code, _, err = cli("train", "--config", path)
+    assert_one_error_line(code, err, path, "train.max_step", "train.max_steps")
+
+
+def test_bad_yaml(cli, tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "data:\n  source: /x\nmodel: {layers: 2\n")
+    code, _, err = cli("prepare", "--config", path)
+    assert_one_error_line(code, err, path, "line ")
+
+
+def test_set_with_a_bad_value(cli) -> None:
+    code, _, err = cli("prepare", "--config", SMOKE, "--set", "train.max_steps=many")
+    assert_one_error_line(code, err, SMOKE, "train.max_steps", "--set")
+
+
+def test_set_without_equals(cli) -> None:
+    code, _, err = cli("train", "--config", SMOKE, "--set", "train.max_steps")
+    assert_one_error_line(code, err, "train.max_steps")
+
+
+def test_prepare_source_flag_stands_in_for_data_source(cli, tiny_corpus: Path, repo_root: Path, tmp_path: Path) -> None:
+    """configs/base.yaml leaves data.source null; `--source DIR` supplies it, as its comment says."""
+    out = tmp_path / "prepared"
+    code, _, err = cli("prepare", "--config", repo_root / "configs" / "base.yaml", "--source", tiny_corpus,
+                       "--set", f"data.prepared_dir={out}", "--set", "data.vocab_size=60")
+    assert code in (0, None), err
+    assert (out / "manifest.json").is_file()
+
+
+def test_missing_checkpoint(cli, tmp_path: Path) -> None:
+    code, _, err = cli("translate", "--checkpoint", tmp_path / "none.pt")
+    assert_one_error_line(code, err, tmp_path / "none.pt")
+
+
+def test_run_dir_without_checkpoints(cli, tmp_path: Path) -> None:
+    code, _, err = cli("evaluate", "--checkpoint", tmp_path, "--split", "test")
+    assert_one_error_line(code, err, tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"PK\x03\x04 truncated zip"])
+def test_file_that_is_not_a_checkpoint(cli, tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "fake.pt"
+    path.write_bytes(content)
+    code, _, err = cli("translate", "--checkpoint", path)
+    assert_one_error_line(code, err, path)
+
+
+def test_train_refuses_a_run_dir_that_holds_a_run(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", run, *smoke.sets)
+    assert_one_error_line(code, err, run, "--resume")
+    assert [p.name for p in run.iterdir()] == ["last.pt"]  # nothing written into it
+
+
+def test_resume_with_nothing_to_resume(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", tmp_path / "fresh", "--resume", *smoke.sets)
+    assert_one_error_line(code, err, tmp_path / "fresh" / "last.pt")
+
+
+def test_train_without_prepared_data(cli, tmp_path: Path) -> None:
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", tmp_path / "run",
+                       "--set", f"data.prepared_dir={tmp_path / 'unprepared'}")
+    assert_one_error_line(code, err, tmp_path / "unprepared", "nmt prepare")
+
+
+def test_translate_input_file_with_invalid_utf8(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"ok\nalso ok\n\xe4rger\n")
+    code, out, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--input", path)
+    assert_one_error_line(code, err, f"{path}:3")
+    assert out == ""
+
+
+def test_translate_missing_input_file(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--input", tmp_path / "none.txt")
+    assert_one_error_line(code, err, tmp_path / "none.txt")
+
+
+def test_translate_empty_input_gives_empty_output(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    code, out, err = cli("translate", "--checkpoint", smoke.run / "best.pt", stdin=b"")
+    assert code in (0, None), err
+    assert out == ""
+    empty = write(tmp_path / "empty.txt", "")
+    code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--input", empty, "--output", tmp_path / "o.txt")
+    assert code in (0, None), err
+    assert (tmp_path / "o.txt").read_bytes() == b""
+
+
+def test_translate_output_that_cannot_be_written(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    (tmp_path / "a_dir").mkdir()
+    code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--output", tmp_path / "a_dir", stdin=b"a\n")
+    assert_one_error_line(code, err, tmp_path / "a_dir")
+
+
+def test_evaluate_that_cannot_write_beside_the_checkpoint(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes((smoke.run / "best.pt").read_bytes())
+    (run / "valid.best.beam1.hyp.txt").mkdir()  # where the hypotheses would go
+    code, _, err = cli("evaluate", "--checkpoint", run / "best.pt", "--split", "valid", "--beam", "1")
+    assert_one_error_line(code, err, run, "valid.best.beam1.hyp.txt")
+
+
+def test_nbest_larger_than_beam(cli, smoke: SmokeRun) -> None:
+    code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--nbest", "3", "--beam", "2", stdin=b"a\n")
+    assert_one_error_line(code, err, "--nbest 3", "--beam 2")
+
+
+def test_evaluate_mismatched_line_counts(cli, tmp_path: Path) -> None:
+    hyp = write(tmp_path / "hyp.txt", "a\nb\nc\n")
+    ref = write(tmp_path / "ref.txt", "a\nb\n")
+    code, _, err = cli("evaluate", "--hyp", hyp, "--ref", ref)
+    assert_one_error_line(code, err, hyp, ref)
+
+
+def test_evaluate_identical_files_score_perfectly(cli, tmp_path: Path) -> None:
+    ref = write(tmp_path / "ref.txt", "Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n")
+    code, out, err = cli("evaluate", "--hyp", ref, "--ref", ref, "--json")
+    assert code in (0, None), err
+    m = json.loads(out)["metrics"]
+    assert (m["bleu"]["score"], m["chrf"]["score"], m["ter"]["score"]) == (100.0, 100.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["evaluate"],  # neither --hyp/--ref nor --checkpoint
+        ["evaluate", "--hyp", "h.txt"],  # --hyp without --ref
+        ["evaluate", "--checkpoint", "c.pt", "--hyp", "h.txt", "--ref", "r.txt"],  # both ways at once
+    ],
+)
+def test_evaluate_needs_exactly_one_way_in(cli, args: list[str]) -> None:
+    code, _, err = cli(*args)
+    assert_one_error_line(code, err, "--hyp")
+
+
+def test_evaluate_unknown_split(cli, smoke: SmokeRun) -> None:
+    code, _, err = cli("evaluate", "--checkpoint", smoke.run / "best.pt", "--split", "train")
+    assert_one_error_line(code, err, "--split train")
