@@ -28,6 +28,7 @@ from nmt.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from nmt.config import Config
 from nmt.data import Batch, Split, bucket_batches, load_split, read_lines, split_batch
 from nmt.errors import NmtError
+from nmt.interrupt import GracefulStop
 from nmt.metrics import bleu_score
 from nmt.models import build_model, count_parameters
 from nmt.prepare import read_manifest
@@ -224,16 +225,21 @@ class Trainer:
         self.save("last.pt", payload)
         return t.patience > 0 and s.bad_evals >= t.patience
 
-    def run(self) -> None:
+    def run(self) -> Optional[str]:
+        """Train until a stopping rule fires; return the signal name if a SIGINT/SIGTERM stopped it."""
         s, t = self.state, self.cfg.train
         bar = tqdm(total=t.max_steps, initial=s.step, disable=not t.progress, unit="step", dynamic_ncols=True, file=sys.stderr)
         self.window = [0, time.perf_counter()]  # target tokens and start time of the tokens/s window
         self.last_valid_step = s.step if s.step > 0 else -1
         stop = None
-        while stop is None:
-            stop = self.run_epoch(bar)
+        with GracefulStop() as self.signal:
+            while stop is None:
+                stop = self.run_epoch(bar)
         bar.close()
+        if self.signal.requested:
+            return self.signal.requested
         tqdm.write(f"stopped: {stop}; best valid BLEU {s.best_bleu:.2f} at step {s.best_step}; checkpoints in {self.run_dir}", file=sys.stderr)
+        return None
 
     def run_epoch(self, bar) -> Optional[str]:
         """Train from the current position to the end of the epoch; return why training stops, if it does."""
@@ -253,6 +259,9 @@ class Trainer:
             bar.update(1)
             if s.step % t.log_every == 0 or s.step == 1:
                 self.log_progress(loss, bar)
+            if self.signal.requested:
+                self.save("last.pt")  # where we are; validation and best.pt wait for the resumed run
+                return f"{self.signal.requested} at step {s.step}"
             stop = self.stop_reason()
             if s.step % t.valid_every == 0 or stop:
                 stop = self.validate_and_save(bar) or stop
@@ -331,7 +340,10 @@ def train(cfg: Config, run_dir: Optional[Path] = None, resume: bool = False) -> 
         tqdm.write(f"resuming {run_dir} at step {trainer.state.step} (epoch {trainer.state.epoch}, batch {trainer.state.batch_in_epoch})", file=sys.stderr)
     n = count_parameters(trainer.model)
     tqdm.write(f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters; device {device}; {len(trainer.train_split)} training pairs", file=sys.stderr)
-    trainer.run()
+    interrupted = trainer.run()
+    if interrupted:
+        raise NmtError(f"{interrupted}: stopped at step {trainer.state.step}, {run_dir / 'last.pt'} saved; "
+                       f"continue with: nmt train --config <config> --run-dir {run_dir} --resume")
     return run_dir
 
 
