@@ -231,7 +231,7 @@ class Trainer:
         bar = tqdm(total=t.max_steps, initial=s.step, disable=not t.progress, unit="step", dynamic_ncols=True, file=sys.stderr)
         self.window = [0, time.perf_counter()]  # target tokens and start time of the tokens/s window
         self.last_valid_step = s.step if s.step > 0 else -1
-        stop = None
+        stop = self.stop_reason()  # a resumed run may already be finished: take no extra step
         with GracefulStop() as self.signal:
             while stop is None:
                 stop = self.run_epoch(bar)

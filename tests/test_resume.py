@@ -27,3 +27,14 @@ def test_resumed_run_matches_uninterrupted_run(repo_root, multi30k_dir, tmp_path
     assert a["train_state"]["epoch"] == b["train_state"]["epoch"] and a["train_state"]["batch_in_epoch"] == b["train_state"]["batch_in_epoch"]
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_resuming_a_finished_run_takes_no_step(repo_root, multi30k_dir, tmp_path):
+    cfg = smoke(repo_root, multi30k_dir, tmp_path, 10)
+    prepare(cfg, log=lambda m: None)
+    run = train(cfg, tmp_path / "run")
+    before = load_checkpoint(run / "last.pt")
+    train(cfg, run, resume=True)
+    after = load_checkpoint(run / "last.pt")
+    assert after["train_state"]["step"] == before["train_state"]["step"] == 10
+    assert all(torch.equal(t, after["model"][k]) for k, t in before["model"].items())
