@@ -154,7 +154,7 @@ def beam_search(
 
 def decode_corpus(
     model, src_ids: list[list[int]], device: torch.device, max_tokens: int, beam: int, alpha: float,
-    max_len_a: float, max_len_b: int, max_positions: int, bos: int, eos: int, nbest: int = 1, progress=None,
+    max_len_a: float, max_len_b: int, max_positions: int, bos: int, eos: int, nbest: int = 1,
 ) -> list[list[Hypothesis]]:
     """Translate id sequences in length-sorted batches of about `max_tokens` source tokens (x beam);
     return the `nbest` hypotheses of each, in input order. Empty inputs get an empty output."""
@@ -173,6 +173,4 @@ def decode_corpus(
             hyps = beam_search(model, batch.src, batch.src_pad_mask, max_len, bos, eos, beam, alpha, nbest)
         for i, h in zip(index.tolist(), hyps):
             results[i] = h
-        if progress is not None:
-            progress.update(len(index))
     return results

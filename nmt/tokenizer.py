@@ -14,6 +14,7 @@ from typing import Optional
 
 import sentencepiece as spm
 
+from nmt.checkpoint import atomic_write_bytes
 from nmt.errors import NmtError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -106,8 +107,6 @@ class Tokenizer:
     # --- files: spm.model (joint) or spm.src.model + spm.tgt.model ---
     def save(self, directory: Path) -> list[str]:
         """Write the model file(s) into `directory`; return their names."""
-        from nmt.checkpoint import atomic_write_bytes
-
         if self.joint:
             atomic_write_bytes(directory / "spm.model", self.src_proto)
             return ["spm.model"]
