@@ -35,6 +35,8 @@ from nmt.prepare import read_manifest
 from nmt.search import decode_corpus
 from nmt.tokenizer import BOS, EOS, PAD, Tokenizer
 
+MAX_NONFINITE_IN_ROW = 10
+
 
 @dataclass
 class TrainState:
@@ -45,7 +47,8 @@ class TrainState:
     best_loss: float = float("inf")  # valid loss at the best step: breaks BLEU ties
     best_step: int = 0
     bad_evals: int = 0  # validations since the best one (early stopping)
-    skipped_steps: int = 0  # updates skipped for a non-finite gradient
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
+    nonfinite_in_row: int = 0  # consecutive skipped updates; MAX_NONFINITE_IN_ROW stops the run
     train_tokens: int = 0
     train_seconds: float = 0.0
 
@@ -253,6 +256,9 @@ class Trainer:
             s.batch_in_epoch += len(group)
             s.step += 1
             s.skipped_steps += not ok
+            s.nonfinite_in_row = 0 if ok else s.nonfinite_in_row + 1
+            if not ok:
+                self.check_nonfinite()
             s.train_tokens += n_tgt
             s.train_seconds += time.perf_counter() - start
             self.window[0] += n_tgt
@@ -281,6 +287,17 @@ class Trainer:
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
         self.log({"step": s.step, "epoch": s.epoch, "train_loss": loss, "lr": lr, "tgt_tokens_per_s": tps, "time": s.train_seconds})
         self.window = [0, time.perf_counter()]
+
+    def check_nonfinite(self) -> None:
+        """Log a skipped update; stop the run when too many come in a row (something is wrong, not noise)."""
+        s, t = self.state, self.cfg.train
+        tqdm.write(f"warning: step {s.step}: non-finite loss or gradient, update skipped ({s.skipped_steps} so far)", file=sys.stderr)
+        if s.nonfinite_in_row >= MAX_NONFINITE_IN_ROW:
+            raise NmtError(
+                f"{s.nonfinite_in_row} updates in a row had a non-finite loss or gradient (step {s.step}): the learning "
+                f"rate is likely too high (train.lr={t.lr:g}) or the precision too low (train.precision={t.precision}); "
+                "lower train.lr, raise train.warmup_steps or set train.precision=fp32"
+            )
 
     def stop_reason(self) -> Optional[str]:
         s, t = self.state, self.cfg.train

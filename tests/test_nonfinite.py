@@ -1,0 +1,48 @@
+"""A non-finite loss skips that update (counted); many in a row stop the run with a message naming the cause."""
+
+import pytest
+import torch
+
+import nmt.train as train_mod
+from nmt.checkpoint import load_checkpoint
+from nmt.config import load_config
+from nmt.errors import NmtError
+from nmt.prepare import prepare
+
+
+def smoke(repo_root, multi30k_dir, tmp_path, steps):
+    cfg = load_config(
+        repo_root / "configs" / "smoke.yaml",
+        [f"data.source={multi30k_dir}", f"data.prepared_dir={tmp_path / 'prepared'}", f"train.max_steps={steps}",
+         "train.valid_every=1000", "train.threads=1", "train.valid_bleu=false"],
+    )
+    prepare(cfg, log=lambda m: None)
+    return cfg
+
+
+def poison(monkeypatch, bad_calls):
+    """Make the training loss NaN on the given loss_fn calls (1-based)."""
+    real, calls = train_mod.loss_fn, [0]
+
+    def loss_fn(logits, target, smoothing):
+        calls[0] += 1
+        loss, nll = real(logits, target, smoothing)
+        return (loss * float("nan"), nll) if calls[0] in bad_calls else (loss, nll)
+
+    monkeypatch.setattr(train_mod, "loss_fn", loss_fn)
+
+
+def test_one_bad_step_is_skipped_and_counted(repo_root, multi30k_dir, tmp_path, monkeypatch):
+    cfg = smoke(repo_root, multi30k_dir, tmp_path, 6)
+    poison(monkeypatch, {3})
+    run = train_mod.train(cfg, tmp_path / "run")
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["train_state"]["step"] == 6 and ckpt["train_state"]["skipped_steps"] == 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_many_bad_steps_in_a_row_stop_with_advice(repo_root, multi30k_dir, tmp_path, monkeypatch):
+    cfg = smoke(repo_root, multi30k_dir, tmp_path, 100)
+    poison(monkeypatch, set(range(1, 1000)))
+    with pytest.raises(NmtError, match=r"10 updates in a row .* train\.lr"):
+        train_mod.train(cfg, tmp_path / "run")
