@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from nmt.config import Config
 from nmt.errors import NmtError
 from nmt.tokenizer import BOS, EOS, PAD
+
+PREPARED_FORMAT = "nmt-prepared"
+PREPARED_VERSION = 1
 
 
 class Split:
@@ -182,3 +187,33 @@ def bucket_batches(
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
+
+
+# --- the prepared directory's manifest (written by `nmt prepare`, read by every later stage) ---
+
+def data_settings(cfg: Config) -> dict:
+    """The data settings that determine a prepared dir's contents (where it came from excluded)."""
+    d = asdict(cfg.data)
+    for key in ("source", "prepared_dir"):
+        d.pop(key)
+    return d
+
+
+def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
+    """Read and check a prepared dir's manifest (format version; settings match `cfg` when given)."""
+    path = prepared_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NmtError(f"{path}: not found; run `nmt prepare --config C` first") from None
+    except (OSError, ValueError) as e:
+        raise NmtError(f"{path}: unreadable manifest: {e}") from None
+    if manifest.get("format") != PREPARED_FORMAT or manifest.get("version") != PREPARED_VERSION:
+        raise NmtError(
+            f"{path}: prepared-data format {manifest.get('format')} v{manifest.get('version')} is not "
+            f"{PREPARED_FORMAT} v{PREPARED_VERSION}; run `nmt prepare` again"
+        )
+    if cfg is not None and manifest["data"] != data_settings(cfg):
+        diff = sorted(k for k in manifest["data"].keys() | data_settings(cfg).keys() if manifest["data"].get(k) != data_settings(cfg).get(k))
+        raise NmtError(f"{prepared_dir}: prepared with different data settings ({', '.join('data.' + k for k in diff)}); run `nmt prepare` again")
+    return manifest

@@ -27,12 +27,10 @@ import numpy as np
 
 from nmt.checkpoint import atomic_write_bytes, atomic_write_text
 from nmt.config import Config
-from nmt.data import TextFile, read_text
+from nmt.data import PREPARED_FORMAT, PREPARED_VERSION, TextFile, data_settings, read_text
 from nmt.errors import NmtError
 from nmt.tokenizer import Tokenizer, train_spm
 
-PREPARED_FORMAT = "nmt-prepared"
-PREPARED_VERSION = 1
 ROLES = ("train", "valid", "test")
 
 MULTI30K_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}"
@@ -170,14 +168,6 @@ def build_tokenizer(cfg: Config, src_lines: list[str], tgt_lines: list[str]) -> 
     return Tokenizer(train_spm(src_lines, *args), train_spm(tgt_lines, *args))
 
 
-def data_settings(cfg: Config) -> dict:
-    """The data settings that determine a prepared dir's contents (where it came from excluded)."""
-    d = asdict(cfg.data)
-    for key in ("source", "prepared_dir"):
-        d.pop(key)
-    return d
-
-
 def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
     """Run stage 1 for `cfg`; return the manifest written to `<prepared_dir>/manifest.json`."""
     files = corpus_files(cfg, source)
@@ -243,23 +233,3 @@ def report(manifest: dict, out: Path, log) -> None:
     tk = manifest["tokenizer"]
     log(f"vocabulary: {tk['src_vocab_size']} source / {tk['tgt_vocab_size']} target pieces ({', '.join(tk['files'])})")
     log(f"wrote {out}")
-
-
-def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
-    """Read and check a prepared dir's manifest (format version; settings match `cfg` when given)."""
-    path = prepared_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NmtError(f"{path}: not found; run `nmt prepare --config C` first") from None
-    except (OSError, ValueError) as e:
-        raise NmtError(f"{path}: unreadable manifest: {e}") from None
-    if manifest.get("format") != PREPARED_FORMAT or manifest.get("version") != PREPARED_VERSION:
-        raise NmtError(
-            f"{path}: prepared-data format {manifest.get('format')} v{manifest.get('version')} is not "
-            f"{PREPARED_FORMAT} v{PREPARED_VERSION}; run `nmt prepare` again"
-        )
-    if cfg is not None and manifest["data"] != data_settings(cfg):
-        diff = sorted(k for k in manifest["data"].keys() | data_settings(cfg).keys() if manifest["data"].get(k) != data_settings(cfg).get(k))
-        raise NmtError(f"{prepared_dir}: prepared with different data settings ({', '.join('data.' + k for k in diff)}); run `nmt prepare` again")
-    return manifest

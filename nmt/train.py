@@ -26,12 +26,19 @@ from tqdm import tqdm
 
 from nmt.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from nmt.config import Config
-from nmt.data import Batch, Split, bucket_batches, load_split, read_lines, split_batch
+from nmt.data import (
+    Batch,
+    Split,
+    bucket_batches,
+    load_split,
+    read_lines,
+    read_manifest,
+    split_batch,
+)
 from nmt.errors import NmtError
 from nmt.interrupt import GracefulStop
 from nmt.metrics import bleu_score
 from nmt.models import build_model, count_parameters
-from nmt.prepare import read_manifest
 from nmt.search import decode_corpus
 from nmt.tokenizer import BOS, EOS, PAD, Tokenizer
 

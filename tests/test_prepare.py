@@ -17,9 +17,9 @@ import pytest
 
 import nmt.prepare
 from nmt.config import Config, config_from_dict, load_config
-from nmt.data import load_split
+from nmt.data import load_split, read_manifest
 from nmt.errors import NmtError
-from nmt.prepare import prepare, read_manifest
+from nmt.prepare import prepare
 from nmt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer
 
 STEMS = ("train", "val", "test_2016_flickr")  # the default data.train / data.valid / data.test
