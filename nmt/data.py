@@ -213,7 +213,8 @@ def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
             f"{path}: prepared-data format {manifest.get('format')} v{manifest.get('version')} is not "
             f"{PREPARED_FORMAT} v{PREPARED_VERSION}; run `nmt prepare` again"
         )
-    if cfg is not None and manifest["data"] != data_settings(cfg):
-        diff = sorted(k for k in manifest["data"].keys() | data_settings(cfg).keys() if manifest["data"].get(k) != data_settings(cfg).get(k))
+    wanted = data_settings(cfg) if cfg is not None else manifest["data"]
+    if manifest["data"] != wanted:
+        diff = sorted(k for k in manifest["data"].keys() | wanted.keys() if manifest["data"].get(k) != wanted.get(k))
         raise NmtError(f"{prepared_dir}: prepared with different data settings ({', '.join('data.' + k for k in diff)}); run `nmt prepare` again")
     return manifest
