@@ -1,14 +1,20 @@
-"""Atomic file writes and self-describing checkpoints (config + tokenizer + weights + train state).
+"""Atomic file writes and self-describing, checksummed checkpoints (config + tokenizer + weights + train state).
 
 Every file the program produces goes through `atomic_write_*`: written to a temporary file in the
 same directory, flushed and fsynced, then renamed over the target, so a crash leaves either the old
 file or the new one, never half of one.
+
+A checkpoint is an ordinary `torch.save` zip file whose zip comment holds the sha256 of everything
+before it, so `torch.load` still reads it and `load_checkpoint` detects truncation and flipped bits.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,14 @@ from nmt.errors import NmtError
 
 FORMAT = "nmt-checkpoint"
 VERSION = 1
+TMP_SUFFIX = ".tmp"
+_EOCD = b"PK\x05\x06"  # zip end-of-central-directory record: 22 bytes, the last 2 are the comment length
+_SEAL = b"nmt-sha256:"
+_SEAL_LEN = len(_SEAL) + 64
+
+
+class CorruptCheckpoint(NmtError):
+    """A checkpoint file that exists but cannot be trusted (truncated, bits flipped, not ours)."""
 
 
 def _umask() -> int:
@@ -31,7 +45,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (temp file in the same dir, fsync, rename, fsync dir)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -42,22 +56,71 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
+def atomic_link(src: Path, dst: Path) -> None:
+    """Make `dst` the same file as `src` atomically: a hard link (no copy), or a copy where links are unsupported."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}{TMP_SUFFIX}"
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # a filesystem without hard links, or another device
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dst.parent)
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete temporary files a killed process left behind in `folder`; return them."""
+    stale = sorted(Path(folder).glob(f".*{TMP_SUFFIX}"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def seal(data: bytes) -> bytes:
+    """Put the sha256 of a torch zip file into its (empty) zip comment."""
+    if data[-22:-18] != _EOCD or data[-2:] != b"\0\0":
+        raise ValueError("not a zip file without a comment")
+    body = data[:-2]
+    return body + struct.pack("<H", _SEAL_LEN) + _SEAL + hashlib.sha256(body).hexdigest().encode()
+
+
+def verify(path: Path, data: bytes) -> None:
+    """Raise CorruptCheckpoint unless `data` carries a seal that matches its content."""
+    n = len(data) - _SEAL_LEN
+    if n < 22 or data[n - 22 : n - 18] != _EOCD or data[n - 2 : n] != struct.pack("<H", _SEAL_LEN) or data[n:n + len(_SEAL)] != _SEAL:
+        raise CorruptCheckpoint(f"{path}: not a complete nmt checkpoint (truncated, or not written by nmt)")
+    if hashlib.sha256(data[:n - 2]).hexdigest().encode() != data[n + len(_SEAL):]:
+        raise CorruptCheckpoint(f"{path}: checksum mismatch, the file is corrupt")
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Serialize a checkpoint payload (see `make_payload` in train.py) atomically."""
+    """Serialize a checkpoint payload (see `Trainer.payload` in train.py), seal it, write it atomically."""
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, seal(buf.getvalue()))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -73,11 +136,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise NmtError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+    except OSError as e:
+        raise NmtError(f"{path}: cannot read: {e.strerror or e}") from None
+    verify(path, data)
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise NmtError(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(e).__name__}") from None
+        raise CorruptCheckpoint(f"{path}: not a readable checkpoint: {type(e).__name__}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise NmtError(f"{path}: not an nmt checkpoint")
+        raise CorruptCheckpoint(f"{path}: not an nmt checkpoint")
     if ckpt.get("version") != VERSION:
         raise NmtError(f"{path}: checkpoint format version {ckpt.get('version')} is not supported (expected {VERSION})")
     ckpt["path"] = str(path)

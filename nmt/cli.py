@@ -40,7 +40,8 @@ def prepare(
 def train(
     config: Path = CONFIG,
     run_dir: Optional[Path] = typer.Option(None, help="Where checkpoints and logs go (default runs/<config name>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from last.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its newest intact checkpoint."),
+    init: Optional[str] = typer.Option(None, help="Fine-tune: start from this checkpoint's weights (same tokenizer and model config)."),
     set_: list[str] = SETS,
 ) -> None:
     """Train a model on a prepared directory."""
@@ -49,7 +50,7 @@ def train(
     cfg = load_config(config, set_)
     from nmt.train import train as run  # heavy imports after the config is known to be good
 
-    run(cfg, run_dir, resume)
+    run(cfg, run_dir, resume, init)
 
 
 @app.command()

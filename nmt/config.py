@@ -77,11 +77,14 @@ class TrainConfig:
     clip_norm: float = _opt(1.0, min=0.0)
     label_smoothing: float = _opt(0.1, min=0.0, max=0.99)
     valid_every: int = _opt(1000, min=1)
+    save_every: int = _opt(0, min=0)
+    keep_last: int = _opt(3, min=0)
+    keep_best: int = _opt(3, min=0)
     valid_bleu: bool = True
     patience: int = _opt(0, min=0)
     log_every: int = _opt(100, min=1)
     device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
-    precision: str = _opt("auto", choices=("auto", "fp32", "bf16"))
+    precision: str = _opt("auto", choices=("auto", "fp32", "bf16", "fp16"))
     threads: int = _opt(0, min=0)
     progress: bool = True
 

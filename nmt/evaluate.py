@@ -21,6 +21,8 @@ def evaluate_files(hyp: str, ref: str) -> dict:
     hyps, refs = read_text(Path(hyp)).lines, read_text(Path(ref)).lines
     if len(hyps) != len(refs):
         raise NmtError(f"{hyp} has {len(hyps)} lines but {ref} has {len(refs)}")
+    if not refs:
+        raise NmtError(f"{ref}: empty, nothing to score")
     return {"hyp": hyp, "ref": ref, "metrics": score_all(hyps, refs)}
 
 

@@ -17,8 +17,10 @@ class GracefulStop:
         self._previous: dict = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if self.requested is not None:  # second signal: stop now
+        if self.requested is not None:  # second signal: stop now (typer turns KeyboardInterrupt into exit 130)
             self.__exit__()
+            print(f"{signal.Signals(signum).name} again: stopping at once; the run's checkpoints are as they were "
+                  "(continue with --resume)", file=sys.stderr)
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
         print(f"\n{self.requested}: finishing the current step and saving last.pt (press Ctrl-C again to stop at once)", file=sys.stderr)

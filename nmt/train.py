@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import sacrebleu
 import sentencepiece
 import torch
@@ -24,7 +26,12 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from nmt.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from nmt.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
 from nmt.config import Config
 from nmt.data import (
     Batch,
@@ -39,10 +46,13 @@ from nmt.errors import NmtError
 from nmt.interrupt import GracefulStop
 from nmt.metrics import bleu_score
 from nmt.models import build_model, count_parameters
+from nmt.retention import STEP_DIR, Retention, has_checkpoint, load_for_resume
 from nmt.search import decode_corpus
 from nmt.tokenizer import BOS, EOS, PAD, Tokenizer
 
 MAX_NONFINITE_IN_ROW = 10
+MAX_OOM_IN_ROW = 5
+FP16_INIT_SCALE = 2.0**7  # fairseq's starting loss scale: few overflows while the scale settles
 
 
 @dataclass
@@ -56,6 +66,8 @@ class TrainState:
     bad_evals: int = 0  # validations since the best one (early stopping)
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     nonfinite_in_row: int = 0  # consecutive skipped updates; MAX_NONFINITE_IN_ROW stops the run
+    oom_skipped: int = 0  # batches skipped for running out of GPU memory (no step taken)
+    oom_in_row: int = 0  # consecutive ones; MAX_OOM_IN_ROW stops the run
     train_tokens: int = 0
     train_seconds: float = 0.0
 
@@ -89,12 +101,34 @@ def pick_device(name: str) -> torch.device:
 
 
 def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on CUDA (precision auto/bf16); fp32 everywhere else."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
+    """Autocast to bf16 or fp16 as asked; `auto` is bf16 on CUDA and fp32 (no autocast) on the CPU."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if precision == "auto" and device.type == "cuda":
+        dtype = torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+def rng_state() -> dict:
+    """Every random number generator training could touch: python, numpy, torch CPU and CUDA."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
+    rng = {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if "python" in rng:
+        version, state, gauss = rng["python"]
+        random.setstate((version, tuple(state), gauss))
+    if "numpy" in rng:
+        np_state = dict(rng["numpy"], state=dict(rng["numpy"]["state"]))
+        np_state["state"]["key"] = np.array(np_state["state"]["key"], dtype=np.uint32)
+        np.random.set_state(np_state)
 
 
 def environment() -> dict:
@@ -103,14 +137,17 @@ def environment() -> dict:
         here = Path(__file__).resolve().parent
         r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         commit = r.stdout.strip() if r.returncode == 0 else ""
+        r = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = bool(r.stdout.strip()) if commit and r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
-        commit = ""
+        commit, dirty = "", None
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "sentencepiece": sentencepiece.__version__,
         "sacrebleu": sacrebleu.__version__,
         "git_commit": commit or None,
+        "git_dirty": dirty,  # uncommitted changes to tracked files: the commit alone does not describe the code
         "command": sys.argv,
         "machine": platform.machine(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -130,45 +167,69 @@ class Trainer:
             self.model.parameters(), lr=t.lr, betas=t.betas, eps=t.adam_eps, weight_decay=t.weight_decay,
             fused=device.type == "cuda",
         )
+        # loss scaling only for fp16 (bf16 has fp32's range); disabled, the scaler passes everything through
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=FP16_INIT_SCALE, enabled=t.precision == "fp16")
         self.state = TrainState()
         self.metrics_path = run_dir / "metrics.jsonl"
+        self.kept = Retention(run_dir, t.keep_last, t.keep_best)
 
     # --- checkpoints ---
     def payload(self) -> dict:
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "config": self.cfg.to_dict(),
             "tokenizer": self.tok.to_state(),
             "tokenizer_sha256": self.tok.sha256,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "train_state": asdict(self.state),
-            "rng": rng,
+            "rng": rng_state(),
         }
 
-    def restore(self, ckpt: dict) -> None:
+    def check_compatible(self, ckpt: dict, what: str, sections: tuple[str, ...]) -> None:
+        """Refuse a checkpoint trained with another tokenizer or other settings in `sections`."""
         if ckpt["tokenizer_sha256"] != self.tok.sha256:
-            raise NmtError(f"{ckpt['path']}: trained with a different tokenizer than {self.cfg.prepared_dir}; refusing to resume")
-        for section in ("model", "data"):
+            raise NmtError(f"{ckpt['path']}: trained with a different tokenizer (sha256 {ckpt['tokenizer_sha256'][:12]}) than the one in "
+                           f"{self.cfg.prepared_dir} ({self.tok.sha256[:12]}); refusing to {what}")
+        for section in sections:
             if ckpt["config"][section] != self.cfg.to_dict()[section]:
                 changed = sorted(k for k, v in self.cfg.to_dict()[section].items() if ckpt["config"][section].get(k) != v)
-                raise NmtError(f"{ckpt['path']}: cannot resume with a changed {section} config ({', '.join(f'{section}.{k}' for k in changed)})")
+                raise NmtError(f"{ckpt['path']}: cannot {what} with a changed {section} config ({', '.join(f'{section}.{k}' for k in changed)})")
+
+    def init_from(self, ckpt: dict) -> None:
+        """Fine-tuning: start from a checkpoint's weights, with a fresh optimizer, schedule and state."""
+        self.check_compatible(ckpt, "fine-tune from it", ("model",))
+        self.model.load_state_dict(ckpt["model"])
+
+    def restore(self, ckpt: dict) -> None:
+        self.check_compatible(ckpt, "resume", ("model", "data"))
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["train_state"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        set_rng_state(ckpt["rng"])
 
-    def save(self, name: str, payload: Optional[dict] = None) -> None:
-        save_checkpoint(self.run_dir / name, payload or self.payload())
+    def save(self, scores: Optional[dict] = None, best: bool = False) -> None:
+        """Write last.pt; keep it as checkpoints/step-N.pt (and best.pt); prune what falls out of keep_last/keep_best."""
+        save_checkpoint(self.run_dir / "last.pt", self.payload())
+        self.kept.record(self.state.step, scores, best)
 
     # --- one step ---
-    def train_step(self, batches: list[Batch]) -> tuple[float, int, bool]:
-        """Forward/backward over the micro-batches, then one update. Returns (loss per token, tokens, updated)."""
+    def train_step(self, batches: list[Batch]) -> Optional[tuple[float, int, bool]]:
+        """Forward/backward over the micro-batches, then one update. Returns (loss per token, tokens, updated),
+        or None when the device ran out of memory (the gradients are dropped and memory freed)."""
         self.model.train()
+        try:
+            return self._train_step(batches)
+        except torch.cuda.OutOfMemoryError:
+            pass  # free outside the except block: the traceback holds the activations
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
+
+    def _train_step(self, batches: list[Batch]) -> tuple[float, int, bool]:
         n_tgt = sum(b.n_tgt for b in batches)
         total = torch.zeros((), device=self.device)
         for b in batches:
@@ -176,16 +237,18 @@ class Trainer:
             with autocast_for(self.device, self.cfg.train.precision):
                 logits = self.model(b.src, b.src_pad_mask, b.tgt_in)
             loss, _ = loss_fn(logits, b.tgt_out, self.cfg.train.label_smoothing)
-            (loss / n_tgt).backward()
+            self.scaler.scale(loss / n_tgt).backward()
             total += loss.detach()
         lr = lr_at(self.state.step + 1, self.cfg.train.lr, self.cfg.train.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.scaler.unscale_(self.optimizer)
         clip = self.cfg.train.clip_norm if self.cfg.train.clip_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         ok = bool(torch.isfinite(norm))
         if ok:
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+        self.scaler.update()  # fp16: an overflow halves the loss scale
         self.optimizer.zero_grad(set_to_none=True)
         return float(total) / n_tgt, n_tgt, ok
 
@@ -229,10 +292,7 @@ class Trainer:
             s.best_bleu, s.best_loss, s.best_step, s.bad_evals = bleu, loss, s.step, 0
         else:
             s.bad_evals += 1
-        payload = self.payload()
-        if improved:
-            self.save("best.pt", payload)
-        self.save("last.pt", payload)
+        self.save({"valid_bleu": bleu, "valid_loss": loss}, best=improved)
         return t.patience > 0 and s.bad_evals >= t.patience
 
     def run(self) -> Optional[str]:
@@ -257,27 +317,24 @@ class Trainer:
         batches = bucket_batches(self.train_split.src_lens, self.train_split.tgt_lens, t.max_tokens, t.seed, s.epoch)
         pin = self.device.type == "cuda"
         while s.batch_in_epoch < len(batches):
-            group = batches[s.batch_in_epoch : s.batch_in_epoch + t.accum_steps]
+            group = [split_batch(self.train_split, ix, pin) for ix in batches[s.batch_in_epoch : s.batch_in_epoch + t.accum_steps]]
             start = time.perf_counter()
-            loss, n_tgt, ok = self.train_step([split_batch(self.train_split, ix, pin) for ix in group])
+            result = self.train_step(group)
             s.batch_in_epoch += len(group)
-            s.step += 1
-            s.skipped_steps += not ok
-            s.nonfinite_in_row = 0 if ok else s.nonfinite_in_row + 1
-            if not ok:
-                self.check_nonfinite()
-            s.train_tokens += n_tgt
-            s.train_seconds += time.perf_counter() - start
-            self.window[0] += n_tgt
-            bar.update(1)
-            if s.step % t.log_every == 0 or s.step == 1:
-                self.log_progress(loss, bar)
+            if result is None:
+                self.check_oom(group)
+            else:
+                self.count_step(*result, time.perf_counter() - start, bar)
             if self.signal.requested:
-                self.save("last.pt")  # where we are; validation and best.pt wait for the resumed run
+                self.save()  # where we are; validation and best.pt wait for the resumed run
                 return f"{self.signal.requested} at step {s.step}"
+            if result is None:
+                continue
             stop = self.stop_reason()
             if s.step % t.valid_every == 0 or stop:
                 stop = self.validate_and_save(bar) or stop
+            elif t.save_every and s.step % t.save_every == 0:
+                self.save()
             if stop:
                 return stop
         s.epoch, s.batch_in_epoch = s.epoch + 1, 0
@@ -286,6 +343,35 @@ class Trainer:
                 self.validate_and_save(bar)
             return f"reached train.max_epochs={t.max_epochs}"
         return None
+
+    def count_step(self, loss: float, n_tgt: int, ok: bool, seconds: float, bar) -> None:
+        s = self.state
+        s.step += 1
+        s.oom_in_row = 0
+        s.skipped_steps += not ok
+        s.nonfinite_in_row = 0 if ok else s.nonfinite_in_row + 1
+        if not ok:
+            self.check_nonfinite()
+        s.train_tokens += n_tgt
+        s.train_seconds += seconds
+        self.window[0] += n_tgt
+        bar.update(1)
+        if s.step % self.cfg.train.log_every == 0 or s.step == 1:
+            self.log_progress(loss, bar)
+
+    def check_oom(self, group: list[Batch]) -> None:
+        """Log a batch skipped for lack of memory; stop when it keeps happening (the budget is too big)."""
+        s, t = self.state, self.cfg.train
+        s.oom_skipped += 1
+        s.oom_in_row += 1
+        shapes = ", ".join(f"{b.src.shape[0]} sentences x {b.src.shape[1]} source / {b.tgt_in.shape[1]} target tokens" for b in group)
+        tqdm.write(f"warning: out of memory after step {s.step} on a batch of {shapes}; batch skipped ({s.oom_skipped} so far)", file=sys.stderr)
+        self.log({"step": s.step, "epoch": s.epoch, "oom_skipped": s.oom_skipped, "batch_shapes": [[*b.src.shape, b.tgt_in.shape[1]] for b in group]})
+        if s.oom_in_row >= MAX_OOM_IN_ROW:
+            raise NmtError(
+                f"out of memory on {s.oom_in_row} batches in a row (after step {s.step}): lower train.max_tokens "
+                f"(now {t.max_tokens}) and raise train.accum_steps (now {t.accum_steps}) to keep the same batch size"
+            )
 
     def log_progress(self, loss: float, bar) -> None:
         s = self.state
@@ -331,20 +417,57 @@ class Trainer:
         return None
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, tok: Tokenizer) -> None:
-    if not resume and (run_dir / "last.pt").exists():
+def prepare_run_dir(run_dir: Path, resume: bool) -> bool:
+    """Check the run directory and clear what a killed run left half-written; return whether to resume."""
+    if not resume and has_checkpoint(run_dir):
         raise NmtError(f"{run_dir} already holds a run (last.pt); pass --resume to continue it or --run-dir to start another")
-    if resume and not (run_dir / "last.pt").exists():
-        raise NmtError(f"{run_dir / 'last.pt'}: nothing to resume")
+    if resume and not has_checkpoint(run_dir):
+        if not (run_dir / "config.yaml").exists():
+            raise NmtError(f"{run_dir / 'last.pt'}: nothing to resume")
+        tqdm.write(f"warning: {run_dir} stopped before its first checkpoint; starting it again from step 0", file=sys.stderr)
+        resume = False
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    atomic_write_text(run_dir / "env.json", json.dumps(environment(), indent=2) + "\n")
-    tok.save(run_dir)
+    stale = remove_stale_temp_files(run_dir) + remove_stale_temp_files(run_dir / STEP_DIR)
+    if stale:
+        tqdm.write(f"removed {len(stale)} partly written file(s) a killed run left in {run_dir}", file=sys.stderr)
+    return resume
 
 
-def train(cfg: Config, run_dir: Optional[Path] = None, resume: bool = False) -> Path:
-    """Run stage 2 for `cfg`; return the run directory."""
+def record_session(run_dir: Path, step: int, init: Optional[str]) -> None:
+    """Append this invocation (versions, git commit, command line, starting step) to env.json."""
+    path = run_dir / "env.json"
+    try:
+        sessions = json.loads(path.read_text(encoding="utf-8"))["sessions"] if step > 0 else []
+    except (OSError, ValueError, KeyError, TypeError):
+        sessions = []
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": step, **environment()}
+    if init:
+        session["init_from"] = init
+    atomic_write_text(path, json.dumps({"sessions": [*sessions, session]}, indent=2) + "\n")
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop metrics recorded after `step`: a resumed run writes them again, so the curves have no repeats."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] > step:
+                continue
+        except (ValueError, KeyError, TypeError):  # a line half-written when the run was killed
+            continue
+        kept.append(line)
+    if kept != lines:
+        atomic_write_text(path, "".join(kept))
+
+
+def train(cfg: Config, run_dir: Optional[Path] = None, resume: bool = False, init: Optional[str] = None) -> Path:
+    """Run stage 2 for `cfg` (from the weights of checkpoint `init` when given); return the run directory."""
     run_dir = Path(run_dir or f"runs/{cfg.name}")
+    if init and resume:
+        raise NmtError("--init starts a new run from a checkpoint's weights; --resume continues a run: give one of them")
     manifest = read_manifest(cfg.prepared_dir, cfg)
     tok = Tokenizer.load(cfg.prepared_dir)
     if tok.sha256 != manifest["tokenizer"]["sha256"]:
@@ -354,14 +477,23 @@ def train(cfg: Config, run_dir: Optional[Path] = None, resume: bool = False) -> 
         torch.set_num_threads(cfg.train.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    prepare_run_dir(cfg, run_dir, resume, tok)
+    init_ckpt = load_checkpoint(init) if init else None
+    resume = prepare_run_dir(run_dir, resume)
     trainer = Trainer(
         cfg, run_dir, device, tok, load_split(cfg.prepared_dir, "train"), load_split(cfg.prepared_dir, "valid"),
         read_lines(cfg.prepared_dir / "valid.tgt.txt"),
     )
     if resume:
-        trainer.restore(load_checkpoint(run_dir / "last.pt"))
+        trainer.restore(load_for_resume(run_dir, warn=lambda m: tqdm.write(m, file=sys.stderr)))
         tqdm.write(f"resuming {run_dir} at step {trainer.state.step} (epoch {trainer.state.epoch}, batch {trainer.state.batch_in_epoch})", file=sys.stderr)
+    elif init_ckpt:
+        trainer.init_from(init_ckpt)
+        tqdm.write(f"fine-tuning from {init_ckpt['path']} (its step {init_ckpt['train_state']['step']})", file=sys.stderr)
+    # only now, with the checkpoint accepted, does anything in the run directory change
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tok.save(run_dir)
+    trim_log(trainer.metrics_path, trainer.state.step)  # a fresh start, too, drops what a dead attempt logged
+    record_session(run_dir, trainer.state.step, init_ckpt["path"] if init_ckpt else None)
     n = count_parameters(trainer.model)
     tqdm.write(f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters; device {device}; {len(trainer.train_split)} training pairs", file=sys.stderr)
     interrupted = trainer.run()

@@ -17,6 +17,6 @@ nmt prepare --config "$CONFIG" ${SOURCE:+--source "$SOURCE"}
 SETS=()
 [ -n "${MAX_MINUTES:-}" ] && SETS+=(--set "train.max_minutes=$MAX_MINUTES")
 RESUME=()
-[ -f "$RUN_DIR/last.pt" ] && RESUME=(--resume)
+[ -f "$RUN_DIR/config.yaml" ] && RESUME=(--resume)  # a run was started here: continue it (from scratch if it saved nothing)
 nmt train --config "$CONFIG" --run-dir "$RUN_DIR" "${RESUME[@]}" "${SETS[@]}"
 nmt evaluate --checkpoint "$RUN_DIR/best.pt" --split test

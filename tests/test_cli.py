@@ -319,3 +319,138 @@ def test_evaluate_needs_exactly_one_way_in(cli, args: list[str]) -> None:
 def test_evaluate_unknown_split(cli, smoke: SmokeRun) -> None:
     code, _, err = cli("evaluate", "--checkpoint", smoke.run / "best.pt", "--split", "train")
     assert_one_error_line(code, err, "--split train")
+
+
+# --- runs that must be refused without touching what is already there ---
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def run_copy(smoke: SmokeRun, tmp_path: Path) -> Path:
+    """A copy of the smoke run, free to be resumed or damaged."""
+    import shutil
+
+    return Path(shutil.copytree(smoke.run, tmp_path / "run_copy"))
+
+
+@pytest.fixture(scope="module")
+def other_prepared(smoke: SmokeRun, multi30k_dir: Path) -> Path:
+    """The smoke data prepared with another vocabulary size: another tokenizer."""
+    other = smoke.prepared.parent / "prepared_300"
+    ok(nmt("prepare", "--config", SMOKE, "--source", multi30k_dir, "--set", f"data.prepared_dir={other}",
+           "--set", "data.vocab_size=300", cwd=smoke.cwd))
+    return other
+
+
+def test_resume_with_a_changed_model_config_is_refused(cli, smoke: SmokeRun, run_copy: Path) -> None:
+    before = snapshot(run_copy)
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", run_copy, "--resume", *smoke.sets,
+                       "--set", "model.d_model=64", "--set", "model.ffn=128")
+    assert_one_error_line(code, err, run_copy / "last.pt", "model.d_model", "model.ffn")
+    assert snapshot(run_copy) == before
+
+
+def test_resume_with_another_tokenizer_is_refused(cli, run_copy: Path, other_prepared: Path) -> None:
+    before = snapshot(run_copy)
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", run_copy, "--resume",
+                       "--set", f"data.prepared_dir={other_prepared}", "--set", "data.vocab_size=300")
+    assert_one_error_line(code, err, "different tokenizer", other_prepared, "resume")
+    assert snapshot(run_copy) == before
+
+
+def test_fine_tuning_with_another_tokenizer_is_refused(cli, smoke: SmokeRun, other_prepared: Path, tmp_path: Path) -> None:
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", tmp_path / "ft", "--init", smoke.run / "best.pt",
+                       "--set", f"data.prepared_dir={other_prepared}", "--set", "data.vocab_size=300")
+    assert_one_error_line(code, err, smoke.run / "best.pt", "different tokenizer", "fine-tune")
+    assert not list((tmp_path / "ft").glob("*.pt"))
+
+
+def test_fine_tuning_starts_from_the_checkpoint_weights(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    import torch
+
+    from nmt.checkpoint import load_checkpoint
+
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", tmp_path / "ft", "--init", smoke.run / "best.pt", *smoke.sets,
+                       "--set", "train.max_steps=1", "--set", "train.lr=1e-12", "--set", "train.warmup_steps=0",
+                       "--set", "train.valid_bleu=false")
+    assert code in (0, None), err
+    start, tuned = load_checkpoint(smoke.run / "best.pt"), load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert tuned["train_state"]["step"] == 1  # a new run: its own step count, optimizer and schedule
+    assert all(torch.allclose(t, tuned["model"][k], atol=1e-6) for k, t in start["model"].items())
+    env = json.loads((tmp_path / "ft" / "env.json").read_text())["sessions"][-1]
+    assert env["init_from"] == str(smoke.run / "best.pt") and env["start_step"] == 0
+
+
+def test_init_and_resume_together_are_refused(cli, smoke: SmokeRun, run_copy: Path) -> None:
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", run_copy, "--resume", "--init", smoke.run / "best.pt", *smoke.sets)
+    assert_one_error_line(code, err, "--init", "--resume")
+
+
+def test_evaluate_with_a_prepared_dir_of_another_tokenizer(cli, smoke: SmokeRun, other_prepared: Path) -> None:
+    code, _, err = cli("evaluate", "--checkpoint", smoke.run / "best.pt", "--prepared-dir", other_prepared)
+    assert_one_error_line(code, err, "different tokenizer", other_prepared)
+
+
+def test_train_on_a_prepared_dir_of_another_format_version(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    import shutil
+
+    prepared = Path(shutil.copytree(smoke.prepared, tmp_path / "prepared"))
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    manifest["version"] += 1
+    (prepared / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", tmp_path / "run", "--set", f"data.prepared_dir={prepared}")
+    assert_one_error_line(code, err, prepared / "manifest.json", f"v{manifest['version']}", "nmt prepare")
+
+
+def test_translate_a_line_longer_than_the_model_allows(cli, smoke: SmokeRun) -> None:
+    long_line = " ".join(["A man in a blue shirt walks."] * 80)  # ~600 subwords; the model takes 127
+    code, out, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--beam", "1", stdin=f"{SHORT}\n{long_line}\n".encode())
+    assert code in (0, None), err
+    assert len(out.splitlines()) == 2
+    assert "warning: 1 input line(s) longer than the model's 127 subwords were truncated (first: line 2)" in err
+
+
+def test_evaluate_empty_files(cli, tmp_path: Path) -> None:
+    hyp, ref = write(tmp_path / "hyp.txt", ""), write(tmp_path / "ref.txt", "")
+    code, _, err = cli("evaluate", "--hyp", hyp, "--ref", ref)
+    assert_one_error_line(code, err, ref, "empty")
+
+
+@pytest.mark.parametrize(
+    "change, names",
+    [
+        (lambda d: (d / "train.de").write_text("".join(f"{s}\n" for s in (d / "train.de").read_text().splitlines()[:-2])),
+         ["train.en", "train.de", "120", "118"]),
+        (lambda d: (d / "val.en").write_bytes((d / "val.en").read_bytes() + b"caf\xe9\n"), ["val.en:13", "UTF-8"]),
+        (lambda d: (d / "test_2016_flickr.de").unlink(), ["test_2016_flickr.de", "not found"]),
+    ],
+    ids=["different_lengths", "invalid_utf8", "missing_file"],
+)
+def test_prepare_bad_corpus(cli, make_corpus, tmp_path: Path, change, names) -> None:
+    folder = make_corpus()
+    change(folder)
+    code, _, err = cli("prepare", "--config", SMOKE, "--source", folder, "--set", "data.corpus=files",
+                       "--set", f"data.prepared_dir={tmp_path / 'out'}", "--set", "data.vocab_size=60")
+    assert_one_error_line(code, err, *names)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_prepare_with_nothing_left_after_filtering(cli, make_corpus, tmp_path: Path) -> None:
+    folder = make_corpus()
+    code, _, err = cli("prepare", "--config", SMOKE, "--source", folder, "--set", "data.corpus=files",
+                       "--set", f"data.prepared_dir={tmp_path / 'out'}", "--set", "data.vocab_size=60", "--set", "data.max_len=1")
+    assert_one_error_line(code, err, "no training pairs left after filtering", "data.max_len=1")
+
+
+@pytest.mark.parametrize(
+    "setting, names",
+    [("model.heads=3", ["model.heads", "3 heads do not divide model.d_model=32"]),
+     ("train.lr=-1", ["train.lr", "must be > 0.0"]),
+     ("train.max_steps=ten", ["train.max_steps", "expected int"])],
+)
+def test_train_with_a_bad_setting(cli, smoke: SmokeRun, tmp_path: Path, setting: str, names: list[str]) -> None:
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", tmp_path / "run", *smoke.sets, "--set", setting)
+    assert_one_error_line(code, err, *names)
+    assert not (tmp_path / "run").exists()

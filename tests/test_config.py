@@ -200,7 +200,7 @@ def test_wrong_type_is_rejected_naming_key_and_file(tmp_path: Path, line: str, k
         ("data.corpus=europarl", "data.corpus"),
         ("data.spm_type=word", "data.spm_type"),
         ("train.device=tpu", "train.device"),
-        ("train.precision=fp16", "train.precision"),
+        ("train.precision=fp8", "train.precision"),
     ],
 )
 def test_out_of_range_or_not_a_choice_is_rejected(valid: Path, override: str, key: str) -> None:

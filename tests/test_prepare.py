@@ -147,6 +147,20 @@ def test_cr_bom_and_whitespace_are_stripped_and_counted(make_corpus, tmp_path: P
     assert manifest["counts"]["train"]["kept"] == len(clean)
 
 
+def test_warnings_for_crlf_and_duplicated_pairs_are_printed(make_corpus, tmp_path: Path) -> None:
+    folder = make_corpus()
+    src, tgt = read_lines(folder / "train.en"), read_lines(folder / "train.de")
+    assert len(set(zip(src, tgt))) == len(src)
+    for path, lines in ((folder / "train.en", src), (folder / "train.de", tgt)):
+        path.write_text("".join(f"{line}\n" for line in lines + lines[:7]), encoding="utf-8")  # 7 pairs twice
+    (folder / "val.de").write_bytes((folder / "val.de").read_bytes().replace(b"\n", b"\r\n"))
+    messages: list[str] = []
+    manifest = prepare(files_cfg(folder, tmp_path / "out"), log=messages.append)
+    assert manifest["counts"]["train"]["duplicates"] == 7
+    assert "warning: train has 7 duplicated pairs (kept)" in messages
+    assert f"warning: {folder / 'val.de'}: 12 lines ended in CR (stripped), 0 byte-order marks (stripped)" in messages
+
+
 def test_a_file_without_final_newline_loses_no_line(make_corpus, tmp_path: Path) -> None:
     folder = make_corpus()
     path = folder / "val.en"

@@ -38,3 +38,41 @@ def test_resuming_a_finished_run_takes_no_step(repo_root, multi30k_dir, tmp_path
     after = load_checkpoint(run / "last.pt")
     assert after["train_state"]["step"] == before["train_state"]["step"] == 10
     assert all(torch.equal(t, after["model"][k]) for k, t in before["model"].items())
+
+
+def test_fp16_run_keeps_its_loss_scaler_across_resume(repo_root, multi30k_dir, tmp_path):
+    def cfg(steps):
+        return load_config(
+            repo_root / "configs" / "smoke.yaml",
+            [f"data.source={multi30k_dir}", f"data.prepared_dir={tmp_path / 'prepared'}", f"train.max_steps={steps}",
+             "train.valid_every=10", "train.threads=1", "train.valid_bleu=false", "train.precision=fp16"],
+        )
+
+    prepare(cfg(20), log=lambda m: None)
+    straight = load_checkpoint(train(cfg(20), tmp_path / "straight") / "last.pt")
+    run = train(cfg(10), tmp_path / "run")
+    assert load_checkpoint(run / "last.pt")["scaler"]["_growth_tracker"] == 10  # ten steps without overflow
+    train(cfg(20), run, resume=True)
+    resumed = load_checkpoint(run / "last.pt")
+    assert resumed["scaler"] == straight["scaler"] and resumed["scaler"]["_growth_tracker"] == 20
+    assert all(torch.equal(t, resumed["model"][k]) for k, t in straight["model"].items())
+
+
+def test_same_config_and_seed_give_the_same_model_and_the_run_records_its_environment(repo_root, multi30k_dir, tmp_path):
+    import json
+    import platform
+    import subprocess
+
+    cfg = smoke(repo_root, multi30k_dir, tmp_path, 12)
+    prepare(cfg, log=lambda m: None)
+    a, b = train(cfg, tmp_path / "a"), train(cfg, tmp_path / "b")
+    ma, mb = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
+    assert all(torch.equal(t, mb[k]) for k, t in ma.items())
+    train(smoke(repo_root, multi30k_dir, tmp_path, 15), a, resume=True)
+    sessions = json.loads((a / "env.json").read_text())["sessions"]
+    assert [s["start_step"] for s in sessions] == [0, 12]  # one record per invocation
+    env = sessions[-1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True).stdout.strip()
+    assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
+    assert env["sentencepiece"] and env["sacrebleu"] and env["git_commit"] == (head or None)
+    assert isinstance(env["command"], list) and env["command"]

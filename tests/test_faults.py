@@ -1,4 +1,5 @@
-"""A non-finite loss skips that update (counted); many in a row stop the run with a message naming the cause."""
+"""Faults during training: a non-finite loss or an out-of-memory batch is skipped (counted, logged); many in a
+row stop the run with a message naming the cause and the setting to change."""
 
 import pytest
 import torch
@@ -45,4 +46,35 @@ def test_many_bad_steps_in_a_row_stop_with_advice(repo_root, multi30k_dir, tmp_p
     cfg = smoke(repo_root, multi30k_dir, tmp_path, 100)
     poison(monkeypatch, set(range(1, 1000)))
     with pytest.raises(NmtError, match=r"10 updates in a row .* train\.lr"):
+        train_mod.train(cfg, tmp_path / "run")
+
+
+def out_of_memory(monkeypatch, bad_calls):
+    """Make the given loss_fn calls (1-based) raise the out-of-memory error CUDA raises."""
+    real, calls = train_mod.loss_fn, [0]
+
+    def loss_fn(logits, target, smoothing):
+        calls[0] += 1
+        if calls[0] in bad_calls:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(logits, target, smoothing)
+
+    monkeypatch.setattr(train_mod, "loss_fn", loss_fn)
+
+
+def test_an_out_of_memory_batch_is_skipped_and_logged(repo_root, multi30k_dir, tmp_path, monkeypatch, capsys):
+    cfg = smoke(repo_root, multi30k_dir, tmp_path, 6)
+    out_of_memory(monkeypatch, {3})
+    run = train_mod.train(cfg, tmp_path / "run")
+    state = load_checkpoint(run / "last.pt")["train_state"]
+    assert state["step"] == 6 and state["oom_skipped"] == 1
+    assert state["batch_in_epoch"] == 7  # six steps and the skipped batch: no batch is trained twice
+    err = capsys.readouterr().err
+    assert "out of memory after step 2" in err and "sentences x" in err and "batch skipped (1 so far)" in err
+
+
+def test_repeated_out_of_memory_stops_with_advice(repo_root, multi30k_dir, tmp_path, monkeypatch):
+    cfg = smoke(repo_root, multi30k_dir, tmp_path, 100)
+    out_of_memory(monkeypatch, {2, 3, 4, 5, 6})
+    with pytest.raises(NmtError, match=r"out of memory on 5 batches in a row .* lower train\.max_tokens \(now 1024\)"):
         train_mod.train(cfg, tmp_path / "run")
