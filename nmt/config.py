@@ -86,6 +86,7 @@ class TrainConfig:
     device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
     precision: str = _opt("auto", choices=("auto", "fp32", "bf16", "fp16"))
     threads: int = _opt(0, min=0)
+    compile: bool = False
     progress: bool = True
 
 

@@ -91,7 +91,8 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tup
     nll = -lp.gather(1, target[:, None]).squeeze(1)
     uniform = -lp.mean(dim=-1)
     loss = (1.0 - smoothing) * nll + smoothing * uniform
-    return loss[real].sum(), nll[real].sum()
+    # where(), not boolean indexing: indexing needs the count of real tokens on the host (a device sync)
+    return torch.where(real, loss, 0.0).sum(), torch.where(real, nll, 0.0).sum()
 
 
 def pick_device(name: str) -> torch.device:
@@ -154,6 +155,29 @@ def environment() -> dict:
     }
 
 
+class DeviceCounters:
+    """Per-step bookkeeping kept on the device, so that a step never waits for the GPU; read on logging steps."""
+
+    def __init__(self, device: torch.device, skipped: int, in_row: int):
+        def scalar(v: float) -> torch.Tensor:
+            return torch.tensor(float(v), device=device)
+
+        self.loss, self.skipped, self.in_row, self.max_in_row = scalar(0), scalar(skipped), scalar(in_row), scalar(in_row)
+
+    def add(self, loss_sum: torch.Tensor, skipped: torch.Tensor) -> None:
+        """`skipped` is 1.0 when this step's update was skipped (non-finite gradient), else 0.0."""
+        self.loss += loss_sum
+        self.skipped += skipped
+        self.in_row.add_(skipped).mul_(skipped)  # consecutive skipped updates
+        torch.maximum(self.max_in_row, self.in_row, out=self.max_in_row)
+
+    def read(self) -> tuple[float, int, int, int]:
+        """(loss summed since the last reset, skipped updates, in a row now, most in a row since the last read)."""
+        loss, skipped, in_row, max_in_row = torch.stack([self.loss, self.skipped, self.in_row, self.max_in_row]).tolist()
+        self.max_in_row.copy_(self.in_row)
+        return loss, int(skipped), int(in_row), int(max_in_row)
+
+
 class Trainer:
     """Holds what one run needs; `run()` is the loop. Created only through `train()`."""
 
@@ -162,10 +186,12 @@ class Trainer:
         self.train_split, self.valid_split, self.valid_refs = train_split, valid_split, valid_refs
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
+        # the compiled module shares the parameters; checkpoints and decoding use the plain one
+        self.forward = torch.compile(self.model, dynamic=True) if cfg.train.compile else self.model
         t = cfg.train
+        # fused: one kernel for all parameters (CPU and CUDA), and it can skip an update without a host sync
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=t.lr, betas=t.betas, eps=t.adam_eps, weight_decay=t.weight_decay,
-            fused=device.type == "cuda",
+            self.model.parameters(), lr=t.lr, betas=t.betas, eps=t.adam_eps, weight_decay=t.weight_decay, fused=True,
         )
         # loss scaling only for fp16 (bf16 has fp32's range); disabled, the scaler passes everything through
         self.scaler = torch.amp.GradScaler(device.type, init_scale=FP16_INIT_SCALE, enabled=t.precision == "fp16")
@@ -212,13 +238,15 @@ class Trainer:
 
     def save(self, scores: Optional[dict] = None, best: bool = False) -> None:
         """Write last.pt; keep it as checkpoints/step-N.pt (and best.pt); prune what falls out of keep_last/keep_best."""
+        self.sync_counters()
         save_checkpoint(self.run_dir / "last.pt", self.payload())
         self.kept.record(self.state.step, scores, best)
 
     # --- one step ---
-    def train_step(self, batches: list[Batch]) -> Optional[tuple[float, int, bool]]:
-        """Forward/backward over the micro-batches, then one update. Returns (loss per token, tokens, updated),
-        or None when the device ran out of memory (the gradients are dropped and memory freed)."""
+    def train_step(self, batches: list[Batch]) -> Optional[tuple[torch.Tensor, int, torch.Tensor]]:
+        """Forward/backward over the micro-batches, then one update. Returns (summed loss, target tokens, 1.0 if
+        the update was skipped for a non-finite gradient else 0.0) with the tensors left on the device; or None
+        when the device ran out of memory (the gradients are dropped and memory freed)."""
         self.model.train()
         try:
             return self._train_step(batches)
@@ -229,13 +257,13 @@ class Trainer:
             torch.cuda.empty_cache()
         return None
 
-    def _train_step(self, batches: list[Batch]) -> tuple[float, int, bool]:
+    def _train_step(self, batches: list[Batch]) -> tuple[torch.Tensor, int, torch.Tensor]:
         n_tgt = sum(b.n_tgt for b in batches)
         total = torch.zeros((), device=self.device)
         for b in batches:
             b = b.to(self.device)
             with autocast_for(self.device, self.cfg.train.precision):
-                logits = self.model(b.src, b.src_pad_mask, b.tgt_in)
+                logits = self.forward(b.src, b.src_pad_mask, b.tgt_in)
             loss, _ = loss_fn(logits, b.tgt_out, self.cfg.train.label_smoothing)
             self.scaler.scale(loss / n_tgt).backward()
             total += loss.detach()
@@ -245,12 +273,18 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.train.clip_norm if self.cfg.train.clip_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        ok = bool(torch.isfinite(norm))
-        if ok:
+        skipped = (~torch.isfinite(norm)).float()
+        if self.scaler.is_enabled():  # fp16: the scaler skips on overflow and halves the scale
             self.scaler.step(self.optimizer)
-        self.scaler.update()  # fp16: an overflow halves the loss scale
+            self.scaler.update()
+        else:  # the fused optimizer skips the update itself when found_inf is 1, without a host sync
+            self.optimizer.grad_scale, self.optimizer.found_inf = None, skipped
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.grad_scale, self.optimizer.found_inf
         self.optimizer.zero_grad(set_to_none=True)
-        return float(total) / n_tgt, n_tgt, ok
+        return total, n_tgt, skipped
 
     # --- validation ---
     @torch.no_grad()
@@ -300,6 +334,8 @@ class Trainer:
         s, t = self.state, self.cfg.train
         bar = tqdm(total=t.max_steps, initial=s.step, disable=not t.progress, unit="step", dynamic_ncols=True, file=sys.stderr)
         self.window = [0, time.perf_counter()]  # target tokens and start time of the tokens/s window
+        self.counters = DeviceCounters(self.device, s.skipped_steps, s.nonfinite_in_row)
+        self.loss_tokens = 0  # target tokens behind counters.loss
         self.last_valid_step = s.step if s.step > 0 else -1
         stop = self.stop_reason()  # a resumed run may already be finished: take no extra step
         with GracefulStop() as self.signal:
@@ -344,20 +380,18 @@ class Trainer:
             return f"reached train.max_epochs={t.max_epochs}"
         return None
 
-    def count_step(self, loss: float, n_tgt: int, ok: bool, seconds: float, bar) -> None:
+    def count_step(self, loss_sum: torch.Tensor, n_tgt: int, skipped: torch.Tensor, seconds: float, bar) -> None:
         s = self.state
         s.step += 1
         s.oom_in_row = 0
-        s.skipped_steps += not ok
-        s.nonfinite_in_row = 0 if ok else s.nonfinite_in_row + 1
-        if not ok:
-            self.check_nonfinite()
+        self.counters.add(loss_sum, skipped)
+        self.loss_tokens += n_tgt
         s.train_tokens += n_tgt
         s.train_seconds += seconds
         self.window[0] += n_tgt
         bar.update(1)
         if s.step % self.cfg.train.log_every == 0 or s.step == 1:
-            self.log_progress(loss, bar)
+            self.log_progress(bar)
 
     def check_oom(self, group: list[Batch]) -> None:
         """Log a batch skipped for lack of memory; stop when it keeps happening (the budget is too big)."""
@@ -373,24 +407,34 @@ class Trainer:
                 f"(now {t.max_tokens}) and raise train.accum_steps (now {t.accum_steps}) to keep the same batch size"
             )
 
-    def log_progress(self, loss: float, bar) -> None:
+    def log_progress(self, bar) -> None:
+        """Log the mean training loss per target token since the last log, the lr and tokens/s."""
         s = self.state
+        loss = self.sync_counters() / max(self.loss_tokens, 1)
+        self.counters.loss.zero_()
+        self.loss_tokens = 0
         tps = self.window[0] / max(time.perf_counter() - self.window[1], 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
         self.log({"step": s.step, "epoch": s.epoch, "train_loss": loss, "lr": lr, "tgt_tokens_per_s": tps, "time": s.train_seconds})
         self.window = [0, time.perf_counter()]
 
-    def check_nonfinite(self) -> None:
-        """Log a skipped update; stop the run when too many come in a row (something is wrong, not noise)."""
+    def sync_counters(self) -> float:
+        """Bring the device counters into the train state (one sync); warn about skipped updates, and stop the
+        run when too many came in a row (something is wrong, not noise). Returns the loss sum of the window."""
         s, t = self.state, self.cfg.train
-        tqdm.write(f"warning: step {s.step}: non-finite loss or gradient, update skipped ({s.skipped_steps} so far)", file=sys.stderr)
-        if s.nonfinite_in_row >= MAX_NONFINITE_IN_ROW:
+        loss, skipped, in_row, max_in_row = self.counters.read()
+        if skipped > s.skipped_steps:
+            tqdm.write(f"warning: {skipped - s.skipped_steps} update(s) skipped for a non-finite loss or gradient by step "
+                       f"{s.step} ({skipped} so far)", file=sys.stderr)
+        s.skipped_steps, s.nonfinite_in_row = skipped, in_row
+        if max_in_row >= MAX_NONFINITE_IN_ROW:
             raise NmtError(
-                f"{s.nonfinite_in_row} updates in a row had a non-finite loss or gradient (step {s.step}): the learning "
+                f"{max_in_row} updates in a row had a non-finite loss or gradient (by step {s.step}): the learning "
                 f"rate is likely too high (train.lr={t.lr:g}) or the precision too low (train.precision={t.precision}); "
                 "lower train.lr, raise train.warmup_steps or set train.precision=fp32"
             )
+        return loss
 
     def stop_reason(self) -> Optional[str]:
         s, t = self.state, self.cfg.train
