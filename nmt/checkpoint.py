@@ -15,6 +15,7 @@ import io
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from nmt.errors import NmtError
 
 FORMAT = "nmt-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: sealed with a sha256 in the zip comment; 1 (unsealed) still loads, with a warning
 TMP_SUFFIX = ".tmp"
 _EOCD = b"PK\x05\x06"  # zip end-of-central-directory record: 22 bytes, the last 2 are the comment length
 _SEAL = b"nmt-sha256:"
@@ -107,13 +108,14 @@ def seal(data: bytes) -> bytes:
     return body + struct.pack("<H", _SEAL_LEN) + _SEAL + hashlib.sha256(body).hexdigest().encode()
 
 
-def verify(path: Path, data: bytes) -> None:
-    """Raise CorruptCheckpoint unless `data` carries a seal that matches its content."""
+def verify(path: Path, data: bytes) -> bool:
+    """False if `data` carries no seal; True if its seal matches its content; CorruptCheckpoint if not."""
     n = len(data) - _SEAL_LEN
     if n < 22 or data[n - 22 : n - 18] != _EOCD or data[n - 2 : n] != struct.pack("<H", _SEAL_LEN) or data[n:n + len(_SEAL)] != _SEAL:
-        raise CorruptCheckpoint(f"{path}: not a complete nmt checkpoint (truncated, or not written by nmt)")
+        return False
     if hashlib.sha256(data[:n - 2]).hexdigest().encode() != data[n + len(_SEAL):]:
         raise CorruptCheckpoint(f"{path}: checksum mismatch, the file is corrupt")
+    return True
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -139,14 +141,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         data = path.read_bytes()
     except OSError as e:
         raise NmtError(f"{path}: cannot read: {e.strerror or e}") from None
-    verify(path, data)
+    sealed = verify(path, data)
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise CorruptCheckpoint(f"{path}: not a readable checkpoint: {type(e).__name__}") from None
+        raise CorruptCheckpoint(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(e).__name__}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CorruptCheckpoint(f"{path}: not an nmt checkpoint")
-    if ckpt.get("version") != VERSION:
+    if not sealed and ckpt.get("version") != 1:
+        raise CorruptCheckpoint(f"{path}: checksum missing, the file is damaged")
+    if not sealed:
+        print(f"warning: {path}: written by an older nmt without a checksum; cannot verify it", file=sys.stderr)
+    if ckpt.get("version") not in (1, VERSION):
         raise NmtError(f"{path}: checkpoint format version {ckpt.get('version')} is not supported (expected {VERSION})")
     ckpt["path"] = str(path)
     return ckpt

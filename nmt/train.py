@@ -22,7 +22,6 @@ import numpy as np
 import sacrebleu
 import sentencepiece
 import torch
-import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
@@ -44,11 +43,12 @@ from nmt.data import (
 )
 from nmt.errors import NmtError
 from nmt.interrupt import GracefulStop
+from nmt.loss import loss_fn
 from nmt.metrics import bleu_score
 from nmt.models import build_model, count_parameters
 from nmt.retention import STEP_DIR, Retention, has_checkpoint, load_for_resume
 from nmt.search import decode_corpus
-from nmt.tokenizer import BOS, EOS, PAD, Tokenizer
+from nmt.tokenizer import BOS, EOS, Tokenizer
 
 MAX_NONFINITE_IN_ROW = 10
 MAX_OOM_IN_ROW = 5
@@ -78,21 +78,6 @@ def lr_at(step: int, peak: float, warmup: int) -> float:
         return peak
     step = max(step, 1)
     return peak * min(step / warmup, math.sqrt(warmup / step))
-
-
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Label-smoothed cross-entropy and plain NLL, both summed over non-pad targets.
-
-    logits (B, T, V), target (B, T). Smoothing spreads `smoothing` uniformly over the vocabulary.
-    """
-    lp = F.log_softmax(logits.float(), dim=-1).view(-1, logits.size(-1))
-    target = target.reshape(-1)
-    real = target != PAD
-    nll = -lp.gather(1, target[:, None]).squeeze(1)
-    uniform = -lp.mean(dim=-1)
-    loss = (1.0 - smoothing) * nll + smoothing * uniform
-    # where(), not boolean indexing: indexing needs the count of real tokens on the host (a device sync)
-    return torch.where(real, loss, 0.0).sum(), torch.where(real, nll, 0.0).sum()
 
 
 def pick_device(name: str) -> torch.device:

@@ -137,3 +137,23 @@ def test_killed_during_a_save_the_previous_checkpoint_survives(tmp_path, repo_ro
     assert path.read_bytes() == before
     assert load_checkpoint(path)["train_state"]["step"] == 1
     assert len(remove_stale_temp_files(tmp_path)) == 1  # the half-written temp file
+
+
+def test_a_checkpoint_from_before_checksums_loads_with_a_warning(tmp_path, capsys):
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"format": "nmt-checkpoint", "version": 1, **payload(2.0)}, buf)  # as nmt wrote it before the seal
+    (tmp_path / "old.pt").write_bytes(buf.getvalue())
+    assert load_checkpoint(tmp_path / "old.pt")["train_state"]["step"] == 2
+    assert "without a checksum" in capsys.readouterr().err
+
+
+def test_a_current_checkpoint_without_its_seal_is_damaged(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"format": "nmt-checkpoint", "version": 2, **payload(2.0)}, buf)
+    (tmp_path / "a.pt").write_bytes(buf.getvalue())
+    with pytest.raises(CorruptCheckpoint, match="checksum missing"):
+        load_checkpoint(tmp_path / "a.pt")

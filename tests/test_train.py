@@ -41,6 +41,42 @@ def test_smoothed_loss_of_uniform_prediction_is_log_vocab():
     assert nll.item() == pytest.approx(3 * math.log(16), rel=1e-5)
 
 
+def reference_loss(logits, target, smoothing):
+    """The textbook formula, differentiated by autograd: what the fused loss must equal."""
+    lp = F.log_softmax(logits.float(), dim=-1).view(-1, logits.size(-1))
+    target = target.reshape(-1)
+    real = target != PAD
+    nll = -lp.gather(1, target[:, None]).squeeze(1)
+    loss = (1.0 - smoothing) * nll - smoothing * lp.mean(dim=-1)
+    return loss[real].sum(), nll[real].sum()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("weights", [(1.0, 0.0), (0.0, 1.0), (1.0, 0.5)])
+def test_fused_loss_values_and_gradients_match_the_formula(smoothing, weights):
+    torch.manual_seed(1)
+    target = torch.randint(4, 50, (3, 7))
+    target[0, 5:] = PAD
+    target[2, 1:] = PAD
+    base = 3 * torch.randn(3, 7, 50, dtype=torch.float64)
+    grads, values = [], []
+    for fn in (loss_fn, reference_loss):
+        logits = base.clone().requires_grad_()
+        loss, nll = fn(logits, target, smoothing)
+        (weights[0] * loss + weights[1] * nll).backward()
+        grads.append(logits.grad)
+        values.append((loss.item(), nll.item()))
+    assert values[0] == pytest.approx(values[1], rel=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+    assert grads[0][0, 5:].abs().sum() == 0  # no gradient flows into padded positions
+
+
+def test_fused_loss_gives_the_gradient_in_the_dtype_of_the_logits():
+    logits = torch.randn(2, 3, 20, dtype=torch.bfloat16, requires_grad=True)
+    loss_fn(logits, torch.randint(4, 20, (2, 3)), 0.1)[0].backward()
+    assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad.float()).all()
+
+
 def tiny_model(seed=0):
     torch.manual_seed(seed)
     return Transformer(24, 24, layers=1, d_model=32, heads=2, ffn=64, dropout=0.0, max_positions=32)

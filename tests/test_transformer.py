@@ -90,3 +90,20 @@ def test_dropout_only_in_training_mode():
     torch.testing.assert_close(model(src, mask, tgt), model(src, mask, tgt))
     model.train()
     assert not torch.allclose(model(src, mask, tgt), model(src, mask, tgt))
+
+
+def test_cpu_dropout_drops_the_asked_share_and_keeps_the_mean():
+    from nmt.models.transformer import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.3).train()
+    x = torch.ones(1000, 1000)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.3) < 0.003  # 1M draws: the standard error is 0.0005
+    assert abs(y.mean().item() - 1.0) < 0.005  # kept values are scaled up: the mean is unchanged
+    assert torch.equal(drop.eval()(x), x)
+    x.requires_grad_()
+    drop.train()(x).sum().backward()
+    values = x.grad.unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=1e-4)

@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""Speed of `nmt` on this machine: training throughput and MFU, decoding speed and BLEU; peers side by side.
+
+    python scripts/benchmark.py --config configs/multi30k_en_de.yaml --checkpoint runs/x/best.pt \
+        [--train-steps 20] [--threads 2] [--ct2] [--json bench.json]
+
+- Training: `--train-steps` timed optimizer steps (after `--warmup` untimed ones) on the real bucketed
+  batches of the config's prepared data (`nmt prepare` first), on the config's device and precision.
+  Reports source/target tokens per second (padding excluded), the share of padding, time per step,
+  peak memory, and model FLOPs utilisation: useful FLOPs (no padding; 6 x weights touched per token plus
+  attention) per second over the peak of a large matmul measured in the same run.
+- Decoding (with `--checkpoint`): test split of the checkpoint's prepared dir, greedy and beam 5, batched
+  by length; sentences/s, generated target tokens/s, cased sacreBLEU. `--ct2` converts the same weights
+  to CTranslate2 (`scripts/ct2_convert.py`, needs `pip install ctranslate2`) and decodes under the same
+  length rule, printing the speed ratio.
+Prints one table and, with --json, writes every figure. Timings are wall clock; CUDA is synchronised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nmt.config import load_config  # noqa: E402
+from nmt.data import bucket_batches, load_split, read_lines, split_batch  # noqa: E402
+from nmt.metrics import bleu_score  # noqa: E402
+from nmt.tokenizer import Tokenizer  # noqa: E402
+from nmt.train import Trainer, pick_device  # noqa: E402
+from nmt.translate import load_translator, translate_lines  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Best FLOP/s of a large square matmul: the practical peak the MFU is measured against."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(10 if device.type == "cuda" else 4):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def linear_weights(module: torch.nn.Module) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+
+def useful_flops(model, batch) -> float:
+    """Training FLOPs (forward + backward = 3 x forward) of one batch, counting real tokens only."""
+    src_len = (~batch.src_pad_mask).sum(1).double()
+    tgt_len = (batch.tgt_out != 0).sum(1).double()
+    d = model.d_model
+    enc_w = sum(linear_weights(layer) for layer in model.encoder)
+    dec_w = sum(linear_weights(layer) for layer in model.decoder) + model.output.weight.numel()
+    fwd = 2 * (enc_w * src_len.sum() + dec_w * tgt_len.sum())
+    # attention scores and weighted sums: 2 matmuls of 2*len_q*len_k*d per layer
+    fwd += 4 * d * (len(model.encoder) * (src_len**2).sum() + len(model.decoder) * (tgt_len**2 + tgt_len * src_len).sum())
+    return 3 * float(fwd)
+
+
+def bench_train(cfg, steps: int, warmup: int) -> dict:
+    device = pick_device(cfg.train.device)
+    tok = Tokenizer.load(cfg.prepared_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp), device, tok, load_split(cfg.prepared_dir, "train"),
+                          load_split(cfg.prepared_dir, "valid"), [])
+        split, t = trainer.train_split, cfg.train
+        order = bucket_batches(split.src_lens, split.tgt_lens, t.max_tokens, t.seed, 0)
+        groups = [order[i : i + t.accum_steps] for i in range(0, len(order), t.accum_steps)][: warmup + steps]
+        if len(groups) < warmup + steps:
+            raise SystemExit(f"only {len(groups)} steps in an epoch; lower --train-steps/--warmup")
+        pin = device.type == "cuda"
+        times, src_tok, tgt_tok, cells, real, flops = [], 0, 0, 0, 0, 0.0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for i, group in enumerate(groups):
+            batches = [split_batch(split, ix, pin) for ix in group]
+            sync(device)
+            start = time.perf_counter()
+            out = trainer.train_step(batches)
+            sync(device)
+            if out is None:
+                raise SystemExit("out of memory: lower train.max_tokens")
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+                for b in batches:
+                    src_tok += b.n_src
+                    tgt_tok += b.n_tgt
+                    cells += b.src.numel() + b.tgt_out.numel()
+                    flops += useful_flops(trainer.model, b)
+                real = src_tok + tgt_tok
+        total = sum(times)
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        dtype = torch.bfloat16 if device.type == "cuda" and cfg.train.precision in ("auto", "bf16") else torch.float32
+        peak_flops = peak_matmul_flops(device, dtype)
+        return {
+            "device": str(device), "precision": cfg.train.precision, "steps": steps, "max_tokens": t.max_tokens,
+            "src_tokens_per_s": src_tok / total, "tgt_tokens_per_s": tgt_tok / total,
+            "padding_share": 1 - real / cells, "step_seconds_mean": total / steps, "step_seconds_median": statistics.median(times),
+            "peak_memory_mb": peak / 2**20, "model_tflops_per_s": flops / total / 1e12,
+            "peak_matmul_tflops": peak_flops / 1e12, "peak_matmul_dtype": str(dtype).replace("torch.", ""),
+            "mfu": flops / total / peak_flops,
+        }
+
+
+def bench_decode(checkpoint: str, device: str | None, beams: list[int], limit: int) -> tuple[dict, object, list[str], list[str]]:
+    tr = load_translator(checkpoint, device)
+    pdir = tr.cfg.prepared_dir
+    src, refs = read_lines(pdir / "test.src.txt")[:limit], read_lines(pdir / "test.tgt.txt")[:limit]
+    translate_lines(tr, src[:64], 1, 0.6)  # warm-up: allocator, kernels
+    results = {}
+    for beam in beams:
+        sync(tr.device)
+        start = time.perf_counter()
+        hyps = translate_lines(tr, src, beam, tr.cfg.decode.alpha)
+        sync(tr.device)
+        seconds = time.perf_counter() - start
+        out = tr.tok.decode_tgt([h[0].tokens for h in hyps])
+        n_tok = sum(len([i for i in h[0].tokens if i > 3]) for h in hyps)
+        results[f"nmt_beam{beam}"] = {
+            "engine": "nmt", "beam": beam, "seconds": seconds, "sentences_per_s": len(src) / seconds,
+            "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
+        }
+    return results, tr, src, refs
+
+
+def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: int) -> dict:
+    import ctranslate2
+    from ct2_convert import convert
+
+    with tempfile.TemporaryDirectory() as tmp:
+        convert(tr.path, tmp)
+        dev = "cuda" if tr.device.type == "cuda" else "cpu"
+        model = ctranslate2.Translator(tmp, device=dev, compute_type="bfloat16" if dev == "cuda" else "float32",
+                                       intra_threads=threads if dev == "cpu" else 0)
+        pieces = [tr.tok.src_pieces(ids) + ["</s>"] for ids in tr.tok.encode_src(src)]
+        d = tr.cfg.decode
+        results = {}
+        model.translate_batch(pieces[:64], beam_size=1)  # warm-up
+        for beam in beams:
+            start = time.perf_counter()
+            out = []
+            # the same length rule as nmt (a * source length + b), per length-sorted batch
+            order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
+            batch_sents = max(d.max_tokens // beam // max(len(pieces[order[-1]]), 1), 1)
+            texts = [""] * len(pieces)
+            for k in range(0, len(order), batch_sents):
+                idx = order[k : k + batch_sents]
+                limit = int(d.max_len_a * max(len(pieces[i]) for i in idx)) + d.max_len_b
+                res = model.translate_batch([pieces[i] for i in idx], beam_size=beam, max_decoding_length=limit,
+                                            length_penalty=d.alpha, max_batch_size=0)
+                for i, r in zip(idx, res):
+                    texts[i] = r.hypotheses[0]
+            seconds = time.perf_counter() - start
+            for toks in texts:
+                out.append(" ".join(tr.tok.tgt.decode_pieces([t for t in toks if t not in ("</s>", "<s>")]).split()))
+            n_tok = sum(len([t for t in toks if t not in ("</s>", "<s>")]) for toks in texts)
+            results[f"ct2_beam{beam}"] = {
+                "engine": f"ctranslate2 {ctranslate2.__version__}", "beam": beam, "seconds": seconds,
+                "sentences_per_s": len(src) / seconds, "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
+            }
+        return results
+
+
+ONMT_CONFIG = """
+src_vocab: {d}/vocab.txt
+tgt_vocab: {d}/vocab.txt
+share_vocab: true
+data:
+  corpus_1: {{path_src: {d}/train.src, path_tgt: {d}/train.tgt}}
+save_model: {d}/model
+save_checkpoint_steps: 100000
+train_steps: {steps}
+report_every: {report}
+seed: 1
+encoder_type: transformer
+decoder_type: transformer
+enc_layers: {enc}
+dec_layers: {dec}
+hidden_size: {d_model}
+word_vec_size: {d_model}
+heads: {heads}
+transformer_ff: {ffn}
+dropout: [{dropout}]
+attention_dropout: [{attn_dropout}]
+position_encoding: true
+self_attn_type: scaled-dot
+share_embeddings: true
+share_decoder_embeddings: true
+label_smoothing: {smoothing}
+batch_type: tokens
+batch_size: {max_tokens}
+normalization: tokens
+optim: adam
+adam_beta1: 0.9
+adam_beta2: 0.98
+learning_rate: 2.0
+decay_method: noam
+warmup_steps: 1000
+max_grad_norm: 1.0
+param_init: 0
+param_init_glorot: true
+num_workers: 0
+world_size: 1
+gpu_ranks: []
+"""
+
+
+def bench_onmt_train(cfg, steps: int, warmup: int, threads: int) -> dict:
+    """OpenNMT-py (`onmt_train` on PATH) on the same pieces, model size, batch size and threads (CPU only)."""
+    import os
+    import re
+    import subprocess
+
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(cfg.prepared_dir / "spm.model"))
+    report = 5
+    with tempfile.TemporaryDirectory() as d:
+        for side in ("src", "tgt"):
+            lines = read_lines(cfg.prepared_dir / f"train.{side}.txt")
+            Path(d, f"train.{side}").write_text("".join(" ".join(p) + "\n" for p in sp.encode(lines, out_type=str)), encoding="utf-8")
+        # counts that fall with the id: OpenNMT-py's frequency order is then nmt's id order
+        Path(d, "vocab.txt").write_text("".join(f"{sp.id_to_piece(i)}\t{10**7 - i}\n" for i in range(4, sp.get_piece_size())), encoding="utf-8")
+        m = cfg.model
+        Path(d, "train.yaml").write_text(ONMT_CONFIG.format(
+            d=d, steps=warmup + steps, report=report, enc=m.layers, dec=m.dec_layers or m.layers, d_model=m.d_model, heads=m.heads,
+            ffn=m.ffn, dropout=m.dropout, attn_dropout=m.attn_dropout, smoothing=cfg.train.label_smoothing, max_tokens=cfg.train.max_tokens))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+        proc = subprocess.run(["onmt_train", "-config", f"{d}/train.yaml"], capture_output=True, text=True, env=env)
+        rates = [(int(a), int(b)) for a, b in re.findall(r"(\d+)/\s*(\d+) tok/s", proc.stdout + proc.stderr)]
+        if proc.returncode or not rates:
+            raise SystemExit(f"onmt_train failed:\n{proc.stderr[-3000:]}")
+        timed = rates[warmup // report:] or rates  # the first reports include start-up
+        return {"engine": "OpenNMT-py", "src_tokens_per_s": statistics.mean(r[0] for r in timed),
+                "tgt_tokens_per_s": statistics.mean(r[1] for r in timed), "reports": rates}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--set", action="append", default=[], dest="sets", help="config override section.key=value")
+    ap.add_argument("--checkpoint", help="trained checkpoint for the decoding benchmark")
+    ap.add_argument("--train-steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch (and CTranslate2) CPU threads; 0 = torch's default")
+    ap.add_argument("--limit", type=int, default=100000, help="decode at most this many test sentences")
+    ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--ct2", action="store_true", help="also decode with CTranslate2 (same weights, converted)")
+    ap.add_argument("--onmt", action="store_true", help="also train OpenNMT-py (onmt_train on PATH) on the same data and model size")
+    ap.add_argument("--json", help="write every figure here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.sets)
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__},
+        "config": args.config, "sets": args.sets, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+    }
+    if not args.no_train:
+        report["train"] = bench_train(cfg, args.train_steps, args.warmup)
+        if args.onmt:
+            onmt = bench_onmt_train(cfg, args.train_steps, args.warmup, torch.get_num_threads())
+            onmt["nmt_speedup"] = report["train"]["tgt_tokens_per_s"] / onmt["tgt_tokens_per_s"]
+            report["train_onmt"] = onmt
+    if args.checkpoint:
+        beams = [1, 5]
+        decode, tr, src, refs = bench_decode(args.checkpoint, None, beams, args.limit)
+        if args.ct2:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            decode.update(bench_ct2(tr, src, refs, beams, torch.get_num_threads()))
+            for beam in beams:
+                decode[f"nmt_beam{beam}"]["speed_vs_ct2"] = decode[f"ct2_beam{beam}"]["seconds"] / decode[f"nmt_beam{beam}"]["seconds"]
+        report["decode"] = decode
+    print_table(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def print_table(report: dict) -> None:
+    m = report["machine"]
+    print(f"machine: {m['cuda'] or m['processor'] or m['platform']}, {m['cpu_threads']} CPU threads, torch {m['torch']}")
+    if "train" in report:
+        t = report["train"]
+        print(f"training ({t['device']}, {t['precision']}, max_tokens {t['max_tokens']}, {t['steps']} steps):")
+        print(f"  target tokens/s {t['tgt_tokens_per_s']:,.0f}   source tokens/s {t['src_tokens_per_s']:,.0f}   padding {t['padding_share']:.1%}")
+        print(f"  step {t['step_seconds_mean'] * 1000:.1f} ms mean, {t['step_seconds_median'] * 1000:.1f} ms median   peak memory {t['peak_memory_mb']:,.0f} MB")
+        print(f"  model {t['model_tflops_per_s'] * 1000:.1f} GFLOP/s of a measured {t['peak_matmul_tflops'] * 1000:.0f} GFLOP/s "
+              f"{t['peak_matmul_dtype']} matmul peak: MFU {t['mfu']:.1%}")
+    if "train_onmt" in report:
+        o = report["train_onmt"]
+        print(f"  OpenNMT-py, same data/model/batch/threads: target tokens/s {o['tgt_tokens_per_s']:,.0f}, "
+              f"source {o['src_tokens_per_s']:,.0f}: nmt is {o['nmt_speedup']:.2f}x faster")
+    for name, r in report.get("decode", {}).items():
+        ratio = f"   {r['speed_vs_ct2']:.2f}x CTranslate2's speed" if "speed_vs_ct2" in r else ""
+        print(f"decode {name:>10}: {r['seconds']:6.2f} s  {r['sentences_per_s']:7.1f} sent/s  {r['tgt_tokens_per_s']:8,.0f} tok/s  BLEU {r['bleu']:.2f}{ratio}")
+
+
+if __name__ == "__main__":
+    main()
