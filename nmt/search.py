@@ -1,8 +1,9 @@
 """Greedy and beam search over a small model interface, shared by every architecture.
 
 A model offers `start(src, src_pad_mask) -> state` and `step(prev (B,), state) -> (logits (B, V), state)`.
-The state is any nest of dicts/lists/tuples whose tensors are batch-first; `select_state` reorders
-it (beam parents) and shrinks it (finished sentences leave the batch) with one `index_select`.
+The state is a dict of nests of dicts/lists/tuples whose tensors are batch-first; `select_state` reorders
+it (beam parents) and shrinks it (finished sentences leave the batch) with one `index_select`. Entries
+named in `state["static"]` are the same for every beam of a sentence and move only when the batch shrinks.
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ def select_state(state: Any, index: Tensor) -> Any:
     if isinstance(state, (list, tuple)):
         return type(state)(select_state(v, index) for v in state)
     return state
+
+
+def select_beams(state: dict, rows: Tensor, sentences: Tensor, beam: int, shrinking: bool) -> dict:
+    """Reorder a beam-search state: `rows` are the parent rows of the new beams. Entries the state names in
+    `static` (encoder outputs: identical for all beams of a sentence) move only when sentences leave the batch
+    (`sentences`: the kept ones), then to the first row of each kept sentence."""
+    static = state.get("static", ())
+    out = {key: value if key in static else select_state(value, rows) for key, value in state.items()}
+    if shrinking and static:
+        first = (sentences * beam).repeat_interleave(beam)
+        out.update({key: select_state(state[key], first) for key in static})
+    return out
 
 
 def restrict(lp: Tensor, bos: int, eos: int, force_eos: Tensor) -> Tensor:
@@ -145,7 +158,7 @@ def beam_search(
             break
         keep = (~done).nonzero().squeeze(1)
         src_rows = (keep[:, None] * k + new_parent[keep]).view(-1)  # parent row of each kept beam
-        state = select_state(state, src_rows)
+        state = select_beams(state, src_rows, keep, k, shrinking=len(keep) < len(sent))
         prefix = torch.cat([prefix[src_rows], new_tok[keep].view(-1, 1)], dim=1)
         prev = new_tok[keep].view(-1)
         scores, sent = new_scores[keep], sent[keep]

@@ -254,6 +254,100 @@ def bench_onmt_train(cfg, steps: int, warmup: int, threads: int) -> dict:
                 "tgt_tokens_per_s": statistics.mean(r[1] for r in timed), "reports": rates}
 
 
+def onmt_state(model, onmt_vocab: list[str], our_pieces: list[str]) -> tuple[dict, dict]:
+    """nmt Transformer weights under OpenNMT-py 3.5 names (pre-norm, q/k/v and ffn biases). OpenNMT-py puts
+    <unk> at 0 and its pad <blank> at 1, where nmt has <pad> 0 and <unk> 1: rows 0 and 1 swap."""
+    if onmt_vocab[4:] != our_pieces[4:]:
+        raise SystemExit("OpenNMT-py built another vocabulary order; cannot transplant the weights")
+    perm = torch.tensor([1, 0, *range(2, len(our_pieces))])
+    d, out = model.d_model, {}
+
+    def lin(name, layer, weight=None, bias=None):
+        out[f"{name}.weight"] = layer.weight if weight is None else weight
+        out[f"{name}.bias"] = layer.bias if bias is None else bias
+
+    def attn(name, a):
+        lin(f"{name}.linear_query", a.q)
+        lin(f"{name}.linear_keys", a.kv, a.kv.weight[:d], a.kv.bias[:d])
+        lin(f"{name}.linear_values", a.kv, a.kv.weight[d:], a.kv.bias[d:])
+        lin(f"{name}.final_linear", a.out)
+
+    def ffn(name, f, norm):
+        lin(f"{name}.w_1", f[0])
+        lin(f"{name}.w_2", f[3])
+        lin(f"{name}.layer_norm", norm)
+
+    for side, emb in (("encoder", model.src_embed), ("decoder", model.tgt_embed)):
+        out[f"{side}.embeddings.make_embedding.emb_luts.0.weight"] = emb.weight[perm]
+    for i, layer in enumerate(model.encoder):
+        attn(f"encoder.transformer.{i}.self_attn", layer.attn)
+        lin(f"encoder.transformer.{i}.layer_norm", layer.norm1)
+        ffn(f"encoder.transformer.{i}.feed_forward", layer.ffn, layer.norm2)
+    lin("encoder.layer_norm", model.enc_norm)
+    for i, layer in enumerate(model.decoder):
+        name = f"decoder.transformer_layers.{i}"
+        attn(f"{name}.self_attn", layer.self_attn)
+        lin(f"{name}.layer_norm_1", layer.norm1)
+        attn(f"{name}.context_attn", layer.cross_attn)
+        lin(f"{name}.layer_norm_2", layer.norm2)
+        ffn(f"{name}.feed_forward", layer.ffn, layer.norm3)
+    lin("decoder.layer_norm", model.dec_norm)
+    generator = {"weight": model.output.weight[perm], "bias": torch.zeros(len(our_pieces))}
+    return {k: v.detach().clone() for k, v in out.items()}, generator
+
+
+def bench_onmt_decode(tr, src: list[str], refs: list[str], beams: list[int], threads: int) -> dict:
+    """OpenNMT-py's translator on the same weights (transplanted into a checkpoint it wrote itself)."""
+    import os
+    import re
+    import subprocess
+
+    cfg, m = tr.cfg, tr.cfg.model
+    pieces = tr.tok.tgt_pieces(list(range(tr.tok.tgt_vocab_size)))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        sources = [" ".join(tr.tok.src_pieces(ids) + ["</s>"]) for ids in tr.tok.encode_src(src)]
+        for side in ("src", "tgt"):  # a one-step run only to get a checkpoint of the right shape
+            Path(d, f"train.{side}").write_text("\n".join(sources[:64]) + "\n", encoding="utf-8")
+        Path(d, "vocab.txt").write_text("".join(f"{p}\t{10**7 - i}\n" for i, p in enumerate(pieces) if i >= 4), encoding="utf-8")
+        Path(d, "train.yaml").write_text(ONMT_CONFIG.format(
+            d=d, steps=1, report=1, enc=m.layers, dec=m.dec_layers or m.layers, d_model=m.d_model, heads=m.heads, ffn=m.ffn,
+            dropout=0.0, attn_dropout=0.0, smoothing=0.0, max_tokens=4096) + "add_qkvbias: true\nadd_ffnbias: true\nnorm_eps: 1e-5\n"
+            + "save_checkpoint_steps: 1\n")
+        proc = subprocess.run(["onmt_train", "-config", f"{d}/train.yaml"], capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise SystemExit(f"onmt_train failed:\n{proc.stderr[-3000:]}")
+        ckpt = torch.load(f"{d}/model_step_1.pt", weights_only=False)
+        model_state, generator = onmt_state(tr.model.float(), ckpt["vocab"]["src"], pieces)
+        missing = set(ckpt["model"]) - set(model_state) - {k for k in ckpt["model"] if k.endswith(".pe.pe")}
+        if missing:
+            raise SystemExit(f"OpenNMT-py weights not mapped: {sorted(missing)[:5]}")
+        ckpt["model"].update(model_state)
+        ckpt["generator"] = generator
+        torch.save(ckpt, f"{d}/nmt.pt")
+        Path(d, "test.src").write_text("\n".join(sources) + "\n", encoding="utf-8")
+        for beam in beams:
+            d_cfg = cfg.decode
+            cmd = ["onmt_translate", "-model", f"{d}/nmt.pt", "-src", f"{d}/test.src", "-output", f"{d}/out.{beam}",
+                   "-beam_size", str(beam), "-batch_type", "tokens", "-batch_size", str(d_cfg.max_tokens // beam),
+                   "-length_penalty", "wu", "-alpha", str(d_cfg.alpha), "-max_length", str(int(d_cfg.max_len_a * 64) + d_cfg.max_len_b),
+                   "-report_time", "-gpu", "-1"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            found = re.search(r"Total translation time \(s\): ([0-9.]+)", proc.stdout + proc.stderr)
+            if proc.returncode or not found:
+                raise SystemExit(f"onmt_translate failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+            seconds = float(found.group(1))
+            outs = Path(d, f"out.{beam}").read_text(encoding="utf-8").split("\n")[: len(src)]
+            toks = [[t for t in line.split() if t not in ("</s>", "<s>")] for line in outs]
+            hyps = [" ".join(tr.tok.tgt.decode_pieces(t).split()) for t in toks]
+            results[f"onmt_beam{beam}"] = {
+                "engine": "OpenNMT-py translator", "beam": beam, "seconds": seconds, "sentences_per_s": len(src) / seconds,
+                "tgt_tokens_per_s": sum(map(len, toks)) / seconds, "bleu": bleu_score(hyps, refs),
+            }
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True)
@@ -265,7 +359,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=100000, help="decode at most this many test sentences")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--ct2", action="store_true", help="also decode with CTranslate2 (same weights, converted)")
-    ap.add_argument("--onmt", action="store_true", help="also train OpenNMT-py (onmt_train on PATH) on the same data and model size")
+    ap.add_argument("--onmt", action="store_true", help="also run OpenNMT-py (onmt_train/onmt_translate on PATH): training on the "
+                    "same data and model size; decoding with the checkpoint's weights transplanted (CPU)")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
     if args.threads:
@@ -290,6 +385,10 @@ def main() -> None:
             decode.update(bench_ct2(tr, src, refs, beams, torch.get_num_threads()))
             for beam in beams:
                 decode[f"nmt_beam{beam}"]["speed_vs_ct2"] = decode[f"ct2_beam{beam}"]["seconds"] / decode[f"nmt_beam{beam}"]["seconds"]
+        if args.onmt and tr.device.type == "cpu":
+            decode.update(bench_onmt_decode(tr, src, refs, beams, torch.get_num_threads()))
+            for beam in beams:
+                decode[f"nmt_beam{beam}"]["speed_vs_onmt"] = decode[f"onmt_beam{beam}"]["seconds"] / decode[f"nmt_beam{beam}"]["seconds"]
         report["decode"] = decode
     print_table(report)
     if args.json:
@@ -312,6 +411,7 @@ def print_table(report: dict) -> None:
               f"source {o['src_tokens_per_s']:,.0f}: nmt is {o['nmt_speedup']:.2f}x faster")
     for name, r in report.get("decode", {}).items():
         ratio = f"   {r['speed_vs_ct2']:.2f}x CTranslate2's speed" if "speed_vs_ct2" in r else ""
+        ratio += f", {r['speed_vs_onmt']:.2f}x OpenNMT-py's" if "speed_vs_onmt" in r else ""
         print(f"decode {name:>10}: {r['seconds']:6.2f} s  {r['sentences_per_s']:7.1f} sent/s  {r['tgt_tokens_per_s']:8,.0f} tok/s  BLEU {r['bleu']:.2f}{ratio}")
 
 
