@@ -46,7 +46,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = _opt("transformer", choices=("transformer",))
+    arch: str = _opt("transformer", choices=("transformer", "rnn"))
     layers: int = _opt(6, min=1)
     dec_layers: Optional[int] = _opt(None, min=1)
     d_model: int = _opt(512, min=2)
@@ -59,6 +59,11 @@ class ModelConfig:
     max_positions: int = _opt(512, min=8)
     share_embeddings: bool = True
     tie_output: bool = True
+    cell: str = _opt("lstm", choices=("lstm", "gru"))
+    hidden_size: int = _opt(512, min=2)
+    bidirectional: bool = True
+    attention: str = _opt("dot", choices=("none", "dot", "general", "additive"))
+    input_feeding: bool = True
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,14 @@ def _build_section(origin: str, section: str, raw: Any) -> Any:
 
 def _cross_checks(origin: str, cfg: Config) -> None:
     m, d = cfg.model, cfg.data
-    if m.d_model % m.heads:
+    if m.arch == "rnn":
+        if m.bidirectional and m.hidden_size % 2:
+            raise _fail(origin, "model.hidden_size", f"a bidirectional encoder splits it in two halves: must be even, got {m.hidden_size}")
+        if m.tie_output and m.hidden_size != m.d_model:
+            raise _fail(origin, "model.tie_output", f"needs model.hidden_size == model.d_model (got {m.hidden_size} and {m.d_model})")
+        if m.dec_layers not in (None, m.layers):
+            raise _fail(origin, "model.dec_layers", "an RNN decoder starts from the encoder's state: it needs as many layers (leave it null)")
+    elif m.d_model % m.heads:
         raise _fail(origin, "model.heads", f"{m.heads} heads do not divide model.d_model={m.d_model}")
     if m.positions == "sinusoidal" and m.d_model % 2:
         raise _fail(origin, "model.d_model", f"sinusoidal positions need an even d_model, got {m.d_model}")
