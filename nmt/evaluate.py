@@ -9,7 +9,7 @@ from typing import Optional
 from nmt.checkpoint import atomic_write_text
 from nmt.data import read_lines, read_text
 from nmt.errors import NmtError
-from nmt.metrics import score_all
+from nmt.metrics import bleu_by_length, score_all
 from nmt.tokenizer import Tokenizer
 from nmt.translate import format_output, load_translator, translate_lines
 
@@ -46,6 +46,7 @@ def evaluate_checkpoint(
     result = {
         "checkpoint": tr.path, "split": split, "prepared_dir": str(pdir), "beam": beam, "alpha": alpha,
         "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs),
+        "bleu_by_source_length": bleu_by_length(src, text.splitlines(), refs),
     }
     try:
         atomic_write_text(out_dir / f"{stem}.hyp.txt", text)
@@ -61,4 +62,7 @@ def format_report(result: dict) -> str:
     lines.append(f"lowercased BLEU (as papers report): {m['bleu_lc']['score']:.2f}  [{m['bleu_lc']['signature']}]")
     lines.append(m["chrf"]["text"] + f"  [{m['chrf']['signature']}]")
     lines.append(m["ter"]["text"] + f"  [{m['ter']['signature']}]")
+    if result.get("bleu_by_source_length"):
+        lines.append("BLEU by source length (words): " + ", ".join(
+            f"{b['source_words']}: {b['bleu']:.2f} ({b['sentences']})" for b in result["bleu_by_source_length"]))
     return "\n".join(lines)

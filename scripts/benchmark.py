@@ -105,7 +105,7 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
                     src_tok += b.n_src
                     tgt_tok += b.n_tgt
                     cells += b.src.numel() + b.tgt_out.numel()
-                    flops += useful_flops(trainer.model, b)
+                    flops += useful_flops(trainer.model, b) if cfg.model.arch == "transformer" else float("nan")
                 real = src_tok + tgt_tok
         total = sum(times)
         peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -403,8 +403,9 @@ def print_table(report: dict) -> None:
         print(f"training ({t['device']}, {t['precision']}, max_tokens {t['max_tokens']}, {t['steps']} steps):")
         print(f"  target tokens/s {t['tgt_tokens_per_s']:,.0f}   source tokens/s {t['src_tokens_per_s']:,.0f}   padding {t['padding_share']:.1%}")
         print(f"  step {t['step_seconds_mean'] * 1000:.1f} ms mean, {t['step_seconds_median'] * 1000:.1f} ms median   peak memory {t['peak_memory_mb']:,.0f} MB")
-        print(f"  model {t['model_tflops_per_s'] * 1000:.1f} GFLOP/s of a measured {t['peak_matmul_tflops'] * 1000:.0f} GFLOP/s "
-              f"{t['peak_matmul_dtype']} matmul peak: MFU {t['mfu']:.1%}")
+        if t["mfu"] == t["mfu"]:  # not NaN: FLOPs are counted for the Transformer only
+            print(f"  model {t['model_tflops_per_s'] * 1000:.1f} GFLOP/s of a measured {t['peak_matmul_tflops'] * 1000:.0f} GFLOP/s "
+                  f"{t['peak_matmul_dtype']} matmul peak: MFU {t['mfu']:.1%}")
     if "train_onmt" in report:
         o = report["train_onmt"]
         print(f"  OpenNMT-py, same data/model/batch/threads: target tokens/s {o['tgt_tokens_per_s']:,.0f}, "

@@ -454,3 +454,17 @@ def test_train_with_a_bad_setting(cli, smoke: SmokeRun, tmp_path: Path, setting:
     code, _, err = cli("train", "--config", SMOKE, "--run-dir", tmp_path / "run", *smoke.sets, "--set", setting)
     assert_one_error_line(code, err, *names)
     assert not (tmp_path / "run").exists()
+
+
+def test_bleu_by_source_length_buckets() -> None:
+    from nmt.metrics import bleu_by_length
+
+    short = "a b c d e"  # 5 words
+    long = " ".join("w" * (i % 7 + 1) for i in range(30))  # 30 words
+    srcs = [short, short, long, long]
+    refs = ["Ein Hund rennt im Park.", "Zwei Kinder spielen im Sand.", "Ein Mann fährt mit dem Rad den Berg hinab.",
+            "Eine Frau liest ein Buch im Garten unter einem Baum."]
+    hyps = [refs[0], refs[1], "Völlig anders.", "Nichts davon stimmt hier."]
+    buckets = bleu_by_length(srcs, hyps, refs)
+    assert [(b["source_words"], b["sentences"]) for b in buckets] == [("1-10", 2), ("26+", 2)]
+    assert buckets[0]["bleu"] == 100.0 and buckets[1]["bleu"] < 10.0

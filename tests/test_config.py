@@ -307,11 +307,25 @@ def test_base_yaml_documents_exactly_the_defaults(repo_root: Path) -> None:
     assert cfg == Config(name="base", data=DataConfig(source="/corpus"))
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "multi30k_en_de.yaml"])
+RECIPES = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if p.name != "base.yaml")
+
+
+@pytest.mark.parametrize("name", RECIPES)
 def test_shipped_recipes_load(repo_root: Path, name: str) -> None:
     cfg = load_config(repo_root / "configs" / name)
     assert cfg.name == Path(name).stem
     assert cfg.data.corpus == "multi30k"
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if n.startswith("multi30k_en_de_rnn")])
+def test_rnn_recipes_share_the_transformer_recipes_prepared_data(repo_root: Path, name: str) -> None:
+    from nmt.data import data_settings
+    from nmt.models import build_model
+
+    rnn, transformer = load_config(repo_root / "configs" / name), load_config(repo_root / "configs" / "multi30k_en_de.yaml")
+    assert rnn.prepared_dir == transformer.prepared_dir and data_settings(rnn) == data_settings(transformer)
+    assert rnn.model.arch == "rnn"
+    build_model(rnn.model, 8000, 8000)
 
 
 def test_smoke_config_is_small(repo_root: Path) -> None:
