@@ -95,6 +95,17 @@ def evaluate(
     print(json.dumps(result, indent=2) if as_json else format_report(result))
 
 
+@app.command()
+def plot(
+    run_dir: Path = typer.Argument(..., help="A run directory (holds metrics.jsonl)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG to write (default RUN_DIR/curves.png)."),
+) -> None:
+    """Draw the learning curves of a run (loss, BLEU, learning rate against step and time) into a PNG."""
+    from nmt.plot import plot_curves
+
+    print(plot_curves(run_dir, output))
+
+
 def main() -> None:
     try:
         app()
