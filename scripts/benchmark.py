@@ -134,7 +134,7 @@ def bench_decode(checkpoint: str, device: str | None, beams: list[int], limit: i
         sync(tr.device)
         seconds = time.perf_counter() - start
         out = tr.tok.decode_tgt([h[0].tokens for h in hyps])
-        n_tok = sum(len([i for i in h[0].tokens if i > 3]) for h in hyps)
+        n_tok = sum(len(h[0].tokens) for h in hyps)  # EOS excluded, as in CTranslate2's count
         results[f"nmt_beam{beam}"] = {
             "engine": "nmt", "beam": beam, "seconds": seconds, "sentences_per_s": len(src) / seconds,
             "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),

@@ -136,11 +136,10 @@ class RNNSeq2Seq(nn.Module):
     # --- the model interface ---
     def start(self, src: Tensor, src_pad_mask: Tensor) -> dict:
         memory, rnn_state = self.encode(src, src_pad_mask)
-        state = {"rnn": rnn_state, "static": ("memory", "keys", "mem_mask")}
-        if self.attention_kind != "none":
-            state.update(memory=memory, keys=self.attention.keys(memory), mem_mask=~src_pad_mask)
-        else:
-            state["static"] = ()
+        state = {"rnn": rnn_state, "static": ()}
+        if self.attention_kind != "none":  # the encoder outputs: the same for every beam of a sentence
+            state.update(memory=memory, keys=self.attention.keys(memory), mem_mask=~src_pad_mask,
+                         static=("memory", "keys", "mem_mask"))
         if self.input_feeding:
             state["feed"] = memory.new_zeros(src.size(0), self.hidden)
         return state
