@@ -53,20 +53,34 @@ def train(
     run(cfg, run_dir, resume, init)
 
 
+BEAM = typer.Option(None, min=1, help="Beam size; 1 is greedy (default: the checkpoint's decode.beam).")
+ALPHA = typer.Option(None, min=0.0, help="GNMT length penalty exponent; 0 ranks by log-probability (default: decode.alpha).")
+MAX_LEN_A = typer.Option(None, min=0.0, help="Output length limit: A x source length + B subwords (default: decode.max_len_a).")
+MAX_LEN_B = typer.Option(None, min=1, help="See --max-len-a (default: decode.max_len_b).")
+NO_REPEAT = typer.Option(None, min=0, help="Block any repeated n-gram of this size; 0 is off (default: decode.no_repeat_ngram).")
+DEVICE = typer.Option(None, help="cpu or cuda (default: cuda when available).")
+
+
 @app.command()
 def translate(
     checkpoint: str = typer.Option(..., help="A checkpoint file, or a run directory (uses best.pt)."),
     input: Optional[str] = typer.Option(None, "--input", "-i", help="Text file to translate (default stdin)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Where to write (default stdout)."),
-    beam: Optional[int] = typer.Option(None, min=1, help="Beam size; 1 is greedy (default: the checkpoint's decode.beam)."),
-    alpha: Optional[float] = typer.Option(None, min=0.0, help="Length penalty exponent (default: decode.alpha)."),
-    nbest: int = typer.Option(1, min=1, help="Hypotheses per sentence; >1 prints 'index ||| text ||| score'."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    beam: Optional[int] = BEAM,
+    alpha: Optional[float] = ALPHA,
+    max_len_a: Optional[float] = MAX_LEN_A,
+    max_len_b: Optional[int] = MAX_LEN_B,
+    no_repeat_ngram: Optional[int] = NO_REPEAT,
+    nbest: Optional[int] = typer.Option(None, min=1, help="Hypotheses per sentence; >1 prints 'index ||| text ||| score'."),
+    attention_dir: Optional[str] = typer.Option(None, help="Also write each sentence's attention weights (JSON, NPZ) and heatmaps (PNG) here; for a few sentences."),
+    attention_layer: Optional[int] = typer.Option(None, min=1, help="With --attention-dir: the layer whose heads get a grid (default: the last)."),
+    device: Optional[str] = DEVICE,
 ) -> None:
     """Translate a text file or stdin with a trained checkpoint."""
     from nmt.translate import translate as run
 
-    run(checkpoint, input, output, beam, alpha, nbest, device)
+    run(checkpoint, input, output, device, attention_dir, attention_layer, beam=beam, alpha=alpha, max_len_a=max_len_a,
+        max_len_b=max_len_b, no_repeat_ngram=no_repeat_ngram, nbest=nbest)
 
 
 @app.command()
@@ -75,10 +89,14 @@ def evaluate(
     ref: Optional[str] = typer.Option(None, help="References, aligned with --hyp."),
     checkpoint: Optional[str] = typer.Option(None, help="Translate --split with this checkpoint and score it."),
     split: str = typer.Option("test", help="valid or test (with --checkpoint)."),
-    beam: Optional[int] = typer.Option(None, min=1, help="Beam size (with --checkpoint)."),
-    alpha: Optional[float] = typer.Option(None, min=0.0, help="Length penalty (with --checkpoint)."),
+    beam: Optional[int] = BEAM,
+    alpha: Optional[float] = ALPHA,
+    max_len_a: Optional[float] = MAX_LEN_A,
+    max_len_b: Optional[int] = MAX_LEN_B,
+    no_repeat_ngram: Optional[int] = NO_REPEAT,
+    lang: Optional[str] = typer.Option(None, help="With --hyp/--ref: the target language; adds paper-style BLEU (Moses-tokenized)."),
     prepared_dir: Optional[str] = typer.Option(None, help="Prepared dir (default: the checkpoint's)."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Score hypotheses with sacreBLEU, chrF and TER (signatures included)."""
@@ -87,12 +105,69 @@ def evaluate(
     if checkpoint and (hyp or ref):
         raise NmtError("give either --checkpoint (and --split) or --hyp and --ref, not both")
     if checkpoint:
-        result = evaluate_checkpoint(checkpoint, split, beam, alpha, prepared_dir, device)
+        result = evaluate_checkpoint(checkpoint, split, prepared_dir, device, beam=beam, alpha=alpha, max_len_a=max_len_a,
+                                     max_len_b=max_len_b, no_repeat_ngram=no_repeat_ngram)
     elif hyp and ref:
-        result = evaluate_files(hyp, ref)
+        result = evaluate_files(hyp, ref, lang)
     else:
         raise NmtError("give --hyp FILE --ref FILE, or --checkpoint P --split test")
     print(json.dumps(result, indent=2) if as_json else format_report(result))
+
+
+def _numbers(text: str, kind: type, what: str, least: int) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise NmtError(f"{what} {text!r}: expected comma-separated numbers, e.g. {'1,4,8' if kind is int else '0.6,1.0'}") from None
+    if not values or min(values) < least:
+        raise NmtError(f"{what} {text!r}: give one or more values, each at least {least}")
+    return values
+
+
+@app.command()
+def sweep(
+    checkpoint: str = typer.Option(..., help="A checkpoint file, or a run directory (uses best.pt)."),
+    beam: str = typer.Option("1,4,5,8", help="Beam sizes to try, comma-separated."),
+    alpha: str = typer.Option("0.0,0.6,1.0", help="Length penalties to try, comma-separated."),
+    no_repeat_ngram: str = typer.Option("0", help="n-gram blocking sizes to try (0 is off), comma-separated."),
+    prepared_dir: Optional[str] = typer.Option(None, help="Prepared dir (default: the checkpoint's)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Also write every score as JSON here."),
+    device: Optional[str] = DEVICE,
+) -> None:
+    """Score a grid of decoding settings on the valid split (never test) and print the best one."""
+    from nmt.sweep import sweep as run
+
+    result = run(checkpoint, _numbers(beam, int, "--beam", 1), _numbers(alpha, float, "--alpha", 0),
+                 _numbers(no_repeat_ngram, int, "--no-repeat-ngram", 0), prepared_dir, device, output)
+    b = result["best"]
+    print(f"best on valid: --beam {b['beam']} --alpha {b['alpha']} --no-repeat-ngram {b['no_repeat_ngram']}  "
+          f"BLEU {b['bleu']:.2f}  [{result['signature']}]")
+
+
+@app.command()
+def average(
+    checkpoints: Optional[list[Path]] = typer.Argument(None, help="Checkpoint files to average (or --run-dir with --last/--best)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Take the checkpoints from this run's checkpoints/ folder."),
+    last: Optional[int] = typer.Option(None, min=1, help="With --run-dir: the N newest saves."),
+    best: Optional[int] = typer.Option(None, min=1, help="With --run-dir: the N best by valid BLEU."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default RUN_DIR/average-last-N.pt or -best-N.pt)."),
+) -> None:
+    """Average the weights of several checkpoints into a new one (translate/evaluate it like any checkpoint)."""
+    from nmt.average import average as run
+    from nmt.average import select
+
+    if run_dir is not None:
+        if checkpoints:
+            raise NmtError("give checkpoint files or --run-dir, not both")
+        checkpoints = select(run_dir, last, best)
+        output = output or run_dir / (f"average-last-{last}.pt" if last else f"average-best-{best}.pt")
+    elif not checkpoints:
+        raise NmtError("give checkpoint files to average, or --run-dir RUN --last N (or --best N)")
+    elif output is None:
+        raise NmtError("give --output FILE for the averaged checkpoint")
+    result = run(list(checkpoints), output)
+    steps = ", ".join(str(s["step"]) for s in result["averaged_from"])
+    print(f"averaged {len(result['averaged_from'])} checkpoints (steps {steps}) into {result['output']}")
 
 
 @app.command()

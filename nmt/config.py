@@ -103,6 +103,7 @@ class DecodeConfig:
     max_len_b: int = _opt(10, min=1)
     max_tokens: int = _opt(8000, min=8)
     nbest: int = _opt(1, min=1)
+    no_repeat_ngram: int = _opt(0, min=0)
 
 
 @dataclass(frozen=True)

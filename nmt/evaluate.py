@@ -3,49 +3,61 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from nmt.checkpoint import atomic_write_text
 from nmt.data import read_lines, read_text
 from nmt.errors import NmtError
 from nmt.metrics import bleu_by_length, score_all
 from nmt.tokenizer import Tokenizer
-from nmt.translate import format_output, load_translator, translate_lines
+from nmt.translate import (
+    Translator,
+    decode_settings,
+    format_output,
+    load_translator,
+    translate_with,
+)
 
 SPLITS = ("valid", "test")
 
 
-def evaluate_files(hyp: str, ref: str) -> dict:
-    """Score a detokenized hypothesis file against a reference file (both cleaned the same way)."""
+def evaluate_files(hyp: str, ref: str, lang: Optional[str] = None) -> dict:
+    """Score a detokenized hypothesis file against a reference file (both cleaned the same way); with the
+    target language `lang`, also paper-style (lowercased, Moses-tokenized) BLEU."""
     hyps, refs = read_text(Path(hyp)).lines, read_text(Path(ref)).lines
     if len(hyps) != len(refs):
         raise NmtError(f"{hyp} has {len(hyps)} lines but {ref} has {len(refs)}")
     if not refs:
         raise NmtError(f"{ref}: empty, nothing to score")
-    return {"hyp": hyp, "ref": ref, "metrics": score_all(hyps, refs)}
+    return {"hyp": hyp, "ref": ref, "metrics": score_all(hyps, refs, lang)}
+
+
+def load_split(tr: Translator, split: str, prepared_dir: Optional[str]) -> tuple[Path, list[str], list[str]]:
+    """(prepared dir, source lines, references) of `split`, refusing a prepared dir with another tokenizer."""
+    if split not in SPLITS:
+        raise NmtError(f"--split {split}: must be one of {', '.join(SPLITS)}")
+    pdir = Path(prepared_dir) if prepared_dir else tr.cfg.prepared_dir
+    if Tokenizer.load(pdir).sha256 != tr.tok.sha256:
+        raise NmtError(f"{tr.path} was trained with a different tokenizer than the one in {pdir}")
+    return pdir, read_lines(pdir / f"{split}.src.txt"), read_lines(pdir / f"{split}.tgt.txt")
 
 
 def evaluate_checkpoint(
-    checkpoint: str, split: str, beam: Optional[int], alpha: Optional[float], prepared_dir: Optional[str], device: Optional[str] = None
+    checkpoint: str, split: str, prepared_dir: Optional[str] = None, device: Optional[str] = None, **options: Any
 ) -> dict:
-    """Translate `split` of the checkpoint's prepared dir, score it, save hypotheses and JSON beside the checkpoint."""
-    if split not in SPLITS:
-        raise NmtError(f"--split {split}: must be one of {', '.join(SPLITS)}")
+    """Translate `split` of the checkpoint's prepared dir, score it, save hypotheses and JSON beside the checkpoint.
+    `options`: decode settings (beam, alpha, max_len_a, max_len_b, no_repeat_ngram); None keeps the checkpoint's."""
     tr = load_translator(checkpoint, device)
-    pdir = Path(prepared_dir) if prepared_dir else tr.cfg.prepared_dir
-    if Tokenizer.load(pdir).sha256 != tr.tok.sha256:
-        raise NmtError(f"{checkpoint} was trained with a different tokenizer than the one in {pdir}")
-    src, refs = read_lines(pdir / f"{split}.src.txt"), read_lines(pdir / f"{split}.tgt.txt")
-    beam = beam or tr.cfg.decode.beam
-    alpha = tr.cfg.decode.alpha if alpha is None else alpha
-    hyps = translate_lines(tr, src, beam, alpha)
-    text = format_output(tr, hyps, 1)
+    pdir, src, refs = load_split(tr, split, prepared_dir)
+    d = decode_settings(tr, **options, nbest=1)
+    text = format_output(tr, translate_with(tr, src, d), 1)
     out_dir = Path(tr.path).parent
-    stem = f"{split}.{Path(tr.path).stem}.beam{beam}"
+    stem = f"{split}.{Path(tr.path).stem}.beam{d.beam}"
     result = {
-        "checkpoint": tr.path, "split": split, "prepared_dir": str(pdir), "beam": beam, "alpha": alpha,
-        "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs),
+        "checkpoint": tr.path, "split": split, "prepared_dir": str(pdir), "beam": d.beam, "alpha": d.alpha,
+        "decode": asdict(d), "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs, tr.cfg.data.tgt_lang),
         "bleu_by_source_length": bleu_by_length(src, text.splitlines(), refs),
     }
     try:
@@ -59,7 +71,10 @@ def evaluate_checkpoint(
 def format_report(result: dict) -> str:
     m = result["metrics"]
     lines = [m["bleu"]["text"] + f"  [{m['bleu']['signature']}]"]
-    lines.append(f"lowercased BLEU (as papers report): {m['bleu_lc']['score']:.2f}  [{m['bleu_lc']['signature']}]")
+    lines.append(f"lowercased BLEU: {m['bleu_lc']['score']:.2f}  [{m['bleu_lc']['signature']}]")
+    if "bleu_paper" in m:
+        p = m["bleu_paper"]
+        lines.append(f"paper-style BLEU (lowercased, Moses-tokenized): {p['score']:.2f}  [{p['signature']}; {p['tokenizer']}]")
     lines.append(m["chrf"]["text"] + f"  [{m['chrf']['signature']}]")
     lines.append(m["ter"]["text"] + f"  [{m['ter']['signature']}]")
     if result.get("bleu_by_source_length"):

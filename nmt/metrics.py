@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Optional
+
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 from nmt.errors import NmtError
@@ -13,17 +16,39 @@ def bleu_score(hyps: list[str], refs: list[str]) -> float:
     return BLEU().corpus_score(hyps, [refs]).score
 
 
-def score_all(hyps: list[str], refs: list[str], paper_style: bool = True) -> dict:
-    """BLEU, chrF and TER with signatures; optionally also lowercased BLEU as papers report it."""
+def score_all(hyps: list[str], refs: list[str], lang: Optional[str] = None) -> dict:
+    """BLEU, chrF and TER with signatures, and lowercased BLEU; with the target language `lang`, also BLEU
+    the way papers on Multi30k report it: lowercased, on Moses-tokenized text (multi-bleu.perl style)."""
     _check(hyps, refs)
-    metrics = {"bleu": BLEU(), "chrf": CHRF(), "ter": TER()}
-    if paper_style:
-        metrics["bleu_lc"] = BLEU(lowercase=True)
+    metrics = {"bleu": BLEU(), "chrf": CHRF(), "ter": TER(), "bleu_lc": BLEU(lowercase=True)}
     out = {}
     for name, metric in metrics.items():
         res = metric.corpus_score(hyps, [refs])
         out[name] = {"score": round(res.score, 2), "signature": str(metric.get_signature()), "text": str(res)}
+    if lang:
+        try:
+            out["bleu_paper"] = paper_bleu(hyps, refs, lang)
+        except NmtError as e:  # sacremoses missing: the other scores still stand
+            print(f"warning: {e}; reporting the other scores", file=sys.stderr)
     return out
+
+
+def paper_bleu(hyps: list[str], refs: list[str], lang: str) -> dict:
+    """Lowercased BLEU on Moses-tokenized hypotheses and references (sacremoses, no escaping), no smoothing:
+    what `tokenizer.perl -l LANG | multi-bleu.perl -lc` gives, the number most Multi30k papers print."""
+    try:
+        import sacremoses
+    except ImportError:
+        raise NmtError("paper-style BLEU needs sacremoses: pip install sacremoses") from None
+    tok = sacremoses.MosesTokenizer(lang=lang)
+
+    def split(lines: list[str]) -> list[str]:
+        return [tok.tokenize(line, escape=False, return_str=True) for line in lines]
+
+    metric = BLEU(lowercase=True, tokenize="none", smooth_method="none", force=True)  # force: the text is tokenized on purpose
+    res = metric.corpus_score(split(hyps), [split(refs)])
+    return {"score": round(res.score, 2), "signature": str(metric.get_signature()), "text": str(res),
+            "tokenizer": f"sacremoses {sacremoses.__version__} MosesTokenizer(lang={lang!r}).tokenize(escape=False)"}
 
 
 LENGTH_BUCKETS = (10, 15, 20, 25)  # source words: 1-10, 11-15, 16-20, 21-25, 26+

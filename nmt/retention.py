@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,6 +44,11 @@ def has_checkpoint(run_dir: Path) -> bool:
     return (Path(run_dir) / "last.pt").exists() or bool(step_files(run_dir))
 
 
+def best_first(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validated saves ranked best first: higher valid BLEU, then lower valid loss, then the earlier step."""
+    return sorted(records, key=lambda r: (-r.get("valid_bleu", 0.0), r.get("valid_loss", float("inf")), r["step"]))
+
+
 class Retention:
     """Records each save and prunes old step files: keeps the last `keep_last` and the best `keep_best`."""
 
@@ -71,8 +76,7 @@ class Retention:
             index[name] = {"step": step, **scores}
         atomic_write_text(self.folder / INDEX, json.dumps(index, indent=1, sort_keys=True) + "\n")
         keep = set(sorted(files)[-self.keep_last:] if self.keep_last else [])
-        ranked = sorted(index.values(), key=lambda r: (-r.get("valid_bleu", 0.0), r.get("valid_loss", float("inf")), r["step"]))
-        keep |= {r["step"] for r in ranked[: self.keep_best]}
+        keep |= {r["step"] for r in best_first(index.values())[: self.keep_best]}
         keep.add(step)  # the save just made, whatever the settings (it is also last.pt)
         for s, f in files.items():
             if s not in keep:

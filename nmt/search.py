@@ -4,12 +4,17 @@ A model offers `start(src, src_pad_mask) -> state` and `step(prev (B,), state) -
 The state is a dict of nests of dicts/lists/tuples whose tensors are batch-first; `select_state` reorders
 it (beam parents) and shrinks it (finished sentences leave the batch) with one `index_select`. Entries
 named in `state["static"]` are the same for every beam of a sentence and move only when the batch shrinks.
+
+With `start(..., record=True)` a model also keeps the attention weights in its state, so they follow each
+hypothesis through beam reordering: `attn_static` {"encoder": (B, layers, heads, S, S)} and `attn_steps`
+{"cross": [(B, layers, heads, S) per step], "self": [(B, layers, heads, t + 1) per step]}. A finished
+hypothesis then carries the weights its own tokens were produced with (`attention_of`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -25,6 +30,22 @@ class Hypothesis:
     tokens: list[int]  # without BOS, without EOS
     score: float  # length-normalised log-probability (beam) or plain sum (greedy)
     log_prob: float  # sum of token log-probabilities, EOS included
+    attention: Optional[dict[str, np.ndarray]] = None  # with record=True: see attention_of
+
+
+def attention_of(state: dict, row: int, src_len: int) -> dict[str, np.ndarray]:
+    """The attention weights row `row` of a recording state was decoded with, float32, source axes cut to the
+    sentence's `src_len` real positions: "encoder" (layers, heads, S, S), "cross" (layers, heads, T, S) and
+    "self" (layers, heads, T, T), zero above the diagonal; T = steps so far (one per output token and EOS)."""
+    out = {name: w[row, ..., :src_len, :src_len].float().cpu().numpy() for name, w in state.get("attn_static", {}).items()}
+    for name, steps in state.get("attn_steps", {}).items():
+        rows = [w[row].float() for w in steps]  # (layers, heads, keys at that step)
+        width = src_len if name == "cross" else max(r.size(-1) for r in rows)
+        mat = rows[0].new_zeros(*rows[0].shape[:2], len(rows), width)
+        for t, r in enumerate(rows):
+            mat[:, :, t, : min(r.size(-1), width)] = r[..., :width]
+        out[name] = mat.cpu().numpy()
+    return out
 
 
 def select_state(state: Any, index: Tensor) -> Any:
@@ -59,6 +80,18 @@ def restrict(lp: Tensor, bos: int, eos: int, force_eos: Tensor) -> Tensor:
     return lp
 
 
+def block_repeats(lp: Tensor, prefix: Tensor, n: int) -> Tensor:
+    """No n-gram twice (fairseq's --no-repeat-ngram-size): a token that would complete an n-gram already in a
+    row's prefix gets -inf. lp (R, V) in place, prefix (R, t) the tokens emitted so far (no BOS, no EOS)."""
+    t = prefix.size(1)
+    if n <= 0 or t < n:
+        return lp
+    grams = prefix.unfold(1, n, 1)  # (R, t-n+1, n): every n-gram so far
+    seen = (grams[:, :, :-1] == prefix[:, None, t - n + 1 :]).all(-1)  # its first n-1 tokens are the current suffix
+    hits = torch.zeros_like(lp).scatter_add_(1, grams[:, :, -1], seen.to(lp.dtype))
+    return lp.masked_fill_(hits > 0, -float("inf"))
+
+
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT length penalty (Wu et al. 2016): ((5 + length) / 6) ** alpha; 1 when alpha = 0."""
     return ((5.0 + length) / 6.0) ** alpha
@@ -71,10 +104,14 @@ def max_lengths(src_pad_mask: Tensor, a: float, b: int, cap: int) -> Tensor:
 
 
 @torch.inference_mode()
-def greedy_search(model, src: Tensor, src_pad_mask: Tensor, max_len: Tensor, bos: int, eos: int) -> list[Hypothesis]:
+def greedy_search(
+    model, src: Tensor, src_pad_mask: Tensor, max_len: Tensor, bos: int, eos: int, record: bool = False
+) -> list[Hypothesis]:
     """Pick the most probable token at each step until EOS or `max_len` (B,) tokens."""
-    state = model.start(src, src_pad_mask)
+    state = model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
     b = src.size(0)
+    src_len = (~src_pad_mask).sum(1).tolist()
+    attention: list[Optional[dict]] = [None] * b
     alive = torch.arange(b, device=src.device)  # original row of each live row
     prev = torch.full((b,), bos, dtype=torch.long, device=src.device)
     tokens: list[Tensor] = []
@@ -92,6 +129,9 @@ def greedy_search(model, src: Tensor, src_pad_mask: Tensor, max_len: Tensor, bos
         done = prev == eos
         if bool(done.any()):
             ended[alive[done]] = t + 1
+            if record:
+                for j in done.nonzero().flatten().tolist():
+                    attention[int(alive[j])] = attention_of(state, j, src_len[int(alive[j])])
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
@@ -102,7 +142,7 @@ def greedy_search(model, src: Tensor, src_pad_mask: Tensor, max_len: Tensor, bos
             if token != eos:
                 out[row].append(token)
     scores = log_prob.tolist()
-    return [Hypothesis(out[i], scores[i], scores[i]) for i in range(b)]
+    return [Hypothesis(out[i], scores[i], scores[i], attention[i]) for i in range(b)]
 
 
 def top_candidates(scores: Tensor, log_probs: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -119,15 +159,18 @@ def top_candidates(scores: Tensor, log_probs: Tensor, k: int) -> tuple[Tensor, T
 
 @torch.inference_mode()
 def beam_search(
-    model, src: Tensor, src_pad_mask: Tensor, max_len: Tensor, bos: int, eos: int, beam: int, alpha: float, nbest: int = 1
+    model, src: Tensor, src_pad_mask: Tensor, max_len: Tensor, bos: int, eos: int, beam: int, alpha: float, nbest: int = 1,
+    no_repeat_ngram: int = 0, record: bool = False,
 ) -> list[list[Hypothesis]]:
     """Beam search batched over sentences x beams; a sentence leaves the batch once it has `beam`
-    finished hypotheses. Returns the `nbest` best per sentence by length-normalised score."""
+    finished hypotheses. Returns the `nbest` best per sentence by length-normalised score.
+    `no_repeat_ngram` n > 0: no hypothesis contains the same n-gram twice. `record`: hypotheses carry their attention."""
     dev = src.device
     n = src.size(0)
     k = beam
     rows = torch.arange(n, device=dev).repeat_interleave(k)
-    state = select_state(model.start(src, src_pad_mask), rows)
+    state = select_state(model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask), rows)
+    src_len = (~src_pad_mask).sum(1).tolist()
     sent = torch.arange(n, device=dev)  # original sentence of each live sentence
     max_len = max_len.to(dev)
     scores = torch.full((n, k), -float("inf"), device=dev)
@@ -138,7 +181,8 @@ def beam_search(
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
         force = max_len[sent] <= t + 1  # last allowed position: must be EOS
-        lp = restrict(F.log_softmax(logits.float(), dim=-1).view(len(sent), k, -1), bos, eos, force)
+        lp = block_repeats(F.log_softmax(logits.float(), dim=-1), prefix, no_repeat_ngram)
+        lp = restrict(lp.view(len(sent), k, -1), bos, eos, force)
         cand, tok, parent = top_candidates(scores, lp, 2 * k)
         is_eos = tok == eos
         # finished: EOS among the top k candidates (beyond rank k they would not have been kept)
@@ -149,7 +193,8 @@ def beam_search(
                 row = i * k + parent_c[i][r]
                 hyp = prefix[row].tolist()
                 score = cand_c[i][r] / length_penalty(len(hyp) + 1, alpha)
-                finished[int(sent[i])].append(Hypothesis(hyp, score, cand_c[i][r]))
+                attn = attention_of(state, row, src_len[int(sent[i])]) if record else None
+                finished[int(sent[i])].append(Hypothesis(hyp, score, cand_c[i][r], attn))
         # the k best non-EOS candidates continue (at most k EOS among 2k, so k remain)
         new_scores, pos = cand.masked_fill(is_eos, -float("inf")).topk(k, dim=1)
         new_tok, new_parent = tok.gather(1, pos), parent.gather(1, pos)
@@ -167,10 +212,12 @@ def beam_search(
 
 def decode_corpus(
     model, src_ids: list[list[int]], device: torch.device, max_tokens: int, beam: int, alpha: float,
-    max_len_a: float, max_len_b: int, max_positions: int, bos: int, eos: int, nbest: int = 1,
+    max_len_a: float, max_len_b: int, max_positions: int, bos: int, eos: int, nbest: int = 1, no_repeat_ngram: int = 0,
+    record: bool = False,
 ) -> list[list[Hypothesis]]:
     """Translate id sequences in length-sorted batches of about `max_tokens` source tokens (x beam);
-    return the `nbest` hypotheses of each, in input order. Empty inputs get an empty output."""
+    return the `nbest` hypotheses of each, in input order. Empty inputs get an empty output.
+    Greedy search is beam search with one beam; the separate greedy loop is the faster path for it."""
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in src_ids]
     todo = np.array([i for i, s in enumerate(src_ids) if s], dtype=np.int64)
     if len(todo) == 0:
@@ -180,10 +227,10 @@ def decode_corpus(
         index = todo[batch_pos]
         batch = make_batch([np.asarray(src_ids[i]) for i in index], None, index).to(device)
         max_len = max_lengths(batch.src_pad_mask, max_len_a, max_len_b, max_positions - 1)
-        if beam == 1 and nbest == 1:
-            hyps = [[h] for h in greedy_search(model, batch.src, batch.src_pad_mask, max_len, bos, eos)]
+        if beam == 1 and nbest == 1 and not no_repeat_ngram:
+            hyps = [[h] for h in greedy_search(model, batch.src, batch.src_pad_mask, max_len, bos, eos, record)]
         else:
-            hyps = beam_search(model, batch.src, batch.src_pad_mask, max_len, bos, eos, beam, alpha, nbest)
+            hyps = beam_search(model, batch.src, batch.src_pad_mask, max_len, bos, eos, beam, alpha, nbest, no_repeat_ngram, record)
         for i, h in zip(index.tolist(), hyps):
             results[i] = h
     return results

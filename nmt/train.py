@@ -41,6 +41,7 @@ from nmt.data import (
     read_manifest,
     split_batch,
 )
+from nmt.distributed import Dist, my_share
 from nmt.errors import NmtError
 from nmt.interrupt import GracefulStop
 from nmt.loss import loss_fn
@@ -166,13 +167,18 @@ class DeviceCounters:
 class Trainer:
     """Holds what one run needs; `run()` is the loop. Created only through `train()`."""
 
-    def __init__(self, cfg: Config, run_dir: Path, device: torch.device, tok: Tokenizer, train_split: Split, valid_split: Split, valid_refs: list[str]):
+    def __init__(
+        self, cfg: Config, run_dir: Path, device: torch.device, tok: Tokenizer, train_split: Split, valid_split: Split,
+        valid_refs: list[str], dist: Optional[Dist] = None,
+    ):
         self.cfg, self.run_dir, self.device, self.tok = cfg, run_dir, device, tok
         self.train_split, self.valid_split, self.valid_refs = train_split, valid_split, valid_refs
+        self.dist = dist or Dist()
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
-        # the compiled module shares the parameters; checkpoints and decoding use the plain one
-        self.forward = torch.compile(self.model, dynamic=True) if cfg.train.compile else self.model
+        # DDP and the compiled module share the parameters; checkpoints and decoding use the plain one
+        self.ddp = self.dist.wrap(self.model, device)
+        self.forward = torch.compile(self.ddp, dynamic=True) if cfg.train.compile else self.ddp
         t = cfg.train
         # fused: one kernel for all parameters (CPU and CUDA), and it can skip an update without a host sync
         self.optimizer = torch.optim.AdamW(
@@ -185,7 +191,8 @@ class Trainer:
         self.kept = Retention(run_dir, t.keep_last, t.keep_best)
 
     # --- checkpoints ---
-    def payload(self) -> dict:
+    def payload(self, rngs: list) -> dict:
+        """Everything a resumed run needs; `rngs`: the random states of every rank, in rank order."""
         return {
             "config": self.cfg.to_dict(),
             "tokenizer": self.tok.to_state(),
@@ -194,7 +201,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "train_state": asdict(self.state),
-            "rng": rng_state(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,
+            "world_size": self.dist.world,
         }
 
     def check_compatible(self, ckpt: dict, what: str, sections: tuple[str, ...]) -> None:
@@ -219,22 +228,40 @@ class Trainer:
         if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["train_state"])
-        set_rng_state(ckpt["rng"])
+        rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        was = ckpt.get("world_size", 1)
+        if was != self.dist.world:
+            self.note(f"note: {ckpt['path']} was trained by {was} process(es), this run has {self.dist.world}: weights, optimizer and "
+                      f"data position carry over; a step now takes {self.cfg.train.accum_steps} x {self.dist.world} batches instead of "
+                      f"{self.cfg.train.accum_steps} x {was}, and the random streams differ from an uninterrupted run")
+        set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
 
     def save(self, scores: Optional[dict] = None, best: bool = False) -> None:
-        """Write last.pt; keep it as checkpoints/step-N.pt (and best.pt); prune what falls out of keep_last/keep_best."""
+        """Write last.pt; keep it as checkpoints/step-N.pt (and best.pt); prune what falls out of keep_last/keep_best.
+        Every rank calls it (their random states go into the checkpoint); rank 0 writes."""
         self.sync_counters()
-        save_checkpoint(self.run_dir / "last.pt", self.payload())
-        self.kept.record(self.state.step, scores, best)
+        rngs = self.dist.gather(rng_state())
+        if self.dist.main:
+            save_checkpoint(self.run_dir / "last.pt", self.payload(rngs))
+            self.kept.record(self.state.step, scores, best)
+
+    def note(self, message: str) -> None:
+        """A line on stderr, from rank 0 only."""
+        if self.dist.main:
+            tqdm.write(message, file=sys.stderr)
 
     # --- one step ---
-    def train_step(self, batches: list[Batch]) -> Optional[tuple[torch.Tensor, int, torch.Tensor]]:
+    def train_step(self, batches: list[Batch], n_tgt: int) -> Optional[tuple[torch.Tensor, int, torch.Tensor]]:
         """Forward/backward over the micro-batches, then one update. Returns (summed loss, target tokens, 1.0 if
         the update was skipped for a non-finite gradient else 0.0) with the tensors left on the device; or None
-        when the device ran out of memory (the gradients are dropped and memory freed)."""
+        when the device ran out of memory (the gradients are dropped and memory freed). `batches` are this rank's,
+        `n_tgt` the target tokens of the whole step over all ranks. With more than one process an OOM stops the
+        run: the other ranks would wait for this one's gradients."""
         self.model.train()
+        if self.dist.enabled:
+            return self._train_step(batches, n_tgt)
         try:
-            return self._train_step(batches)
+            return self._train_step(batches, n_tgt)
         except torch.cuda.OutOfMemoryError:
             pass  # free outside the except block: the traceback holds the activations
         self.optimizer.zero_grad(set_to_none=True)
@@ -242,15 +269,18 @@ class Trainer:
             torch.cuda.empty_cache()
         return None
 
-    def _train_step(self, batches: list[Batch]) -> tuple[torch.Tensor, int, torch.Tensor]:
-        n_tgt = sum(b.n_tgt for b in batches)
+    def _train_step(self, batches: list[Batch], n_tgt: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         total = torch.zeros((), device=self.device)
-        for b in batches:
+        scale = self.dist.world / n_tgt  # DDP averages the ranks' gradients: this makes it a sum over all tokens / n_tgt
+        for i, b in enumerate(batches):
             b = b.to(self.device)
-            with autocast_for(self.device, self.cfg.train.precision):
-                logits = self.forward(b.src, b.src_pad_mask, b.tgt_in)
-            loss, _ = loss_fn(logits, b.tgt_out, self.cfg.train.label_smoothing)
-            self.scaler.scale(loss / n_tgt).backward()
+            # accumulation: gradients are exchanged between ranks only on the last micro-batch
+            sync = nullcontext() if i == len(batches) - 1 or not self.dist.enabled else self.ddp.no_sync()
+            with sync:
+                with autocast_for(self.device, self.cfg.train.precision):
+                    logits = self.forward(b.src, b.src_pad_mask, b.tgt_in)
+                loss, _ = loss_fn(logits, b.tgt_out, self.cfg.train.label_smoothing)
+                self.scaler.scale(loss * scale).backward()
             total += loss.detach()
         lr = lr_at(self.state.step + 1, self.cfg.train.lr, self.cfg.train.warmup_steps)
         for group in self.optimizer.param_groups:
@@ -299,6 +329,8 @@ class Trainer:
         return self.tok.decode_tgt([h[0].tokens for h in hyps])
 
     def log(self, record: dict) -> None:
+        if not self.dist.main:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -317,7 +349,7 @@ class Trainer:
     def run(self) -> Optional[str]:
         """Train until a stopping rule fires; return the signal name if a SIGINT/SIGTERM stopped it."""
         s, t = self.state, self.cfg.train
-        bar = tqdm(total=t.max_steps, initial=s.step, disable=not t.progress, unit="step", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=t.max_steps, initial=s.step, disable=not (t.progress and self.dist.main), unit="step", dynamic_ncols=True, file=sys.stderr)
         self.window = [0, time.perf_counter()]  # target tokens and start time of the tokens/s window
         self.counters = DeviceCounters(self.device, s.skipped_steps, s.nonfinite_in_row)
         self.loss_tokens = 0  # target tokens behind counters.loss
@@ -329,7 +361,7 @@ class Trainer:
         bar.close()
         if self.signal.requested:
             return self.signal.requested
-        tqdm.write(f"stopped: {stop}; best valid BLEU {s.best_bleu:.2f} at step {s.best_step}; checkpoints in {self.run_dir}", file=sys.stderr)
+        self.note(f"stopped: {stop}; best valid BLEU {s.best_bleu:.2f} at step {s.best_step}; checkpoints in {self.run_dir}")
         return None
 
     def run_epoch(self, bar) -> Optional[str]:
@@ -337,21 +369,26 @@ class Trainer:
         s, t = self.state, self.cfg.train
         batches = bucket_batches(self.train_split.src_lens, self.train_split.tgt_lens, t.max_tokens, t.seed, s.epoch)
         pin = self.device.type == "cuda"
-        while s.batch_in_epoch < len(batches):
-            group = [split_batch(self.train_split, ix, pin) for ix in batches[s.batch_in_epoch : s.batch_in_epoch + t.accum_steps]]
+        per_step = t.accum_steps * self.dist.world
+        # with several ranks, a last group too small to give each rank a batch is left out: equal steps on every rank
+        while len(batches) - s.batch_in_epoch >= self.dist.world:
+            indices = batches[s.batch_in_epoch : s.batch_in_epoch + per_step]
+            group = [split_batch(self.train_split, ix, pin) for ix in my_share(indices, self.dist)]
+            n_tgt = sum(int(self.train_split.tgt_lens[ix].sum()) + len(ix) for ix in indices)  # + EOS per sentence
             start = time.perf_counter()
-            result = self.train_step(group)
-            s.batch_in_epoch += len(group)
+            result = self.train_step(group, n_tgt)
+            s.batch_in_epoch += len(indices)
             if result is None:
                 self.check_oom(group)
             else:
                 self.count_step(*result, time.perf_counter() - start, bar)
-            if self.signal.requested:
+            signalled, out_of_time = self.dist.any(self.signal.requested is not None, self.out_of_time())
+            if signalled:
                 self.save()  # where we are; validation and best.pt wait for the resumed run
-                return f"{self.signal.requested} at step {s.step}"
+                return f"{self.signal.requested or 'a signal to another rank'} at step {s.step}"
             if result is None:
                 continue
-            stop = self.stop_reason()
+            stop = self.stop_reason(out_of_time)
             if s.step % t.valid_every == 0 or stop:
                 stop = self.validate_and_save(bar) or stop
             elif t.save_every and s.step % t.save_every == 0:
@@ -395,7 +432,8 @@ class Trainer:
     def log_progress(self, bar) -> None:
         """Log the mean training loss per target token since the last log, the lr and tokens/s."""
         s = self.state
-        loss = self.sync_counters() / max(self.loss_tokens, 1)
+        loss_sum, tokens = self.dist.sum([self.sync_counters(), self.loss_tokens / self.dist.world])  # n_tgt counts every rank
+        loss = loss_sum / max(tokens, 1)
         self.counters.loss.zero_()
         self.loss_tokens = 0
         tps = self.window[0] / max(time.perf_counter() - self.window[1], 1e-9)
@@ -410,8 +448,8 @@ class Trainer:
         s, t = self.state, self.cfg.train
         loss, skipped, in_row, max_in_row = self.counters.read()
         if skipped > s.skipped_steps:
-            tqdm.write(f"warning: {skipped - s.skipped_steps} update(s) skipped for a non-finite loss or gradient by step "
-                       f"{s.step} ({skipped} so far)", file=sys.stderr)
+            self.note(f"warning: {skipped - s.skipped_steps} update(s) skipped for a non-finite loss or gradient by step "
+                      f"{s.step} ({skipped} so far)")
         s.skipped_steps, s.nonfinite_in_row = skipped, in_row
         if max_in_row >= MAX_NONFINITE_IN_ROW:
             raise NmtError(
@@ -421,17 +459,22 @@ class Trainer:
             )
         return loss
 
-    def stop_reason(self) -> Optional[str]:
+    def out_of_time(self) -> bool:
+        t = self.cfg.train
+        return bool(t.max_minutes) and self.state.train_seconds >= 60 * t.max_minutes
+
+    def stop_reason(self, out_of_time: Optional[bool] = None) -> Optional[str]:
+        """Why training stops now, if it does; `out_of_time` as agreed by all ranks (default: this one's clock)."""
         s, t = self.state, self.cfg.train
         if s.step >= t.max_steps:
             return f"reached train.max_steps={t.max_steps}"
-        if t.max_minutes and s.train_seconds >= 60 * t.max_minutes:
+        if self.out_of_time() if out_of_time is None else out_of_time:
             return f"reached train.max_minutes={t.max_minutes:g}"
         return None
 
     def validate_and_save(self, bar) -> Optional[str]:
         start = time.perf_counter()
-        metrics = self.validate()
+        metrics = self.dist.share(self.validate() if self.dist.main else None)  # rank 0 validates, every rank decides
         stop = self.after_validation(metrics)
         record = {"step": self.state.step, "epoch": self.state.epoch, "time": self.state.train_seconds, **metrics,
                   "valid_seconds": time.perf_counter() - start, "skipped_steps": self.state.skipped_steps}
@@ -439,7 +482,7 @@ class Trainer:
         self.last_valid_step = self.state.step
         self.window = [0, time.perf_counter()]  # tokens/s excludes validation
         shown = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-        tqdm.write(f"valid: {shown}", file=sys.stderr)
+        self.note(f"valid: {shown}")
         bar.refresh()
         if stop:
             return f"no improvement in {self.cfg.train.patience} validations (train.patience)"
@@ -462,14 +505,14 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> bool:
     return resume
 
 
-def record_session(run_dir: Path, step: int, init: Optional[str]) -> None:
+def record_session(run_dir: Path, step: int, init: Optional[str], world: int = 1) -> None:
     """Append this invocation (versions, git commit, command line, starting step) to env.json."""
     path = run_dir / "env.json"
     try:
         sessions = json.loads(path.read_text(encoding="utf-8"))["sessions"] if step > 0 else []
     except (OSError, ValueError, KeyError, TypeError):
         sessions = []
-    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": step, **environment()}
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": step, "processes": world, **environment()}
     if init:
         session["init_from"] = init
     atomic_write_text(path, json.dumps({"sessions": [*sessions, session]}, indent=2) + "\n")
@@ -493,7 +536,8 @@ def trim_log(path: Path, step: int) -> None:
 
 
 def train(cfg: Config, run_dir: Optional[Path] = None, resume: bool = False, init: Optional[str] = None) -> Path:
-    """Run stage 2 for `cfg` (from the weights of checkpoint `init` when given); return the run directory."""
+    """Run stage 2 for `cfg` (from the weights of checkpoint `init` when given); return the run directory.
+    Under torchrun, every rank runs this; rank 0 alone reads checkpoints and writes the run directory."""
     run_dir = Path(run_dir or f"runs/{cfg.name}")
     if init and resume:
         raise NmtError("--init starts a new run from a checkpoint's weights; --resume continues a run: give one of them")
@@ -501,34 +545,43 @@ def train(cfg: Config, run_dir: Optional[Path] = None, resume: bool = False, ini
     tok = Tokenizer.load(cfg.prepared_dir)
     if tok.sha256 != manifest["tokenizer"]["sha256"]:
         raise NmtError(f"{cfg.prepared_dir}: tokenizer does not match its manifest; run `nmt prepare` again")
-    device = pick_device(cfg.train.device)
+    dist = Dist()
+    device = dist.setup(pick_device(cfg.train.device))
+    try:
+        return _train(cfg, run_dir, resume, init, tok, device, dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, init: Optional[str], tok: Tokenizer, device: torch.device, dist: Dist) -> Path:
+    main = dist.main
+    say = (lambda m: tqdm.write(m, file=sys.stderr)) if main else (lambda m: None)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    init_ckpt = load_checkpoint(init) if init else None
-    resume = prepare_run_dir(run_dir, resume)
+    init_ckpt = dist.share(load_checkpoint(init) if init and main else None)
+    resume = dist.share(prepare_run_dir(run_dir, resume) if main else None)
     trainer = Trainer(
         cfg, run_dir, device, tok, load_split(cfg.prepared_dir, "train"), load_split(cfg.prepared_dir, "valid"),
-        read_lines(cfg.prepared_dir / "valid.tgt.txt"),
+        read_lines(cfg.prepared_dir / "valid.tgt.txt"), dist,
     )
     if resume:
-        trainer.restore(load_for_resume(run_dir, warn=lambda m: tqdm.write(m, file=sys.stderr)))
-        tqdm.write(f"resuming {run_dir} at step {trainer.state.step} (epoch {trainer.state.epoch}, batch {trainer.state.batch_in_epoch})", file=sys.stderr)
+        trainer.restore(dist.share(load_for_resume(run_dir, warn=say) if main else None))
+        say(f"resuming {run_dir} at step {trainer.state.step} (epoch {trainer.state.epoch}, batch {trainer.state.batch_in_epoch})")
     elif init_ckpt:
         trainer.init_from(init_ckpt)
-        tqdm.write(f"fine-tuning from {init_ckpt['path']} (its step {init_ckpt['train_state']['step']})", file=sys.stderr)
-    # only now, with the checkpoint accepted, does anything in the run directory change
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tok.save(run_dir)
-    trim_log(trainer.metrics_path, trainer.state.step)  # a fresh start, too, drops what a dead attempt logged
-    record_session(run_dir, trainer.state.step, init_ckpt["path"] if init_ckpt else None)
+        say(f"fine-tuning from {init_ckpt['path']} (its step {init_ckpt['train_state']['step']})")
+    if main:  # only now, with the checkpoint accepted, does anything in the run directory change
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        tok.save(run_dir)
+        trim_log(trainer.metrics_path, trainer.state.step)  # a fresh start, too, drops what a dead attempt logged
+        record_session(run_dir, trainer.state.step, init_ckpt["path"] if init_ckpt else None, dist.world)
     n = count_parameters(trainer.model)
-    tqdm.write(f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters; device {device}; {len(trainer.train_split)} training pairs", file=sys.stderr)
+    ranks = f" x {dist.world} processes" if dist.enabled else ""
+    say(f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters; device {device}{ranks}; {len(trainer.train_split)} training pairs")
     interrupted = trainer.run()
     if interrupted:
         raise NmtError(f"{interrupted}: stopped at step {trainer.state.step}, {run_dir / 'last.pt'} saved; "
                        f"continue with: nmt train --config <config> --run-dir {run_dir} --resume")
     return run_dir
-
-

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from nmt.checkpoint import atomic_write_text, load_checkpoint
-from nmt.config import Config, config_from_dict
+from nmt.config import Config, DecodeConfig, config_from_dict
 from nmt.data import decode_lines, read_text
 from nmt.errors import NmtError
 from nmt.models import build_model
@@ -42,22 +42,33 @@ def load_translator(checkpoint: str | Path, device: Optional[str] = None) -> Tra
     return Translator(model, tok, cfg, dev, ckpt["path"])
 
 
-def translate_lines(
-    tr: Translator, lines: list[str], beam: int, alpha: float, nbest: int = 1,
-    max_len_a: Optional[float] = None, max_len_b: Optional[int] = None, max_tokens: Optional[int] = None,
-) -> list[list[Hypothesis]]:
-    """Translate cleaned source lines; returns the n-best hypotheses (token ids) per line, input order."""
-    d, limit = tr.cfg.decode, tr.cfg.model.max_positions - 1  # one position is the source EOS
+def encode_lines(tr: Translator, lines: list[str]) -> list[list[int]]:
+    """Source lines -> subword ids, cut (with a warning) to what the model's positions allow."""
+    limit = tr.cfg.model.max_positions - 1  # one position is the source EOS
     src_ids = tr.tok.encode_src(lines)
     long = [i for i, s in enumerate(src_ids) if len(s) > limit]
     if long:
         print(f"warning: {len(long)} input line(s) longer than the model's {limit} subwords were truncated "
               f"(first: line {long[0] + 1})", file=sys.stderr)
         src_ids = [s[:limit] for s in src_ids]
+    return src_ids
+
+
+def translate_lines(
+    tr: Translator, lines: list[str] | list[list[int]], beam: int, alpha: float, nbest: int = 1,
+    max_len_a: Optional[float] = None, max_len_b: Optional[int] = None, max_tokens: Optional[int] = None,
+    no_repeat_ngram: Optional[int] = None, record: bool = False,
+) -> list[list[Hypothesis]]:
+    """Translate cleaned source lines (or their ids from `encode_lines`); returns the n-best hypotheses (token
+    ids) per line, input order. Settings left None come from the checkpoint's decode config. `record`: each
+    hypothesis carries the attention weights it was decoded with."""
+    d = tr.cfg.decode
+    src_ids = lines if lines and not isinstance(lines[0], str) else encode_lines(tr, lines)
     return decode_corpus(
         tr.model, src_ids, tr.device, max_tokens or d.max_tokens, beam, alpha,
         d.max_len_a if max_len_a is None else max_len_a, d.max_len_b if max_len_b is None else max_len_b,
         tr.cfg.model.max_positions, BOS, EOS, nbest=nbest,
+        no_repeat_ngram=d.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram, record=record,
     )
 
 
@@ -72,18 +83,46 @@ def format_output(tr: Translator, hyps: list[list[Hypothesis]], nbest: int) -> s
     return "".join(out)
 
 
+def decode_settings(tr: Translator, **given: Any) -> DecodeConfig:
+    """The checkpoint's decode config with the options given on the command line (None: not given)."""
+    return replace(tr.cfg.decode, **{k: v for k, v in given.items() if v is not None})
+
+
+def translate_with(tr: Translator, lines: list[str] | list[list[int]], d: DecodeConfig, record: bool = False) -> list[list[Hypothesis]]:
+    return translate_lines(tr, lines, d.beam, d.alpha, d.nbest, d.max_len_a, d.max_len_b, d.max_tokens, d.no_repeat_ngram, record)
+
+
 def translate(
-    checkpoint: str, input: Optional[str], output: Optional[str], beam: Optional[int], alpha: Optional[float],
-    nbest: int, device: Optional[str] = None,
+    checkpoint: str, input: Optional[str], output: Optional[str], device: Optional[str] = None,
+    attention_dir: Optional[str] = None, attention_layer: Optional[int] = None, **options: Any,
 ) -> None:
-    """Run stage 3: a file or stdin in, a file (written atomically) or stdout out."""
+    """Run stage 3: a file or stdin in, a file (written atomically) or stdout out. `options`: decode settings.
+    `attention_dir`: also write each sentence's attention weights and heatmaps there (see attention.py)."""
     tr = load_translator(checkpoint, device)
-    beam = beam or tr.cfg.decode.beam
-    if nbest > beam:
-        raise NmtError(f"--nbest {nbest} is larger than --beam {beam}")
+    d = decode_settings(tr, **options)
+    if d.nbest > d.beam:
+        raise NmtError(f"--nbest {d.nbest} is larger than --beam {d.beam}")
+    if attention_dir:
+        from nmt.plot import pyplot
+
+        if tr.cfg.model.arch == "rnn" and tr.cfg.model.attention == "none":
+            raise NmtError(f"{tr.path}: a seq2seq model without attention (model.attention: none) has no attention to plot")
+        m = tr.cfg.model
+        layers = 1 if m.arch == "rnn" else (m.dec_layers or m.layers)  # an RNN's attention sits on its top layer
+        if attention_layer is not None and attention_layer > layers:
+            raise NmtError(f"--attention-layer {attention_layer}: {tr.path} has {layers} decoder layer(s) with attention")
+        pyplot()  # matplotlib missing: say so before decoding anything
     text = read_text(Path(input)) if input else decode_lines(sys.stdin.buffer.read(), "<stdin>")
-    hyps = translate_lines(tr, text.lines, beam, tr.cfg.decode.alpha if alpha is None else alpha, nbest)
-    result = format_output(tr, hyps, nbest)
+    src_ids = encode_lines(tr, text.lines)
+    hyps = translate_with(tr, src_ids, d, record=bool(attention_dir))
+    result = format_output(tr, hyps, d.nbest)
+    if attention_dir:
+        from nmt.attention import write_attention
+
+        best = [h[0] for h in hyps]
+        n = write_attention(Path(attention_dir), text.lines, best, tr.tok.decode_tgt([h.tokens for h in best]), src_ids,
+                            tr.tok.src_pieces, tr.tok.tgt_pieces, attention_layer)
+        print(f"attention of {n} sentence(s) written to {attention_dir}", file=sys.stderr)
     if output:
         try:
             atomic_write_text(Path(output), result)

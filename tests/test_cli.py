@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nmt.cli import main
@@ -150,8 +151,10 @@ def test_end_to_end(smoke: SmokeRun, cli, tmp_path: Path) -> None:
         assert "nrefs:1" in m["signature"] and "version:" in m["signature"]
     assert 0 <= result["metrics"]["bleu"]["score"] <= 100
 
-    # evaluate --hyp --ref scores those same hypotheses identically
-    code, out, err = cli("evaluate", "--hyp", hyp, "--ref", refs, "--json")
+    assert "bleu_paper" in result["metrics"]  # the checkpoint knows its target language
+
+    # evaluate --hyp --ref scores those same hypotheses identically (given the language, also paper-style)
+    code, out, err = cli("evaluate", "--hyp", hyp, "--ref", refs, "--lang", "de", "--json")
     assert code in (0, None), err
     assert json.loads(out)["metrics"] == result["metrics"]
 
@@ -470,6 +473,25 @@ def test_bleu_by_source_length_buckets() -> None:
     assert buckets[0]["bleu"] == 100.0 and buckets[1]["bleu"] < 10.0
 
 
+def test_paper_style_bleu_lowercases_and_moses_tokenizes(cli, tmp_path: Path) -> None:
+    from nmt.metrics import paper_bleu, score_all
+
+    # case and detached punctuation do not count against a hypothesis (Moses splits "Rad." and "(links)")
+    refs = ["Ein Mann fährt mit dem Rad (links) nach Hause.", "Zwei Hunde spielen im Schnee."]
+    hyps = ["ein mann fährt mit dem rad ( links ) nach hause .", "zwei Hunde spielen im Schnee ."]
+    m = score_all(hyps, refs, "de")
+    assert m["bleu_paper"]["score"] == 100.0 and m["bleu"]["score"] < 100.0
+    assert "bleu_paper" not in score_all(hyps, refs)
+    # Moses knows German abbreviations: "z.B." is one token (13a makes four of it, all matching): 10 tokens, not 13
+    p = paper_bleu(["er sagt z.B. dass eine Katze im Garten sitzt."], ["Er sagt z.B. dass ein Hund im Park rennt."], "de")
+    assert "hyp_len = 10 ref_len = 10" in p["text"] and p["score"] < score_all(["er sagt z.B. dass eine Katze im Garten sitzt."],
+                                                                             ["Er sagt z.B. dass ein Hund im Park rennt."])["bleu_lc"]["score"]
+    ref_file, hyp_file = write(tmp_path / "ref.txt", "\n".join(refs) + "\n"), write(tmp_path / "hyp.txt", "\n".join(hyps) + "\n")
+    code, out, err = cli("evaluate", "--hyp", hyp_file, "--ref", ref_file, "--lang", "de")
+    assert code in (0, None) and err == "", err
+    assert "paper-style BLEU (lowercased, Moses-tokenized): 100.00" in out
+
+
 def test_plot_learning_curves_of_a_run(cli, smoke: SmokeRun, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -499,3 +521,130 @@ def test_plot_without_matplotlib_says_how_to_install_it(cli, smoke: SmokeRun, tm
     code, _, err = cli("plot", smoke.run, "--output", tmp_path / "c.png")
     assert_one_error_line(code, err, "pip install 'nmt[plot]'")
     assert not (tmp_path / "c.png").exists()
+
+
+# --- decoding options, sweep, average ---
+
+
+def test_translate_length_limit_options(cli, smoke: SmokeRun) -> None:
+    """--max-len-a 0 --max-len-b 1 leaves room only for EOS: every output is empty."""
+    code, out, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--max-len-a", "0", "--max-len-b", "1",
+                         "--no-repeat-ngram", "2", stdin=f"{SHORT}\n{LONG}\n".encode())
+    assert code in (0, None), err
+    assert out == "\n\n"
+
+
+def test_sweep_scores_a_grid_on_valid_and_agrees_with_evaluate(cli, smoke: SmokeRun, run_copy: Path, tmp_path: Path) -> None:
+    out_json = tmp_path / "sweep.json"
+    code, out, err = cli("sweep", "--checkpoint", run_copy / "best.pt", "--beam", "1,2", "--alpha", "0,1.0", "-o", out_json)
+    assert code in (0, None), err
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [(r["beam"], r["alpha"]) for r in rows] == [(1, 0.0), (2, 0.0), (2, 1.0)]  # beam 1: one alpha
+    best = max(rows, key=lambda r: r["bleu"])
+    assert f"best on valid: --beam {best['beam']} --alpha {best['alpha']}" in out
+    code, out, err = cli("evaluate", "--checkpoint", run_copy / "best.pt", "--split", "valid", "--beam", "2", "--alpha", "1.0", "--json")
+    assert code in (0, None), err
+    assert json.loads(out)["metrics"]["bleu"]["score"] == rows[2]["bleu"]
+
+
+@pytest.mark.parametrize("flag,value", [("--beam", "0,2"), ("--alpha", "0.6,x"), ("--no-repeat-ngram", "-1")])
+def test_sweep_with_a_bad_grid(cli, smoke: SmokeRun, flag: str, value: str) -> None:
+    code, _, err = cli("sweep", "--checkpoint", smoke.run / "best.pt", flag, value)
+    assert_one_error_line(code, err, flag)
+
+
+def test_average_the_last_checkpoints_of_a_run_and_evaluate_it(cli, smoke: SmokeRun, run_copy: Path) -> None:
+    code, out, err = cli("average", "--run-dir", run_copy, "--last", "2")
+    assert code in (0, None), err
+    assert "averaged 2 checkpoints (steps 100, 200)" in out
+    averaged = run_copy / "average-last-2.pt"
+    code, out, err = cli("evaluate", "--checkpoint", averaged, "--split", "valid", "--beam", "1", "--json")
+    assert code in (0, None), err
+    assert json.loads(out)["decode"]["no_repeat_ngram"] == 0
+
+
+@pytest.mark.parametrize("args,names", [
+    ([], ["--run-dir"]),
+    (["{run}/best.pt"], ["--output"]),
+    (["--run-dir", "{run}", "--last", "9"], ["kept", "train.keep_last"]),
+    (["--run-dir", "{run}"], ["--last N", "--best N"]),
+])
+def test_average_bad_requests(cli, smoke: SmokeRun, args: list[str], names: list[str]) -> None:
+    code, _, err = cli("average", *[a.format(run=smoke.run) for a in args])
+    assert_one_error_line(code, err, *names)
+
+
+def test_no_repeat_ngram_on_the_trained_smoke_model(smoke: SmokeRun) -> None:
+    """After 200 steps the smoke model loops ("Ein Mann Mann Mann ..."); blocking bigrams stops it."""
+    from nmt.translate import load_translator, translate_lines
+
+    tr = load_translator(smoke.run / "best.pt", "cpu")
+    lines = [SHORT, LONG, "Two men are playing soccer on a field."]
+
+    def repeats(hyps: list) -> int:
+        out = 0
+        for h in hyps:
+            grams = list(zip(h[0].tokens, h[0].tokens[1:]))
+            out += len(grams) - len(set(grams))
+        return out
+
+    assert repeats(translate_lines(tr, lines, beam=2, alpha=0.6)) > 0
+    assert repeats(translate_lines(tr, lines, beam=2, alpha=0.6, no_repeat_ngram=2)) == 0
+    assert repeats(translate_lines(tr, lines, beam=1, alpha=0.6, no_repeat_ngram=2)) == 0
+
+
+# --- attention heatmaps ---
+
+
+def test_translate_writes_attention_heatmaps(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out_dir = tmp_path / "attention"
+    code, out, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--attention-dir", out_dir,
+                         stdin=f"{SHORT}\n\n{LONG}\n".encode())
+    assert code in (0, None), err
+    assert "attention of 2 sentence(s) written" in err
+    translations = out.splitlines()
+    assert sorted(p.name for p in out_dir.iterdir() if p.name.startswith("0003")) == [
+        "0003.cross.layer1.heads.png", "0003.cross.layer1.png", "0003.encoder.layer1.png", "0003.json", "0003.npz",
+        "0003.self.layer1.png"]
+    assert not list(out_dir.glob("0002.*"))  # the empty line has no translation and no attention
+    for line in (1, 3):
+        meta = json.loads((out_dir / f"{line:04d}.json").read_text(encoding="utf-8"))
+        assert meta["translation"] == translations[line - 1] and meta["source"] in (SHORT, LONG)
+        s, t = len(meta["source_tokens"]), len(meta["target_tokens"])
+        assert meta["source_tokens"][-1] == "</s>" and meta["decoder_inputs"][0] == "<s>"
+        with np.load(out_dir / f"{line:04d}.npz") as w:
+            assert w["cross"].shape == (1, 2, t, s) and w["self"].shape == (1, 2, t, t) and w["encoder"].shape == (1, 2, s, s)
+            np.testing.assert_allclose(w["cross"].sum(-1), 1.0, atol=1e-5)
+            assert not np.triu(w["self"], k=1).any()
+        sizes = {"cross.layer1.png": (t, s), "encoder.layer1.png": (s, s), "self.layer1.png": (t, t)}
+        for suffix, (rows, cols) in sizes.items():
+            with Image.open(out_dir / f"{line:04d}.{suffix}") as image:
+                assert image.size == (110 + 28 * cols + 70, 110 + 28 * rows + 50), suffix
+        with Image.open(out_dir / f"{line:04d}.cross.layer1.heads.png") as image:
+            assert image.size == (2 * (110 + 28 * s + 70), 110 + 28 * t + 50)  # two heads side by side
+
+
+def test_attention_dir_errors(cli, smoke: SmokeRun, tmp_path: Path, monkeypatch) -> None:
+    code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--attention-dir", tmp_path / "a",
+                       "--attention-layer", "2", stdin=b"a\n")
+    assert_one_error_line(code, err, "--attention-layer 2", "1 decoder layer")
+    # a seq2seq model without attention has nothing to plot
+    from nmt.checkpoint import load_checkpoint, save_checkpoint
+    from nmt.config import config_from_dict
+    from nmt.models import build_model
+
+    ckpt = load_checkpoint(smoke.run / "best.pt")
+    raw = ckpt["config"]
+    raw["model"].update(arch="rnn", attention="none", hidden_size=32, layers=1)
+    vocab = ckpt["model"]["src_embed.weight"].shape[0]
+    plain = build_model(config_from_dict(raw, origin="test").model, vocab, vocab)
+    save_checkpoint(tmp_path / "plain.pt", {**{k: v for k, v in ckpt.items() if k != "path"}, "config": raw, "model": plain.state_dict()})
+    code, _, err = cli("translate", "--checkpoint", tmp_path / "plain.pt", "--attention-dir", tmp_path / "b", stdin=b"a\n")
+    assert_one_error_line(code, err, "plain.pt", "without attention")
+    # matplotlib missing: the one-line hint, before any decoding
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--attention-dir", tmp_path / "c", stdin=b"a\n")
+    assert_one_error_line(code, err, "pip install 'nmt[plot]'")
+    assert not (tmp_path / "c").exists()

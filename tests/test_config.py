@@ -330,12 +330,12 @@ def test_rnn_recipes_share_the_transformer_recipes_prepared_data(repo_root: Path
 
 def test_smoke_config_is_small(repo_root: Path) -> None:
     cfg = load_config(repo_root / "configs" / "smoke.yaml")
-    assert cfg.train.max_steps <= 100 and cfg.model.d_model <= 64 and cfg.data.max_train_pairs <= 1000
+    assert cfg.train.max_steps <= 300 and cfg.model.d_model <= 64 and cfg.data.max_train_pairs <= 1000
 
 
 # --- round trips ---
 
-@pytest.mark.parametrize("name", ["base.yaml", "smoke.yaml", "multi30k_en_de.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
 def test_config_from_dict_round_trips(repo_root: Path, name: str) -> None:
     cfg = load_config(repo_root / "configs" / name, ["data.source=/corpus"])
     again = config_from_dict(cfg.to_dict(), origin="round trip")

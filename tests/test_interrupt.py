@@ -27,7 +27,7 @@ def start_training(repo_root, multi30k_dir, tmp_path, script=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # a loaded machine can take a minute to import torch and start
     while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
         time.sleep(0.05)
     return proc, run_dir
@@ -52,9 +52,9 @@ SLOW_STEPS = """
 import sys, time
 import nmt.train
 real = nmt.train.Trainer._train_step
-def slow(self, batches):
+def slow(self, *args):
     time.sleep(0.3)
-    return real(self, batches)
+    return real(self, *args)
 nmt.train.Trainer._train_step = slow
 from nmt.cli import main
 sys.argv = ["nmt"] + sys.argv[1:]

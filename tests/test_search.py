@@ -7,6 +7,7 @@ import torch
 from nmt.models.transformer import Transformer
 from nmt.search import (
     beam_search,
+    block_repeats,
     decode_corpus,
     greedy_search,
     length_penalty,
@@ -148,3 +149,51 @@ def test_batched_decoding_equals_one_sentence_at_a_time():
 def test_empty_input_gives_empty_output():
     out = decode_corpus(random_transformer(), [[], [5, 6], []], torch.device("cpu"), 100, 2, 0.6, 1.5, 5, 64, BOS, EOS)
     assert out[0][0].tokens == [] and out[2][0].tokens == []
+
+
+# --- n-gram repeat blocking ---
+
+
+def repeated_ngrams(tokens: list[int], n: int) -> list[tuple[int, ...]]:
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return sorted({g for g in grams if grams.count(g) > 1})
+
+
+def test_block_repeats_bans_exactly_the_tokens_that_would_repeat_an_ngram():
+    prefix = torch.tensor([[A, B, A], [A, B, A], [B, B, B]])
+    lp = torch.zeros(3, V)
+    block_repeats(lp[:1], prefix[:1], 2)  # bigrams so far: AB, BA; the suffix A would repeat AB with B
+    assert torch.isinf(lp[0]).nonzero().flatten().tolist() == [B]
+    block_repeats(lp[1:2], prefix[1:2], 1)  # unigrams: no token twice
+    assert torch.isinf(lp[1]).nonzero().flatten().tolist() == [A, B]
+    block_repeats(lp[2:], prefix[2:], 3)  # BBB seen; suffix BB: B would repeat it
+    assert torch.isinf(lp[2]).nonzero().flatten().tolist() == [B]
+    untouched = torch.zeros(3, V)
+    block_repeats(untouched, prefix, 4)  # no 4-gram yet
+    block_repeats(untouched, prefix, 0)  # off
+    assert not torch.isinf(untouched).any()
+
+
+def test_a_looping_model_is_stopped_from_repeating_bigrams():
+    """The model always prefers A, then B, then EOS. Worked out by hand with bigrams blocked:
+    A, A (AA is new), B (AA would repeat), A (BA is new), then both AA and AB would repeat: EOS."""
+    loop = ScriptedModel({}, default={A: 0.5, B: 0.3, EOS: 0.2})
+    assert run(loop, beam=0)[0].tokens == [A] * 9  # unblocked: A until the length limit forces EOS
+    src, mask, lens = torch.full((1, 3), A), torch.zeros(1, 3, dtype=torch.bool), torch.full((1,), 10)
+    one = beam_search(loop, src, mask, lens, BOS, EOS, 1, 0.0, no_repeat_ngram=2)[0][0]
+    assert one.tokens == [A, A, B, A]
+    for hyp in beam_search(loop, src, mask, lens, BOS, EOS, 3, 0.0, nbest=3, no_repeat_ngram=2)[0]:
+        assert repeated_ngrams(hyp.tokens, 2) == []
+
+
+def test_no_repeat_ngram_on_a_real_model():
+    model, src = random_transformer(), sources(12, seed=1)
+    kw = dict(device=torch.device("cpu"), max_tokens=1000, alpha=0.6, max_len_a=1.5, max_len_b=5, max_positions=64, bos=BOS, eos=EOS)
+    free = decode_corpus(model, src, beam=4, **kw)
+    assert any(repeated_ngrams(h[0].tokens, 2) for h in free)  # a random model repeats itself: the test can fail
+    for beam in (1, 4):
+        blocked = decode_corpus(model, src, beam=beam, no_repeat_ngram=2, **kw)
+        assert all(repeated_ngrams(h[0].tokens, 2) == [] for h in blocked)
+    # greedy through beam search (one beam) is the same search as the greedy loop
+    assert [h[0].tokens for h in decode_corpus(model, src, beam=1, no_repeat_ngram=0, **kw)] == \
+        [h[0].tokens for h in decode_corpus(model, src, beam=1, no_repeat_ngram=99, **kw)]

@@ -134,7 +134,11 @@ class RNNSeq2Seq(nn.Module):
         return self.drop(attn_h), new, weights
 
     # --- the model interface ---
-    def start(self, src: Tensor, src_pad_mask: Tensor) -> dict:
+    def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> dict:
+        """With `record` (attentional models only), the state also keeps each step's attention weights:
+        "cross", (B, 1, 1, S) per step (one layer, one head), as the Transformer's (see search.attention_of)."""
+        if record and self.attention_kind == "none":
+            raise ValueError("a seq2seq model without attention has no attention weights to record")
         memory, rnn_state = self.encode(src, src_pad_mask)
         state = {"rnn": rnn_state, "static": ()}
         if self.attention_kind != "none":  # the encoder outputs: the same for every beam of a sentence
@@ -142,10 +146,14 @@ class RNNSeq2Seq(nn.Module):
                          static=("memory", "keys", "mem_mask"))
         if self.input_feeding:
             state["feed"] = memory.new_zeros(src.size(0), self.hidden)
+        if record:
+            state["attn_steps"] = {"cross": []}
         return state
 
     def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
-        out, state, _ = self._step(prev, state)
+        out, state, weights = self._step(prev, state)
+        if "attn_steps" in state:
+            state["attn_steps"] = {"cross": [*state["attn_steps"]["cross"], weights[:, None, None, :]]}
         return self.output(out), state
 
     def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:

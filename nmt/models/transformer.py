@@ -5,6 +5,7 @@ Two ways in:
 - decoding: `start(src, src_pad_mask) -> state`, then `step(prev_tokens (B,), state) -> (logits (B, V), state)`.
   The state is a plain dict of batch-first tensors (cross-attention keys/values computed once,
   growing self-attention keys/values), so search can reorder it with `index_select` on dim 0.
+  `start(..., record=True)` also keeps the attention weights every step used (see search.attention_of).
 """
 
 from __future__ import annotations
@@ -70,18 +71,29 @@ class Attention(nn.Module):
         k, v = self.kv(x).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, causal: bool = False) -> Tensor:
-        """x (B, T, D) attends to k, v (B, H, S, D/H); mask (B, 1, 1, S) is True where allowed."""
+    def forward(
+        self, x: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, causal: bool = False, need_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, T, D) attends to k, v (B, H, S, D/H); mask (B, 1, 1, S) is True where allowed; `causal`: query
+        i sees keys up to S - T + i. With `need_weights`, also returns the weights (B, H, T, S) the output was made of."""
         q = self._split(self.q(x))
-        if x.size(1) == 1 and x.device.type == "cpu" and not self.training:
-            # one query per row (incremental decoding): two small matmuls are 1.5x faster than SDPA on a CPU
+        w = None
+        if need_weights or (x.size(1) == 1 and x.device.type == "cpu" and not self.training):
+            # explicit weights: asked for, or one query per row on a CPU (two small matmuls beat SDPA 1.5x there)
             a = (q @ k.transpose(-1, -2)) * q.size(-1) ** -0.5
-            y = (a if mask is None else a.masked_fill(~mask, -float("inf"))).softmax(dim=-1) @ v
+            if mask is not None:
+                a = a.masked_fill(~mask, -float("inf"))
+            if causal:
+                t, s = a.shape[-2:]
+                a = a.masked_fill(torch.ones(t, s, dtype=torch.bool, device=a.device).triu(s - t + 1), -float("inf"))
+            w = a.softmax(dim=-1)
+            y = F.dropout(w, self.dropout, self.training) @ v
         else:
             p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         b, h, t, dh = y.shape
-        return self.out(y.transpose(1, 2).reshape(b, t, h * dh))
+        out = self.out(y.transpose(1, 2).reshape(b, t, h * dh))
+        return (out, w) if need_weights else out
 
 
 class FeedForward(nn.Sequential):
@@ -98,9 +110,14 @@ class EncoderLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.drop = Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, weights: Optional[list] = None) -> Tensor:
+        """`weights`: a list to append this layer's self-attention weights (B, H, S, S) to."""
         h = self.norm1(x) if self.pre_norm else x
-        x = x + self.drop(self.attn(h, *self.attn.project_kv(h), mask=mask))
+        y = self.attn(h, *self.attn.project_kv(h), mask=mask, need_weights=weights is not None)
+        if weights is not None:
+            y, w = y
+            weights.append(w)
+        x = x + self.drop(y)
         if not self.pre_norm:
             x = self.norm1(x)
         h = self.norm2(x) if self.pre_norm else x
@@ -119,19 +136,30 @@ class DecoderLayer(nn.Module):
         self.drop = Dropout(dropout)
 
     def forward(
-        self, x: Tensor, cross_kv: tuple[Tensor, Tensor], mem_mask: Tensor, past: Optional[tuple[Tensor, Tensor]] = None
+        self, x: Tensor, cross_kv: tuple[Tensor, Tensor], mem_mask: Tensor, past: Optional[tuple[Tensor, Tensor]] = None,
+        weights: Optional[dict[str, list]] = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x (B, T, D). Without `past`, T positions attend causally; with it, x holds only the new
-        position(s) and attends to past + itself. Returns the output and the self-attention keys/values."""
+        position(s) and attends to past + itself. Returns the output and the self-attention keys/values.
+        `weights`: {"self": [...], "cross": [...]} lists to append this layer's weights (B, H, T, *) to."""
+        need = weights is not None
         h = self.norm1(x) if self.pre_norm else x
         k, v = self.self_attn.project_kv(h)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        x = x + self.drop(self.self_attn(h, k, v, causal=past is None and x.size(1) > 1))
+        y = self.self_attn(h, k, v, causal=past is None and x.size(1) > 1, need_weights=need)
+        if need:
+            y, w = y
+            weights["self"].append(w)
+        x = x + self.drop(y)
         if not self.pre_norm:
             x = self.norm1(x)
         h = self.norm2(x) if self.pre_norm else x
-        x = x + self.drop(self.cross_attn(h, *cross_kv, mask=mem_mask))
+        y = self.cross_attn(h, *cross_kv, mask=mem_mask, need_weights=need)
+        if need:
+            y, w = y
+            weights["cross"].append(w)
+        x = x + self.drop(y)
         if not self.pre_norm:
             x = self.norm2(x)
         h = self.norm3(x) if self.pre_norm else x
@@ -193,47 +221,59 @@ class Transformer(nn.Module):
         pos = self.positions[offset : offset + tokens.size(1)]
         return self.drop(emb(tokens) * math.sqrt(self.d_model) + pos)
 
-    def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
-        """src (B, S) -> memory (B, S, D)."""
+    def encode(self, src: Tensor, src_pad_mask: Tensor, weights: Optional[list] = None) -> Tensor:
+        """src (B, S) -> memory (B, S, D); `weights`: a list to append each layer's self-attention weights to."""
         x, mask = self._embed(self.src_embed, src), self._mem_mask(src_pad_mask)
         for layer in self.encoder:
-            x = layer(x, mask)
+            x = layer(x, mask, weights)
         return self.enc_norm(x)
 
     @staticmethod
     def _mem_mask(src_pad_mask: Tensor) -> Tensor:
         return ~src_pad_mask[:, None, None, :]  # (B, 1, 1, S), True where attention is allowed
 
-    def decode(self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor) -> Tensor:
-        """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V); position t sees tgt_in[:, :t+1]."""
+    def decode(self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor, weights: Optional[dict[str, list]] = None) -> Tensor:
+        """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V); position t sees tgt_in[:, :t+1].
+        `weights`: {"self": [], "cross": []} to collect each layer's attention weights in."""
         x, mask = self._embed(self.tgt_embed, tgt_in), self._mem_mask(src_pad_mask)
         for layer in self.decoder:
-            x, _ = layer(x, layer.cross_attn.project_kv(memory), mask)
+            x, _ = layer(x, layer.cross_attn.project_kv(memory), mask, weights=weights)
         return self.output(self.dec_norm(x))
 
     def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
         return self.decode(tgt_in, self.encode(src, src_pad_mask), src_pad_mask)
 
-    def start(self, src: Tensor, src_pad_mask: Tensor) -> dict:
-        """Encode once and precompute every layer's cross-attention keys/values for `step`."""
-        memory = self.encode(src, src_pad_mask)
+    def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> dict:
+        """Encode once and precompute every layer's cross-attention keys/values for `step`. With `record`, the
+        state also keeps the attention weights: the encoder's ("encoder", (B, layers, H, S, S)) and, per step,
+        the decoder's ("cross" (B, layers, H, S) and "self" (B, layers, H, t + 1))."""
+        enc_weights: Optional[list] = [] if record else None
+        memory = self.encode(src, src_pad_mask, enc_weights)
         cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder]
         empty = cross[0][0][:, :, :0]  # (B, H, 0, D/H), in the dtype the projections produce
-        return {
+        state = {
             "mem_mask": self._mem_mask(src_pad_mask),
             "cross": cross,
             "self": [(empty, empty) for _ in self.decoder],
             "pos": 0,
             "static": ("mem_mask", "cross"),  # the same for every beam of a sentence (see search.select_beams)
         }
+        if record:
+            state.update(attn_static={"encoder": torch.stack(enc_weights, dim=1)}, attn_steps={"cross": [], "self": []},
+                         static=("mem_mask", "cross", "attn_static"))
+        return state
 
     def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
         """One decoding step: prev (B,) last tokens -> logits (B, V) for the next token, new state."""
         pos = state["pos"]
         x = self._embed(self.tgt_embed, prev[:, None], offset=min(pos, self.max_positions - 1))
+        weights: Optional[dict[str, list]] = {"self": [], "cross": []} if "attn_steps" in state else None
         new_self = []
         for layer, cross, past in zip(self.decoder, state["cross"], state["self"]):
-            x, kv = layer(x, cross, state["mem_mask"], past)
+            x, kv = layer(x, cross, state["mem_mask"], past, weights)
             new_self.append(kv)
         logits = self.output(self.dec_norm(x[:, 0]))
-        return logits, {**state, "self": new_self, "pos": pos + 1}
+        new = {**state, "self": new_self, "pos": pos + 1}
+        if weights is not None:  # this step's weights, (B, layers, H, keys), after the earlier steps'
+            new["attn_steps"] = {k: [*steps, torch.stack(weights[k], dim=1)[:, :, :, 0]] for k, steps in state["attn_steps"].items()}
+        return logits, new
