@@ -83,15 +83,20 @@ def test_a_killed_two_rank_run_resumes_exactly(setup, tmp_path: Path) -> None:
     config, sets = setup
     sets = [*[s for s in sets if "dropout" not in s], "train.max_steps=12", "train.save_every=2"]  # dropout on: RNG per rank
     torchrun(config, tmp_path / "straight", tmp_path / "out_straight", sets)
-    run = tmp_path / "killed"
-    proc = torchrun(config, run, tmp_path / "out_killed", sets, wait=False)
+    run, out = tmp_path / "killed", tmp_path / "out_killed"
+    proc = torchrun(config, run, out, sets, wait=False)
     deadline = time.time() + 240
     while not (run / "checkpoints" / "step-0000006.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, at once
+    # both ranks and torchrun, at once (torchrun starts each rank in a session of its own)
+    for pid in [int((out / f"pid{r}").read_text()) for r in (0, 1)] + [proc.pid]:
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
-    assert load_checkpoint(run / "last.pt")["train_state"]["step"] < 12
-    torchrun(config, run, tmp_path / "out_killed", sets, "--resume")
+    time.sleep(1)
+    killed_at = load_checkpoint(run / "last.pt")["train_state"]["step"]
+    assert 6 <= killed_at < 12 and load_checkpoint(run / "last.pt")["train_state"]["step"] == killed_at  # nothing runs on
+    resumed_run = torchrun(config, run, out, sets, "--resume")
+    assert f"resuming {run} at step {killed_at}" in resumed_run.stderr
     straight, resumed = params(tmp_path / "straight" / "last.pt"), params(run / "last.pt")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     ckpt = load_checkpoint(run / "last.pt")
