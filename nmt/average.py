@@ -73,7 +73,10 @@ def average(paths: list[Path], output: Path) -> dict:
         "config": first["config"], "tokenizer": first["tokenizer"], "tokenizer_sha256": first["tokenizer_sha256"],
         "model": mean, "averaged_from": sources,
     }
-    save_checkpoint(output, payload)
+    try:
+        save_checkpoint(output, payload)
+    except OSError as e:  # a directory, no permission, a full disk
+        raise NmtError(f"{output}: cannot write: {e.strerror or e}") from None
     return {"output": str(output), "averaged_from": sources}
 
 

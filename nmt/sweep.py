@@ -50,5 +50,8 @@ def sweep(
     best = max(rows, key=lambda r: r["bleu"])  # max keeps the first of equal scores
     result = {"checkpoint": tr.path, "split": "valid", "signature": str(metric.get_signature()), "rows": rows, "best": best}
     if output:
-        atomic_write_text(Path(output), json.dumps(result, indent=2) + "\n")
+        try:
+            atomic_write_text(Path(output), json.dumps(result, indent=2) + "\n")
+        except OSError as e:
+            raise NmtError(f"{output}: cannot write: {e.strerror or e}") from None
     return result

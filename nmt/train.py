@@ -384,8 +384,10 @@ class Trainer:
                 self.count_step(*result, time.perf_counter() - start, bar)
             signalled, out_of_time = self.dist.any(self.signal.requested is not None, self.out_of_time())
             if signalled:
+                # a rank that heard nothing itself stops the same way, as interrupted
+                self.signal.requested = self.signal.requested or "a signal to another rank"
                 self.save()  # where we are; validation and best.pt wait for the resumed run
-                return f"{self.signal.requested or 'a signal to another rank'} at step {s.step}"
+                return f"{self.signal.requested} at step {s.step}"
             if result is None:
                 continue
             stop = self.stop_reason(out_of_time)

@@ -112,6 +112,10 @@ def translate(
         if attention_layer is not None and attention_layer > layers:
             raise NmtError(f"--attention-layer {attention_layer}: {tr.path} has {layers} decoder layer(s) with attention")
         pyplot()  # matplotlib missing: say so before decoding anything
+        try:
+            Path(attention_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file of that name, no permission
+            raise NmtError(f"--attention-dir {attention_dir}: cannot create the folder: {e.strerror or e}") from None
     text = read_text(Path(input)) if input else decode_lines(sys.stdin.buffer.read(), "<stdin>")
     src_ids = encode_lines(tr, text.lines)
     hyps = translate_with(tr, src_ids, d, record=bool(attention_dir))
@@ -120,8 +124,11 @@ def translate(
         from nmt.attention import write_attention
 
         best = [h[0] for h in hyps]
-        n = write_attention(Path(attention_dir), text.lines, best, tr.tok.decode_tgt([h.tokens for h in best]), src_ids,
-                            tr.tok.src_pieces, tr.tok.tgt_pieces, attention_layer)
+        try:
+            n = write_attention(Path(attention_dir), text.lines, best, tr.tok.decode_tgt([h.tokens for h in best]), src_ids,
+                                tr.tok.src_pieces, tr.tok.tgt_pieces, attention_layer)
+        except OSError as e:
+            raise NmtError(f"--attention-dir {attention_dir}: cannot write: {e.strerror or e}") from None
         print(f"attention of {n} sentence(s) written to {attention_dir}", file=sys.stderr)
     if output:
         try:

@@ -643,6 +643,16 @@ def test_attention_dir_errors(cli, smoke: SmokeRun, tmp_path: Path, monkeypatch)
     save_checkpoint(tmp_path / "plain.pt", {**{k: v for k, v in ckpt.items() if k != "path"}, "config": raw, "model": plain.state_dict()})
     code, _, err = cli("translate", "--checkpoint", tmp_path / "plain.pt", "--attention-dir", tmp_path / "b", stdin=b"a\n")
     assert_one_error_line(code, err, "plain.pt", "without attention")
+    # a file where the folder should be
+    (tmp_path / "taken").write_text("x")
+    code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--attention-dir", tmp_path / "taken", stdin=b"a\n")
+    assert_one_error_line(code, err, "--attention-dir", "taken")
+    # unwritable outputs of average and sweep
+    (tmp_path / "a_dir").mkdir()
+    code, _, err = cli("average", smoke.run / "best.pt", "-o", tmp_path / "a_dir")
+    assert_one_error_line(code, err, "a_dir", "cannot write")
+    code, _, err = cli("sweep", "--checkpoint", smoke.run / "best.pt", "--beam", "1", "--alpha", "0", "-o", tmp_path / "a_dir")
+    assert_one_error_line(code, err[err.index("error:"):], "a_dir", "cannot write")
     # matplotlib missing: the one-line hint, before any decoding
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--attention-dir", tmp_path / "c", stdin=b"a\n")
