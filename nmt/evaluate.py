@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nmt.checkpoint import atomic_write_text
+from nmt.config import DecodeConfig
 from nmt.data import read_lines, read_text
 from nmt.errors import NmtError
 from nmt.metrics import bleu_by_length, score_all
@@ -54,7 +55,7 @@ def evaluate_checkpoint(
     d = decode_settings(tr, **options, nbest=1)
     text = format_output(tr, translate_with(tr, src, d), 1)
     out_dir = Path(tr.path).parent
-    stem = f"{split}.{Path(tr.path).stem}.beam{d.beam}"
+    stem = f"{split}.{Path(tr.path).stem}.{settings_tag(d, tr.cfg.decode)}"
     result = {
         "checkpoint": tr.path, "split": split, "prepared_dir": str(pdir), "beam": d.beam, "alpha": d.alpha,
         "decode": asdict(d), "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs, tr.cfg.data.tgt_lang),
@@ -68,9 +69,23 @@ def evaluate_checkpoint(
     return result
 
 
+def settings_tag(d: DecodeConfig, own: DecodeConfig) -> str:
+    """The part of an output file name that tells decode settings apart, so that scoring one checkpoint with
+    another beam, length penalty, n-gram block or length limit never overwrites an earlier result.
+    `own`: the checkpoint's decode config; a length limit other than its own is named too."""
+    tag = f"beam{d.beam}.alpha{d.alpha:g}"
+    if d.no_repeat_ngram:
+        tag += f".norepeat{d.no_repeat_ngram}"
+    if (d.max_len_a, d.max_len_b) != (own.max_len_a, own.max_len_b):
+        tag += f".len{d.max_len_a:g}x+{d.max_len_b}"
+    return tag
+
+
 def format_report(result: dict) -> str:
     m = result["metrics"]
     lines = [m["bleu"]["text"] + f"  [{m['bleu']['signature']}]"]
+    if "split" in result:
+        lines.insert(0, f"{result['split']} translated with beam {result['beam']}, alpha {result['alpha']:g}; output: {result['hyp']}")
     lines.append(f"lowercased BLEU: {m['bleu_lc']['score']:.2f}  [{m['bleu_lc']['signature']}]")
     if "bleu_paper" in m:
         p = m["bleu_paper"]

@@ -88,7 +88,7 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
         if len(groups) < warmup + steps:
             raise SystemExit(f"only {len(groups)} steps in an epoch; lower --train-steps/--warmup")
         pin = device.type == "cuda"
-        times, src_tok, tgt_tok, cells, real, flops = [], 0, 0, 0, 0, 0.0
+        times, warm, src_tok, tgt_tok, cells, real, flops = [], [], 0, 0, 0, 0, 0.0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         for i, group in enumerate(groups):
@@ -99,7 +99,9 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
             sync(device)
             if out is None:
                 raise SystemExit("out of memory: lower train.max_tokens")
-            if i >= warmup:
+            if i < warmup:  # kept: a slow start (allocator, kernel choice per new shape) shows here
+                warm.append(time.perf_counter() - start)
+            else:
                 times.append(time.perf_counter() - start)
                 for b in batches:
                     src_tok += b.n_src
@@ -118,6 +120,7 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
             "peak_memory_mb": peak / 2**20, "model_tflops_per_s": flops / total / 1e12,
             "peak_matmul_tflops": peak_flops / 1e12, "peak_matmul_dtype": str(dtype).replace("torch.", ""),
             "mfu": flops / total / peak_flops,
+            "warmup_steps": warmup, "warmup_seconds": sum(warm), "warmup_step_seconds": [round(x, 4) for x in warm],
         }
 
 
@@ -403,6 +406,10 @@ def print_table(report: dict) -> None:
         print(f"training ({t['device']}, {t['precision']}, max_tokens {t['max_tokens']}, {t['steps']} steps):")
         print(f"  target tokens/s {t['tgt_tokens_per_s']:,.0f}   source tokens/s {t['src_tokens_per_s']:,.0f}   padding {t['padding_share']:.1%}")
         print(f"  step {t['step_seconds_mean'] * 1000:.1f} ms mean, {t['step_seconds_median'] * 1000:.1f} ms median   peak memory {t['peak_memory_mb']:,.0f} MB")
+        if t.get("warmup_steps"):
+            w = t["warmup_step_seconds"]
+            print(f"  {t['warmup_steps']} untimed warm-up steps took {t['warmup_seconds']:.2f} s (first {w[0] * 1000:.0f} ms, "
+                  f"last {w[-1] * 1000:.0f} ms; each in the JSON)")
         if t["mfu"] == t["mfu"]:  # not NaN: FLOPs are counted for the Transformer only
             print(f"  model {t['model_tflops_per_s'] * 1000:.1f} GFLOP/s of a measured {t['peak_matmul_tflops'] * 1000:.0f} GFLOP/s "
                   f"{t['peak_matmul_dtype']} matmul peak: MFU {t['mfu']:.1%}")

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from runlib import nmt, parameters, train_stats
 
 RECIPES = (
     ("seq2seq, no attention", "configs/multi30k_en_de_rnn_noattn.yaml"),
@@ -25,33 +26,24 @@ RECIPES = (
 )
 
 
-def nmt(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "nmt", *args], check=True)
+SCORED = "test.best.beam5.alpha0.6.json"  # what `nmt evaluate --beam 5 --alpha 0.6` writes beside best.pt
 
 
 def train_and_score(config: str, run_dir: Path, minutes: float, threads: int, valid_every: int) -> dict:
-    scored = run_dir / "test.best.beam5.json"
+    scored = run_dir / SCORED
     if not scored.exists():
         if not (run_dir / "best.pt").exists():
-            nmt("train", "--config", config, "--run-dir", str(run_dir),
-                "--set", f"train.max_minutes={minutes}", "--set", f"train.threads={threads}",
-                "--set", f"train.valid_every={valid_every}")
-        nmt("evaluate", "--checkpoint", str(run_dir / "best.pt"), "--split", "test", "--beam", "5")
+            subprocess.run([sys.executable, "-m", "nmt", "train", "--config", config, "--run-dir", str(run_dir),
+                            "--set", f"train.max_minutes={minutes}", "--set", f"train.threads={threads}",
+                            "--set", f"train.valid_every={valid_every}"], check=True)
+        nmt("evaluate", "--checkpoint", str(run_dir / "best.pt"), "--split", "test", "--beam", "5", "--alpha", "0.6")
     return json.loads(scored.read_text())
 
 
 def row(name: str, run_dir: Path, result: dict) -> dict:
-    from nmt.models import count_parameters
-    from nmt.translate import load_translator
-
-    logs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    speeds = [r["tgt_tokens_per_s"] for r in logs if "tgt_tokens_per_s" in r and r["step"] > 1]
     m = result["metrics"]
     return {
-        "model": name, "run_dir": str(run_dir),
-        "parameters": count_parameters(load_translator(str(run_dir / "best.pt"), "cpu").model),
-        "steps": max(r["step"] for r in logs), "train_minutes": max(r.get("time", 0) for r in logs) / 60,
-        "tgt_tokens_per_s": statistics.median(speeds) if speeds else None,
+        "model": name, "run_dir": str(run_dir), "parameters": parameters(run_dir / "best.pt"), **train_stats(run_dir),
         "bleu": m["bleu"]["score"], "bleu_signature": m["bleu"]["signature"], "chrf": m["chrf"]["score"],
         "bleu_by_source_length": result["bleu_by_source_length"],
     }
@@ -84,9 +76,9 @@ def main() -> None:
     for name, config in RECIPES:
         run_dir = Path(args.runs) / Path(config).stem
         if args.only_table:
-            if not (run_dir / "test.best.beam5.json").exists():
+            if not (run_dir / SCORED).exists():
                 continue
-            result = json.loads((run_dir / "test.best.beam5.json").read_text())
+            result = json.loads((run_dir / SCORED).read_text())
         else:
             result = train_and_score(config, run_dir, args.minutes, args.threads, args.valid_every)
         rows.append(row(name, run_dir, result))

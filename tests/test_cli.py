@@ -281,9 +281,28 @@ def test_evaluate_that_cannot_write_beside_the_checkpoint(cli, smoke: SmokeRun, 
     run = tmp_path / "run"
     run.mkdir()
     (run / "best.pt").write_bytes((smoke.run / "best.pt").read_bytes())
-    (run / "valid.best.beam1.hyp.txt").mkdir()  # where the hypotheses would go
-    code, _, err = cli("evaluate", "--checkpoint", run / "best.pt", "--split", "valid", "--beam", "1")
-    assert_one_error_line(code, err, run, "valid.best.beam1.hyp.txt")
+    (run / "valid.best.beam1.alpha0.6.hyp.txt").mkdir()  # where the hypotheses would go
+    code, _, err = cli("evaluate", "--checkpoint", run / "best.pt", "--split", "valid", "--beam", "1", "--alpha", "0.6")
+    assert_one_error_line(code, err, run, "valid.best.beam1.alpha0.6.hyp.txt")
+
+
+def test_evaluate_keeps_the_results_of_each_setting_apart(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes((smoke.run / "best.pt").read_bytes())
+    settings = (["--beam", "2", "--alpha", "0"], ["--beam", "2", "--alpha", "1"], ["--beam", "2", "--alpha", "1", "--no-repeat-ngram", "2"],
+                ["--beam", "2", "--alpha", "1", "--max-len-a", "0.5", "--max-len-b", "2"])
+    for args in settings:
+        code, out, err = cli("evaluate", "--checkpoint", run / "best.pt", "--split", "valid", *args, "--json")
+        assert code == 0, err
+    saved = {p.name: json.loads(p.read_text()) for p in run.glob("valid.*.json")}
+    assert sorted(saved) == ["valid.best.beam2.alpha0.json", "valid.best.beam2.alpha1.json",
+                             "valid.best.beam2.alpha1.len0.5x+2.json", "valid.best.beam2.alpha1.norepeat2.json"]
+    assert [saved["valid.best.beam2.alpha0.json"]["alpha"], saved["valid.best.beam2.alpha1.json"]["alpha"]] == [0.0, 1.0]
+    assert saved["valid.best.beam2.alpha1.norepeat2.json"]["decode"]["no_repeat_ngram"] == 2
+    assert saved["valid.best.beam2.alpha1.len0.5x+2.json"]["decode"]["max_len_b"] == 2
+    for name, result in saved.items():  # each JSON names its own hypotheses, which exist
+        assert Path(result["hyp"]).name == name.replace(".json", ".hyp.txt") and Path(result["hyp"]).exists()
 
 
 def test_nbest_larger_than_beam(cli, smoke: SmokeRun) -> None:
