@@ -95,7 +95,7 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
             batches = [split_batch(split, ix, pin) for ix in group]
             sync(device)
             start = time.perf_counter()
-            out = trainer.train_step(batches)
+            out = trainer.train_step(batches, sum(b.n_tgt for b in batches))
             sync(device)
             if out is None:
                 raise SystemExit("out of memory: lower train.max_tokens")

@@ -1,0 +1,42 @@
+"""scripts/benchmark.py runs end to end on a tiny model and reports figures that are consistent with each other.
+(The speed targets themselves are measured by running the script, not here.)"""
+
+import json
+import subprocess
+import sys
+
+import nmt.train as train_mod
+from nmt.config import load_config
+from nmt.prepare import prepare
+
+
+def test_benchmark_reports_training_and_decoding(repo_root, multi30k_dir, tmp_path):
+    sets = [f"data.source={multi30k_dir}", f"data.prepared_dir={tmp_path / 'prepared'}", "train.max_steps=10",
+            "train.valid_every=1000", "train.threads=1", "train.valid_bleu=false"]
+    cfg = load_config(repo_root / "configs" / "smoke.yaml", sets)
+    prepare(cfg, log=lambda m: None)
+    run = train_mod.train(cfg, tmp_path / "run")
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(repo_root / "scripts" / "benchmark.py"), "--config", str(repo_root / "configs" / "smoke.yaml"),
+         *[x for s in sets for x in ("--set", s)], "--checkpoint", str(run / "last.pt"),
+         "--train-steps", "3", "--warmup", "2", "--threads", "1", "--limit", "40", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+
+    t = report["train"]
+    assert t["steps"] == 3 and len(t["warmup_step_seconds"]) == 2
+    assert abs(t["warmup_seconds"] - sum(t["warmup_step_seconds"])) < 1e-3
+    assert t["tgt_tokens_per_s"] > 0 and t["src_tokens_per_s"] > 0
+    assert 0 <= t["padding_share"] < 1
+    assert 0 < t["mfu"] < 1  # a tiny model on one thread cannot beat a large matmul
+    assert abs(t["mfu"] - t["model_tflops_per_s"] / t["peak_matmul_tflops"]) < 1e-9
+
+    for beam in (1, 5):
+        d = report["decode"][f"nmt_beam{beam}"]
+        assert d["beam"] == beam and d["seconds"] > 0
+        assert abs(d["sentences_per_s"] * d["seconds"] - 40) < 1e-6  # --limit 40 sentences, all decoded
+        assert 0 <= d["bleu"] <= 100
+    assert "target tokens/s" in done.stdout and "MFU" in done.stdout  # the printed table
