@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,9 +32,8 @@ def train_and_score(config: str, run_dir: Path, minutes: float, threads: int, va
     scored = run_dir / SCORED
     if not scored.exists():
         if not (run_dir / "best.pt").exists():
-            subprocess.run([sys.executable, "-m", "nmt", "train", "--config", config, "--run-dir", str(run_dir),
-                            "--set", f"train.max_minutes={minutes}", "--set", f"train.threads={threads}",
-                            "--set", f"train.valid_every={valid_every}"], check=True)
+            nmt("train", "--config", config, "--run-dir", str(run_dir), "--set", f"train.max_minutes={minutes}",
+                "--set", f"train.threads={threads}", "--set", f"train.valid_every={valid_every}")
         nmt("evaluate", "--checkpoint", str(run_dir / "best.pt"), "--split", "test", "--beam", "5", "--alpha", "0.6")
     return json.loads(scored.read_text())
 

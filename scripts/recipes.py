@@ -4,9 +4,9 @@
     python scripts/recipes.py --minutes 5 --average 3,5 --runs runs/recipes-gpu                   # one GPU
     python scripts/recipes.py --steps 500 --only-table                                              # finished runs only
 
-The four directions (en->de, de->en, en->fr, en->cs), or the --config files given; the first (en->de) with
---seeds seeds (1..N) for the spread. Each run
-lives in RUNS/<config>-seed<S>: an existing run is resumed, a finished one is not trained again. After training:
+The four directions (en->de, de->en, en->fr, en->cs), or the --config files given; the first (en->de) is
+trained with seeds 1..N (--seeds) for the spread. Each run lives in RUNS/<config>-seed<S>: an existing run is
+resumed, a finished one is not trained again. After training:
 1. candidates: best.pt (best valid BLEU), and with --average N, the average of the last N step checkpoints;
 2. `nmt sweep` decodes valid for each candidate over --beam x --alpha (valid.sweep.<candidate>.json);
 3. the best (candidate, beam, alpha) on valid translates test_2016_flickr, once (test.json): cased sacreBLEU,
