@@ -46,19 +46,20 @@ def load_split(tr: Translator, split: str, prepared_dir: Optional[str]) -> tuple
 
 
 def evaluate_checkpoint(
-    checkpoint: str, split: str, prepared_dir: Optional[str] = None, device: Optional[str] = None, **options: Any
+    checkpoint: str, split: str, prepared_dir: Optional[str] = None, device: Optional[str] = None, int8: bool = False,
+    **options: Any,
 ) -> dict:
     """Translate `split` of the checkpoint's prepared dir, score it, save hypotheses and JSON beside the checkpoint.
     `options`: decode settings (beam, alpha, max_len_a, max_len_b, no_repeat_ngram); None keeps the checkpoint's."""
-    tr = load_translator(checkpoint, device)
+    tr = load_translator(checkpoint, device, int8)
     pdir, src, refs = load_split(tr, split, prepared_dir)
     d = decode_settings(tr, **options, nbest=1)
     text = format_output(tr, translate_with(tr, src, d), 1)
     out_dir = Path(tr.path).parent
-    stem = f"{split}.{Path(tr.path).stem}.{settings_tag(d, tr.cfg.decode)}"
+    stem = f"{split}.{Path(tr.path).stem}.{settings_tag(d, tr.cfg.decode)}" + (".int8" if tr.int8 else "")
     result = {
         "checkpoint": tr.path, "split": split, "prepared_dir": str(pdir), "beam": d.beam, "alpha": d.alpha,
-        "decode": asdict(d), "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs, tr.cfg.data.tgt_lang),
+        "int8": tr.int8, "decode": asdict(d), "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs, tr.cfg.data.tgt_lang),
         "bleu_by_source_length": bleu_by_length(src, text.splitlines(), refs),
     }
     try:

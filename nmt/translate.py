@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -26,20 +27,32 @@ class Translator:
     cfg: Config
     device: torch.device
     path: str
+    int8: bool = False
 
 
-def load_translator(checkpoint: str | Path, device: Optional[str] = None) -> Translator:
-    """Everything needed to translate comes from the checkpoint: config, tokenizer, weights."""
+def load_translator(checkpoint: str | Path, device: Optional[str] = None, int8: bool = False) -> Translator:
+    """Everything needed to translate comes from the checkpoint: config, tokenizer, weights. `int8`: on the CPU,
+    quantize every Linear layer's weights to int8 (torch's dynamic quantization; activations stay float)."""
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["config"], origin=f"{ckpt['path']} (config)")
     tok = Tokenizer.from_state(ckpt["tokenizer"], what=ckpt["path"])
+    if device is not None and device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise NmtError(f"--device {device}: expected cpu or cuda (or cuda:N)")
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise NmtError(f"--device {device}: no CUDA device is available here")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
     model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
     if dev.type == "cuda":
+        if int8:
+            raise NmtError("--int8 is for decoding on the CPU; on a GPU, decoding runs in bf16")
         model.to(torch.bfloat16)
-    return Translator(model, tok, cfg, dev, ckpt["path"])
+    elif int8:
+        with warnings.catch_warnings():  # torch 2.13 marks its quantized tensors deprecated (torchao replaces them)
+            warnings.simplefilter("ignore", UserWarning)
+            model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    return Translator(model, tok, cfg, dev, ckpt["path"], int8)
 
 
 def encode_lines(tr: Translator, lines: list[str]) -> list[list[int]]:
@@ -94,11 +107,11 @@ def translate_with(tr: Translator, lines: list[str] | list[list[int]], d: Decode
 
 def translate(
     checkpoint: str, input: Optional[str], output: Optional[str], device: Optional[str] = None,
-    attention_dir: Optional[str] = None, attention_layer: Optional[int] = None, **options: Any,
+    attention_dir: Optional[str] = None, attention_layer: Optional[int] = None, int8: bool = False, **options: Any,
 ) -> None:
     """Run stage 3: a file or stdin in, a file (written atomically) or stdout out. `options`: decode settings.
     `attention_dir`: also write each sentence's attention weights and heatmaps there (see attention.py)."""
-    tr = load_translator(checkpoint, device)
+    tr = load_translator(checkpoint, device, int8)
     d = decode_settings(tr, **options)
     if d.nbest > d.beam:
         raise NmtError(f"--nbest {d.nbest} is larger than --beam {d.beam}")

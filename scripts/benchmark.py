@@ -124,8 +124,8 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
         }
 
 
-def bench_decode(checkpoint: str, device: str | None, beams: list[int], limit: int) -> tuple[dict, object, list[str], list[str]]:
-    tr = load_translator(checkpoint, device)
+def bench_decode(checkpoint: str, device: str | None, beams: list[int], limit: int, int8: bool = False) -> tuple[dict, object, list[str], list[str]]:
+    tr = load_translator(checkpoint, device, int8)
     pdir = tr.cfg.prepared_dir
     src, refs = read_lines(pdir / "test.src.txt")[:limit], read_lines(pdir / "test.tgt.txt")[:limit]
     translate_lines(tr, src[:64], 1, 0.6)  # warm-up: allocator, kernels
@@ -139,20 +139,20 @@ def bench_decode(checkpoint: str, device: str | None, beams: list[int], limit: i
         out = tr.tok.decode_tgt([h[0].tokens for h in hyps])
         n_tok = sum(len(h[0].tokens) for h in hyps)  # EOS excluded, as in CTranslate2's count
         results[f"nmt_beam{beam}"] = {
-            "engine": "nmt", "beam": beam, "seconds": seconds, "sentences_per_s": len(src) / seconds,
+            "engine": "nmt", "int8": int8, "beam": beam, "seconds": seconds, "sentences_per_s": len(src) / seconds,
             "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
         }
     return results, tr, src, refs
 
 
-def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: int) -> dict:
+def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: int, int8: bool = False) -> dict:
     import ctranslate2
     from ct2_convert import convert
 
     with tempfile.TemporaryDirectory() as tmp:
         convert(tr.path, tmp)
         dev = "cuda" if tr.device.type == "cuda" else "cpu"
-        model = ctranslate2.Translator(tmp, device=dev, compute_type="bfloat16" if dev == "cuda" else "float32",
+        model = ctranslate2.Translator(tmp, device=dev, compute_type="bfloat16" if dev == "cuda" else "int8" if int8 else "float32",
                                        intra_threads=threads if dev == "cpu" else 0)
         pieces = [tr.tok.src_pieces(ids) + ["</s>"] for ids in tr.tok.encode_src(src)]
         d = tr.cfg.decode
@@ -177,7 +177,7 @@ def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: in
                 out.append(" ".join(tr.tok.tgt.decode_pieces([t for t in toks if t not in ("</s>", "<s>")]).split()))
             n_tok = sum(len([t for t in toks if t not in ("</s>", "<s>")]) for toks in texts)
             results[f"ct2_beam{beam}"] = {
-                "engine": f"ctranslate2 {ctranslate2.__version__}", "beam": beam, "seconds": seconds,
+                "engine": f"ctranslate2 {ctranslate2.__version__}", "int8": int8 and dev == "cpu", "beam": beam, "seconds": seconds,
                 "sentences_per_s": len(src) / seconds, "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
             }
         return results
@@ -364,6 +364,7 @@ def main() -> None:
     ap.add_argument("--ct2", action="store_true", help="also decode with CTranslate2 (same weights, converted)")
     ap.add_argument("--onmt", action="store_true", help="also run OpenNMT-py (onmt_train/onmt_translate on PATH): training on the "
                     "same data and model size; decoding with the checkpoint's weights transplanted (CPU)")
+    ap.add_argument("--int8", action="store_true", help="decode with int8 weights on the CPU (nmt --int8; CTranslate2 compute_type int8)")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
     if args.threads:
@@ -382,14 +383,15 @@ def main() -> None:
             report["train_onmt"] = onmt
     if args.checkpoint:
         beams = [1, 5]
-        decode, tr, src, refs = bench_decode(args.checkpoint, None, beams, args.limit)
+        decode, tr, src, refs = bench_decode(args.checkpoint, None, beams, args.limit, args.int8)
         if args.ct2:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
-            decode.update(bench_ct2(tr, src, refs, beams, torch.get_num_threads()))
+            decode.update(bench_ct2(tr, src, refs, beams, torch.get_num_threads(), args.int8))
             for beam in beams:
                 decode[f"nmt_beam{beam}"]["speed_vs_ct2"] = decode[f"ct2_beam{beam}"]["seconds"] / decode[f"nmt_beam{beam}"]["seconds"]
         if args.onmt and tr.device.type == "cpu":
-            decode.update(bench_onmt_decode(tr, src, refs, beams, torch.get_num_threads()))
+            fp32 = load_translator(args.checkpoint, None) if args.int8 else tr  # the transplant reads float weights
+            decode.update(bench_onmt_decode(fp32, src, refs, beams, torch.get_num_threads()))
             for beam in beams:
                 decode[f"nmt_beam{beam}"]["speed_vs_onmt"] = decode[f"onmt_beam{beam}"]["seconds"] / decode[f"nmt_beam{beam}"]["seconds"]
         report["decode"] = decode
@@ -420,7 +422,8 @@ def print_table(report: dict) -> None:
     for name, r in report.get("decode", {}).items():
         ratio = f"   {r['speed_vs_ct2']:.2f}x CTranslate2's speed" if "speed_vs_ct2" in r else ""
         ratio += f", {r['speed_vs_onmt']:.2f}x OpenNMT-py's" if "speed_vs_onmt" in r else ""
-        print(f"decode {name:>10}: {r['seconds']:6.2f} s  {r['sentences_per_s']:7.1f} sent/s  {r['tgt_tokens_per_s']:8,.0f} tok/s  BLEU {r['bleu']:.2f}{ratio}")
+        name += " int8" if r.get("int8") else ""
+        print(f"decode {name:>15}: {r['seconds']:6.2f} s  {r['sentences_per_s']:7.1f} sent/s  {r['tgt_tokens_per_s']:8,.0f} tok/s  BLEU {r['bleu']:.2f}{ratio}")
 
 
 if __name__ == "__main__":
