@@ -36,17 +36,20 @@ def load_translator(checkpoint: str | Path, device: Optional[str] = None, int8: 
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["config"], origin=f"{ckpt['path']} (config)")
     tok = Tokenizer.from_state(ckpt["tokenizer"], what=ckpt["path"])
-    if device is not None and device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise NmtError(f"--device {device}: expected cpu or cuda (or cuda:N)")
-    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise NmtError(f"--device {device}: no CUDA device is available here")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
     model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
     if dev.type == "cuda":
         if int8:
-            raise NmtError("--int8 is for decoding on the CPU; on a GPU, decoding runs in bf16")
+            raise NmtError("--int8 is for decoding on the CPU (add --device cpu); on a GPU, decoding runs in bf16")
         model.to(torch.bfloat16)
     elif int8:
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensors deprecated (torchao replaces them)

@@ -709,7 +709,7 @@ def test_evaluate_int8_keeps_its_results_apart(cli, smoke: SmokeRun, tmp_path: P
     assert sorted(p.name for p in run.glob("valid.*.json")) == ["valid.best.beam1.alpha0.6.int8.json", "valid.best.beam1.alpha0.6.json"]
 
 
-@pytest.mark.parametrize("device", ["tpu", "cuda"])
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "cuda"])
 def test_translate_on_a_device_that_is_not_there(cli, smoke: SmokeRun, device: str) -> None:
     import torch
 
