@@ -56,7 +56,7 @@ def evaluate_checkpoint(
     d = decode_settings(tr, **options, nbest=1)
     text = format_output(tr, translate_with(tr, src, d), 1)
     out_dir = Path(tr.path).parent
-    stem = f"{split}.{Path(tr.path).stem}.{settings_tag(d, tr.cfg.decode)}" + (".int8" if tr.int8 else "")
+    stem = f"{split}.{Path(tr.path).stem}.{settings_tag(d, tr.cfg.decode, tr.int8)}"
     result = {
         "checkpoint": tr.path, "split": split, "prepared_dir": str(pdir), "beam": d.beam, "alpha": d.alpha,
         "int8": tr.int8, "decode": asdict(d), "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs, tr.cfg.data.tgt_lang),
@@ -70,16 +70,16 @@ def evaluate_checkpoint(
     return result
 
 
-def settings_tag(d: DecodeConfig, own: DecodeConfig) -> str:
+def settings_tag(d: DecodeConfig, own: DecodeConfig, int8: bool = False) -> str:
     """The part of an output file name that tells decode settings apart, so that scoring one checkpoint with
-    another beam, length penalty, n-gram block or length limit never overwrites an earlier result.
+    another beam, length penalty, n-gram block, length limit or int8 weights never overwrites an earlier result.
     `own`: the checkpoint's decode config; a length limit other than its own is named too."""
     tag = f"beam{d.beam}.alpha{d.alpha:g}"
     if d.no_repeat_ngram:
         tag += f".norepeat{d.no_repeat_ngram}"
     if (d.max_len_a, d.max_len_b) != (own.max_len_a, own.max_len_b):
         tag += f".len{d.max_len_a:g}x+{d.max_len_b}"
-    return tag
+    return tag + (".int8" if int8 else "")
 
 
 def format_report(result: dict) -> str:

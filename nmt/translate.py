@@ -33,9 +33,6 @@ class Translator:
 def load_translator(checkpoint: str | Path, device: Optional[str] = None, int8: bool = False) -> Translator:
     """Everything needed to translate comes from the checkpoint: config, tokenizer, weights. `int8`: on the CPU,
     quantize every Linear layer's weights to int8 (torch's dynamic quantization; activations stay float)."""
-    ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt["config"], origin=f"{ckpt['path']} (config)")
-    tok = Tokenizer.from_state(ckpt["tokenizer"], what=ckpt["path"])
     try:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
@@ -44,12 +41,15 @@ def load_translator(checkpoint: str | Path, device: Optional[str] = None, int8: 
         raise NmtError(f"--device {device}: expected cpu or cuda (or cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise NmtError(f"--device {device}: no CUDA device is available here")
+    if dev.type == "cuda" and int8:
+        raise NmtError("--int8 is for decoding on the CPU (add --device cpu); on a GPU, decoding runs in bf16")
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_dict(ckpt["config"], origin=f"{ckpt['path']} (config)")
+    tok = Tokenizer.from_state(ckpt["tokenizer"], what=ckpt["path"])
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
     model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
     if dev.type == "cuda":
-        if int8:
-            raise NmtError("--int8 is for decoding on the CPU (add --device cpu); on a GPU, decoding runs in bf16")
         model.to(torch.bfloat16)
     elif int8:
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensors deprecated (torchao replaces them)
