@@ -108,6 +108,10 @@ def markdown(rows: list[dict]) -> str:
                 f"range {min(r[key] for r in mine):.2f}-{max(r[key] for r in mine):.2f}"
                 for what, key in (("test BLEU", "bleu"), ("valid BLEU", "valid_bleu"), ("chrF", "chrf"))))
     lines.append("")
+    lines.append("valid BLEU (greedy, during training) against training minutes:")
+    for r in rows:
+        lines.append(f"- {r['recipe']} seed {r['seed']}: " + ", ".join(f"{m:.1f} min {b:.2f}" for m, b in r["curve"]))
+    lines.append("")
     lines.append(f"BLEU signature: {rows[0]['bleu_signature']}")
     return "\n".join(lines)
 
@@ -142,7 +146,7 @@ def main() -> None:
     else:
         for config in configs:
             nmt("prepare", "--config", config, *(["--source", args.source] if args.source else []),
-                log=Path(args.runs) / f"prepare.{Path(config).stem}.log")
+                *[x for s in args.set for x in ("--set", s)], log=Path(args.runs) / f"prepare.{Path(config).stem}.log")
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             rows = list(pool.map(lambda cs: run_one(*cs, args), runs))
     if not rows:

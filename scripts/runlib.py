@@ -25,12 +25,14 @@ def nmt(*args: str, log: Optional[Path] = None) -> str:
 
 
 def train_stats(run_dir: Path) -> dict:
-    """Steps, training minutes (validation excluded) and median target tokens/s from the run's metrics.jsonl."""
+    """Steps, training minutes (validation excluded), median target tokens/s, and the curve of valid greedy BLEU
+    against training minutes ([minutes, BLEU] at each validation) from the run's metrics.jsonl."""
     logs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     speeds = [r["tgt_tokens_per_s"] for r in logs if "tgt_tokens_per_s" in r and r["step"] > 1]
     return {
         "steps": max(r["step"] for r in logs), "train_minutes": max(r.get("time", 0) for r in logs) / 60,
         "tgt_tokens_per_s": statistics.median(speeds) if speeds else None,
+        "curve": [[r["time"] / 60, r["valid_bleu"]] for r in logs if "valid_bleu" in r],
     }
 
 
