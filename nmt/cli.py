@@ -59,7 +59,9 @@ MAX_LEN_A = typer.Option(None, min=0.0, help="Output length limit: A x source le
 MAX_LEN_B = typer.Option(None, min=1, help="See --max-len-a (default: decode.max_len_b).")
 NO_REPEAT = typer.Option(None, min=0, help="Block any repeated n-gram of this size; 0 is off (default: decode.no_repeat_ngram).")
 DEVICE = typer.Option(None, help="cpu or cuda (default: cuda when available).")
-INT8 = typer.Option(False, "--int8", help="CPU only: int8 weights for every Linear layer (about 2x faster; BLEU within noise, see README).")
+PRECISION = typer.Option("auto", help="Weights for decoding: auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), fp32, "
+                         "bf16, or int8 (CPU only: every Linear layer quantized). bf16 and int8 are about 2x faster on a CPU, BLEU "
+                         "within noise (see README).")
 
 
 @app.command()
@@ -76,12 +78,12 @@ def translate(
     attention_dir: Optional[str] = typer.Option(None, help="Also write each sentence's attention weights (JSON, NPZ) and heatmaps (PNG) here; for a few sentences."),
     attention_layer: Optional[int] = typer.Option(None, min=1, help="With --attention-dir: the layer whose heads get a grid (default: the last)."),
     device: Optional[str] = DEVICE,
-    int8: bool = INT8,
+    precision: str = PRECISION,
 ) -> None:
     """Translate a text file or stdin with a trained checkpoint."""
     from nmt.translate import translate as run
 
-    run(checkpoint, input, output, device, attention_dir, attention_layer, int8, beam=beam, alpha=alpha, max_len_a=max_len_a,
+    run(checkpoint, input, output, device, attention_dir, attention_layer, precision, beam=beam, alpha=alpha, max_len_a=max_len_a,
         max_len_b=max_len_b, no_repeat_ngram=no_repeat_ngram, nbest=nbest)
 
 
@@ -99,7 +101,7 @@ def evaluate(
     lang: Optional[str] = typer.Option(None, help="With --hyp/--ref: the target language; adds paper-style BLEU (Moses-tokenized)."),
     prepared_dir: Optional[str] = typer.Option(None, help="Prepared dir (default: the checkpoint's)."),
     device: Optional[str] = DEVICE,
-    int8: bool = INT8,
+    precision: str = PRECISION,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Score hypotheses with sacreBLEU, chrF and TER (signatures included)."""
@@ -108,7 +110,7 @@ def evaluate(
     if checkpoint and (hyp or ref):
         raise NmtError("give either --checkpoint (and --split) or --hyp and --ref, not both")
     if checkpoint:
-        result = evaluate_checkpoint(checkpoint, split, prepared_dir, device, int8, beam=beam, alpha=alpha, max_len_a=max_len_a,
+        result = evaluate_checkpoint(checkpoint, split, prepared_dir, device, precision, beam=beam, alpha=alpha, max_len_a=max_len_a,
                                      max_len_b=max_len_b, no_repeat_ngram=no_repeat_ngram)
     elif hyp and ref:
         result = evaluate_files(hyp, ref, lang)
@@ -136,13 +138,13 @@ def sweep(
     prepared_dir: Optional[str] = typer.Option(None, help="Prepared dir (default: the checkpoint's)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Also write every score as JSON here."),
     device: Optional[str] = DEVICE,
-    int8: bool = INT8,
+    precision: str = PRECISION,
 ) -> None:
     """Score a grid of decoding settings on the valid split (never test) and print the best one."""
     from nmt.sweep import sweep as run
 
     result = run(checkpoint, _numbers(beam, int, "--beam", 1), _numbers(alpha, float, "--alpha", 0),
-                 _numbers(no_repeat_ngram, int, "--no-repeat-ngram", 0), prepared_dir, device, output, int8=int8)
+                 _numbers(no_repeat_ngram, int, "--no-repeat-ngram", 0), prepared_dir, device, output, precision=precision)
     b = result["best"]
     print(f"best on valid: --beam {b['beam']} --alpha {b['alpha']} --no-repeat-ngram {b['no_repeat_ngram']}  "
           f"BLEU {b['bleu']:.2f}  [{result['signature']}]")

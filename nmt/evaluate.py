@@ -12,6 +12,7 @@ from nmt.config import DecodeConfig
 from nmt.data import read_lines, read_text
 from nmt.errors import NmtError
 from nmt.metrics import bleu_by_length, score_all
+from nmt.precision import decode_precision
 from nmt.tokenizer import Tokenizer
 from nmt.translate import (
     Translator,
@@ -46,20 +47,20 @@ def load_split(tr: Translator, split: str, prepared_dir: Optional[str]) -> tuple
 
 
 def evaluate_checkpoint(
-    checkpoint: str, split: str, prepared_dir: Optional[str] = None, device: Optional[str] = None, int8: bool = False,
+    checkpoint: str, split: str, prepared_dir: Optional[str] = None, device: Optional[str] = None, precision: str = "auto",
     **options: Any,
 ) -> dict:
     """Translate `split` of the checkpoint's prepared dir, score it, save hypotheses and JSON beside the checkpoint.
     `options`: decode settings (beam, alpha, max_len_a, max_len_b, no_repeat_ngram); None keeps the checkpoint's."""
-    tr = load_translator(checkpoint, device, int8)
+    tr = load_translator(checkpoint, device, precision)
     pdir, src, refs = load_split(tr, split, prepared_dir)
     d = decode_settings(tr, **options, nbest=1)
     text = format_output(tr, translate_with(tr, src, d), 1)
     out_dir = Path(tr.path).parent
-    stem = f"{split}.{Path(tr.path).stem}.{settings_tag(d, tr.cfg.decode, tr.int8)}"
+    stem = f"{split}.{Path(tr.path).stem}.{settings_tag(d, tr.cfg.decode, tr.precision, decode_precision(tr.device, 'auto'))}"
     result = {
         "checkpoint": tr.path, "split": split, "prepared_dir": str(pdir), "beam": d.beam, "alpha": d.alpha,
-        "int8": tr.int8, "decode": asdict(d), "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs, tr.cfg.data.tgt_lang),
+        "precision": tr.precision, "decode": asdict(d), "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs, tr.cfg.data.tgt_lang),
         "bleu_by_source_length": bleu_by_length(src, text.splitlines(), refs),
     }
     try:
@@ -70,16 +71,17 @@ def evaluate_checkpoint(
     return result
 
 
-def settings_tag(d: DecodeConfig, own: DecodeConfig, int8: bool = False) -> str:
+def settings_tag(d: DecodeConfig, own: DecodeConfig, precision: str = "fp32", default_precision: str = "fp32") -> str:
     """The part of an output file name that tells decode settings apart, so that scoring one checkpoint with
-    another beam, length penalty, n-gram block, length limit or int8 weights never overwrites an earlier result.
-    `own`: the checkpoint's decode config; a length limit other than its own is named too."""
+    another beam, length penalty, n-gram block, length limit or number format never overwrites an earlier result.
+    `own`: the checkpoint's decode config; a length limit other than its own is named too, and so is a
+    `precision` other than the device's default one (`auto`)."""
     tag = f"beam{d.beam}.alpha{d.alpha:g}"
     if d.no_repeat_ngram:
         tag += f".norepeat{d.no_repeat_ngram}"
     if (d.max_len_a, d.max_len_b) != (own.max_len_a, own.max_len_b):
         tag += f".len{d.max_len_a:g}x+{d.max_len_b}"
-    return tag + (".int8" if int8 else "")
+    return tag + (f".{precision}" if precision != default_precision else "")
 
 
 def format_report(result: dict) -> str:

@@ -3,7 +3,10 @@
 A model offers `start(src, src_pad_mask) -> state` and `step(prev (B,), state) -> (logits (B, V), state)`.
 The state is a dict of nests of dicts/lists/tuples whose tensors are batch-first; `select_state` reorders
 it (beam parents) and shrinks it (finished sentences leave the batch) with one `index_select`. Entries
-named in `state["static"]` are the same for every beam of a sentence and move only when the batch shrinks.
+named in `state["static"]` (the encoder's outputs) keep one row per sentence, shared by its beams: the rows
+of `prev` are sentence-major (beam j of sentence i is row i * beam + j), so a model reads the static row of
+row r at r // beam, beam = rows of prev / rows of the static entries. They move only when the batch shrinks.
+Not copying them per beam saves beam-fold memory traffic in cross-attention, the bulk of a CPU decoding step.
 
 With `start(..., record=True)` a model also keeps the attention weights in its state, so they follow each
 hypothesis through beam reordering: `attn_static` {"encoder": (B, layers, heads, S, S)} and `attn_steps`
@@ -33,11 +36,11 @@ class Hypothesis:
     attention: Optional[dict[str, np.ndarray]] = None  # with record=True: see attention_of
 
 
-def attention_of(state: dict, row: int, src_len: int) -> dict[str, np.ndarray]:
+def attention_of(state: dict, row: int, src_len: int, beam: int = 1) -> dict[str, np.ndarray]:
     """The attention weights row `row` of a recording state was decoded with, float32, source axes cut to the
     sentence's `src_len` real positions: "encoder" (layers, heads, S, S), "cross" (layers, heads, T, S) and
     "self" (layers, heads, T, T), zero above the diagonal; T = steps so far (one per output token and EOS)."""
-    out = {name: w[row, ..., :src_len, :src_len].float().cpu().numpy() for name, w in state.get("attn_static", {}).items()}
+    out = {name: w[row // beam, ..., :src_len, :src_len].float().cpu().numpy() for name, w in state.get("attn_static", {}).items()}
     for name, steps in state.get("attn_steps", {}).items():
         rows = [w[row].float() for w in steps]  # (layers, heads, keys at that step)
         width = src_len if name == "cross" else max(r.size(-1) for r in rows)
@@ -59,16 +62,12 @@ def select_state(state: Any, index: Tensor) -> Any:
     return state
 
 
-def select_beams(state: dict, rows: Tensor, sentences: Tensor, beam: int, shrinking: bool) -> dict:
+def select_beams(state: dict, rows: Tensor, sentences: Tensor, shrinking: bool) -> dict:
     """Reorder a beam-search state: `rows` are the parent rows of the new beams. Entries the state names in
-    `static` (encoder outputs: identical for all beams of a sentence) move only when sentences leave the batch
-    (`sentences`: the kept ones), then to the first row of each kept sentence."""
+    `static` (one row per sentence) move only when sentences leave the batch (`sentences`: the kept ones)."""
     static = state.get("static", ())
-    out = {key: value if key in static else select_state(value, rows) for key, value in state.items()}
-    if shrinking and static:
-        first = (sentences * beam).repeat_interleave(beam)
-        out.update({key: select_state(state[key], first) for key in static})
-    return out
+    return {key: (select_state(value, sentences) if shrinking else value) if key in static else select_state(value, rows)
+            for key, value in state.items()}
 
 
 def restrict(lp: Tensor, bos: int, eos: int, force_eos: Tensor) -> Tensor:
@@ -169,7 +168,8 @@ def beam_search(
     n = src.size(0)
     k = beam
     rows = torch.arange(n, device=dev).repeat_interleave(k)
-    state = select_state(model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask), rows)
+    state = model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
+    state = select_beams(state, rows, rows, shrinking=False)  # k rows per sentence; static entries stay one
     src_len = (~src_pad_mask).sum(1).tolist()
     sent = torch.arange(n, device=dev)  # original sentence of each live sentence
     max_len = max_len.to(dev)
@@ -193,7 +193,7 @@ def beam_search(
                 row = i * k + parent_c[i][r]
                 hyp = prefix[row].tolist()
                 score = cand_c[i][r] / length_penalty(len(hyp) + 1, alpha)
-                attn = attention_of(state, row, src_len[int(sent[i])]) if record else None
+                attn = attention_of(state, row, src_len[int(sent[i])], k) if record else None
                 finished[int(sent[i])].append(Hypothesis(hyp, score, cand_c[i][r], attn))
         # the k best non-EOS candidates continue (at most k EOS among 2k, so k remain)
         new_scores, pos = cand.masked_fill(is_eos, -float("inf")).topk(k, dim=1)
@@ -203,7 +203,7 @@ def beam_search(
             break
         keep = (~done).nonzero().squeeze(1)
         src_rows = (keep[:, None] * k + new_parent[keep]).view(-1)  # parent row of each kept beam
-        state = select_beams(state, src_rows, keep, k, shrinking=len(keep) < len(sent))
+        state = select_beams(state, src_rows, keep, shrinking=len(keep) < len(sent))
         prefix = torch.cat([prefix[src_rows], new_tok[keep].view(-1, 1)], dim=1)
         prev = new_tok[keep].view(-1)
         scores, sent = new_scores[keep], sent[keep]

@@ -32,12 +32,12 @@ def grid(beams: Sequence[int], alphas: Sequence[float], ngrams: Sequence[int]) -
 def sweep(
     checkpoint: str, beams: Sequence[int], alphas: Sequence[float], ngrams: Sequence[int],
     prepared_dir: Optional[str] = None, device: Optional[str] = None, output: Optional[str] = None,
-    log: Callable[[str], None] = print, int8: bool = False,
+    log: Callable[[str], None] = print, precision: str = "auto",
 ) -> dict:
     """Decode the valid split once per setting; return every score and the best setting (ties: the earlier one)."""
     if not beams or not alphas or not ngrams:
         raise NmtError("give at least one value each for --beam, --alpha and --no-repeat-ngram")
-    tr = load_translator(checkpoint, device, int8)
+    tr = load_translator(checkpoint, device, precision)
     _, src, refs = load_split(tr, "valid", prepared_dir)
     rows, metric = [], BLEU()
     for beam, alpha, n in grid(beams, alphas, ngrams):
@@ -48,7 +48,7 @@ def sweep(
                      "length_ratio": round(bleu.sys_len / max(bleu.ref_len, 1), 3)})
         log(f"beam {beam:>2}  alpha {alpha:<4}  no_repeat_ngram {n}  BLEU {bleu.score:6.2f}  length ratio {rows[-1]['length_ratio']:.3f}")
     best = max(rows, key=lambda r: r["bleu"])  # max keeps the first of equal scores
-    result = {"checkpoint": tr.path, "split": "valid", "int8": tr.int8, "signature": str(metric.get_signature()), "rows": rows, "best": best}
+    result = {"checkpoint": tr.path, "split": "valid", "precision": tr.precision, "signature": str(metric.get_signature()), "rows": rows, "best": best}
     if output:
         try:
             atomic_write_text(Path(output), json.dumps(result, indent=2) + "\n")

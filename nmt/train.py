@@ -44,9 +44,10 @@ from nmt.data import (
 from nmt.distributed import Dist, my_share
 from nmt.errors import NmtError
 from nmt.interrupt import GracefulStop
-from nmt.loss import loss_fn
+from nmt.loss import Objective, projected_loss
 from nmt.metrics import bleu_score
 from nmt.models import build_model, count_parameters
+from nmt.precision import autocast_for, describe
 from nmt.retention import STEP_DIR, Retention, has_checkpoint, load_for_resume
 from nmt.search import decode_corpus
 from nmt.tokenizer import BOS, EOS, Tokenizer
@@ -85,14 +86,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise NmtError("train.device: cuda requested but no CUDA device is available")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def autocast_for(device: torch.device, precision: str):
-    """Autocast to bf16 or fp16 as asked; `auto` is bf16 on CUDA and fp32 (no autocast) on the CPU."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if precision == "auto" and device.type == "cuda":
-        dtype = torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
 def rng_state() -> dict:
@@ -176,8 +169,8 @@ class Trainer:
         self.dist = dist or Dist()
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
-        # DDP and the compiled module share the parameters; checkpoints and decoding use the plain one
-        self.ddp = self.dist.wrap(self.model, device)
+        # DDP and the compiled module wrap model + loss and share the parameters; checkpoints and decoding use the plain model
+        self.ddp = self.dist.wrap(Objective(self.model, cfg.train.label_smoothing), device)
         self.forward = torch.compile(self.ddp, dynamic=True) if cfg.train.compile else self.ddp
         t = cfg.train
         # fused: one kernel for all parameters (CPU and CUDA), and it can skip an update without a host sync
@@ -278,8 +271,7 @@ class Trainer:
             sync = nullcontext() if i == len(batches) - 1 or not self.dist.enabled else self.ddp.no_sync()
             with sync:
                 with autocast_for(self.device, self.cfg.train.precision):
-                    logits = self.forward(b.src, b.src_pad_mask, b.tgt_in)
-                loss, _ = loss_fn(logits, b.tgt_out, self.cfg.train.label_smoothing)
+                    loss, _ = self.forward(b.src, b.src_pad_mask, b.tgt_in, b.tgt_out)
                 self.scaler.scale(loss * scale).backward()
             total += loss.detach()
         lr = lr_at(self.state.step + 1, self.cfg.train.lr, self.cfg.train.warmup_steps)
@@ -310,8 +302,8 @@ class Trainer:
         for index in bucket_batches(self.valid_split.src_lens, self.valid_split.tgt_lens, self.cfg.train.max_tokens):
             b = split_batch(self.valid_split, index).to(self.device)
             with autocast_for(self.device, self.cfg.train.precision):
-                logits = self.model(b.src, b.src_pad_mask, b.tgt_in)
-            nll_sum += float(loss_fn(logits, b.tgt_out, 0.0)[1])
+                h = self.model.features(b.src, b.src_pad_mask, b.tgt_in)
+                nll_sum += float(projected_loss(h.flatten(0, 1), self.model.output.weight, b.tgt_out.flatten(), 0.0)[1])
             n += b.n_tgt
         out = {"valid_loss": nll_sum / n, "valid_ppl": math.exp(min(nll_sum / n, 50.0))}
         if self.cfg.train.valid_bleu:
@@ -581,7 +573,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, init: Optional[str], tok: T
         record_session(run_dir, trainer.state.step, init_ckpt["path"] if init_ckpt else None, dist.world)
     n = count_parameters(trainer.model)
     ranks = f" x {dist.world} processes" if dist.enabled else ""
-    say(f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters; device {device}{ranks}; {len(trainer.train_split)} training pairs")
+    say(f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters; device {device}{ranks}, {describe(device, cfg.train.precision)}; "
+        f"{len(trainer.train_split)} training pairs")
     interrupted = trainer.run()
     if interrupted:
         raise NmtError(f"{interrupted}: stopped at step {trainer.state.step}, {run_dir / 'last.pt'} saved; "

@@ -16,6 +16,7 @@ from nmt.config import Config, DecodeConfig, config_from_dict
 from nmt.data import decode_lines, read_text
 from nmt.errors import NmtError
 from nmt.models import build_model
+from nmt.precision import DECODE_CHOICES, decode_precision
 from nmt.search import Hypothesis, decode_corpus
 from nmt.tokenizer import BOS, EOS, Tokenizer
 
@@ -27,12 +28,13 @@ class Translator:
     cfg: Config
     device: torch.device
     path: str
-    int8: bool = False
+    precision: str = "fp32"  # the weights decoding uses: fp32, bf16 or int8
 
 
-def load_translator(checkpoint: str | Path, device: Optional[str] = None, int8: bool = False) -> Translator:
-    """Everything needed to translate comes from the checkpoint: config, tokenizer, weights. `int8`: on the CPU,
-    quantize every Linear layer's weights to int8 (torch's dynamic quantization; activations stay float)."""
+def load_translator(checkpoint: str | Path, device: Optional[str] = None, precision: str = "auto") -> Translator:
+    """Everything needed to translate comes from the checkpoint: config, tokenizer, weights. `precision` (see
+    nmt.precision): auto is bf16 where the device multiplies bf16 natively, else fp32; int8, on the CPU only,
+    quantizes every Linear layer's weights (torch's dynamic quantization; activations stay float)."""
     try:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
@@ -41,21 +43,24 @@ def load_translator(checkpoint: str | Path, device: Optional[str] = None, int8: 
         raise NmtError(f"--device {device}: expected cpu or cuda (or cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise NmtError(f"--device {device}: no CUDA device is available here")
-    if dev.type == "cuda" and int8:
-        raise NmtError("--int8 is for decoding on the CPU (add --device cpu); on a GPU, decoding runs in bf16")
+    if precision not in DECODE_CHOICES:
+        raise NmtError(f"--precision {precision}: expected one of {', '.join(DECODE_CHOICES)}")
+    if dev.type == "cuda" and precision == "int8":
+        raise NmtError("--precision int8 is for decoding on the CPU (add --device cpu); on a GPU, use bf16 (the default)")
+    precision = decode_precision(dev, precision)
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["config"], origin=f"{ckpt['path']} (config)")
     tok = Tokenizer.from_state(ckpt["tokenizer"], what=ckpt["path"])
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
     model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
-    if dev.type == "cuda":
+    if precision == "bf16":
         model.to(torch.bfloat16)
-    elif int8:
+    elif precision == "int8":
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensors deprecated (torchao replaces them)
             warnings.simplefilter("ignore", UserWarning)
             model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-    return Translator(model, tok, cfg, dev, ckpt["path"], int8)
+    return Translator(model, tok, cfg, dev, ckpt["path"], precision)
 
 
 def encode_lines(tr: Translator, lines: list[str]) -> list[list[int]]:
@@ -110,11 +115,11 @@ def translate_with(tr: Translator, lines: list[str] | list[list[int]], d: Decode
 
 def translate(
     checkpoint: str, input: Optional[str], output: Optional[str], device: Optional[str] = None,
-    attention_dir: Optional[str] = None, attention_layer: Optional[int] = None, int8: bool = False, **options: Any,
+    attention_dir: Optional[str] = None, attention_layer: Optional[int] = None, precision: str = "auto", **options: Any,
 ) -> None:
     """Run stage 3: a file or stdin in, a file (written atomically) or stdout out. `options`: decode settings.
     `attention_dir`: also write each sentence's attention weights and heatmaps there (see attention.py)."""
-    tr = load_translator(checkpoint, device, int8)
+    tr = load_translator(checkpoint, device, precision)
     d = decode_settings(tr, **options)
     if d.nbest > d.beam:
         raise NmtError(f"--nbest {d.nbest} is larger than --beam {d.beam}")

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nmt.config import load_config  # noqa: E402
 from nmt.data import bucket_batches, load_split, read_lines, split_batch  # noqa: E402
 from nmt.metrics import bleu_score  # noqa: E402
+from nmt.precision import autocast_dtype, describe  # noqa: E402
 from nmt.tokenizer import Tokenizer  # noqa: E402
 from nmt.train import Trainer, pick_device  # noqa: E402
 from nmt.translate import load_translator, translate_lines  # noqa: E402
@@ -111,10 +112,10 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
                 real = src_tok + tgt_tok
         total = sum(times)
         peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        dtype = torch.bfloat16 if device.type == "cuda" and cfg.train.precision in ("auto", "bf16") else torch.float32
+        dtype = autocast_dtype(device, cfg.train.precision) or torch.float32  # the peak of the format the matmuls run in
         peak_flops = peak_matmul_flops(device, dtype)
         return {
-            "device": str(device), "precision": cfg.train.precision, "steps": steps, "max_tokens": t.max_tokens,
+            "device": str(device), "precision": describe(device, cfg.train.precision), "steps": steps, "max_tokens": t.max_tokens,
             "src_tokens_per_s": src_tok / total, "tgt_tokens_per_s": tgt_tok / total,
             "padding_share": 1 - real / cells, "step_seconds_mean": total / steps, "step_seconds_median": statistics.median(times),
             "peak_memory_mb": peak / 2**20, "model_tflops_per_s": flops / total / 1e12,
@@ -124,8 +125,8 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
         }
 
 
-def bench_decode(checkpoint: str, device: str | None, beams: list[int], limit: int, int8: bool = False) -> tuple[dict, object, list[str], list[str]]:
-    tr = load_translator(checkpoint, device, int8)
+def bench_decode(checkpoint: str, device: str | None, beams: list[int], limit: int, precision: str = "auto") -> tuple[dict, object, list[str], list[str]]:
+    tr = load_translator(checkpoint, device, precision)
     pdir = tr.cfg.prepared_dir
     src, refs = read_lines(pdir / "test.src.txt")[:limit], read_lines(pdir / "test.tgt.txt")[:limit]
     translate_lines(tr, src[:64], 1, 0.6)  # warm-up: allocator, kernels
@@ -139,21 +140,29 @@ def bench_decode(checkpoint: str, device: str | None, beams: list[int], limit: i
         out = tr.tok.decode_tgt([h[0].tokens for h in hyps])
         n_tok = sum(len(h[0].tokens) for h in hyps)  # EOS excluded, as in CTranslate2's count
         results[f"nmt_beam{beam}"] = {
-            "engine": "nmt", "int8": int8, "beam": beam, "seconds": seconds, "sentences_per_s": len(src) / seconds,
+            "engine": "nmt", "precision": tr.precision, "beam": beam, "seconds": seconds, "sentences_per_s": len(src) / seconds,
             "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
         }
     return results, tr, src, refs
 
 
-def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: int, int8: bool = False) -> dict:
+def ct2_compute_type(tr) -> str:
+    """CTranslate2's compute type nearest to nmt's precision: bfloat16 on a GPU; int8 or float32 on a CPU (its CPU
+    backend has no bfloat16)."""
+    if tr.device.type == "cuda":
+        return "bfloat16"
+    return "int8" if tr.precision == "int8" else "float32"
+
+
+def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: int) -> dict:
     import ctranslate2
     from ct2_convert import convert
 
     with tempfile.TemporaryDirectory() as tmp:
         convert(tr.path, tmp)
         dev = "cuda" if tr.device.type == "cuda" else "cpu"
-        model = ctranslate2.Translator(tmp, device=dev, compute_type="bfloat16" if dev == "cuda" else "int8" if int8 else "float32",
-                                       intra_threads=threads if dev == "cpu" else 0)
+        compute_type = ct2_compute_type(tr)
+        model = ctranslate2.Translator(tmp, device=dev, compute_type=compute_type, intra_threads=threads if dev == "cpu" else 0)
         pieces = [tr.tok.src_pieces(ids) + ["</s>"] for ids in tr.tok.encode_src(src)]
         d = tr.cfg.decode
         results = {}
@@ -177,7 +186,7 @@ def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: in
                 out.append(" ".join(tr.tok.tgt.decode_pieces([t for t in toks if t not in ("</s>", "<s>")]).split()))
             n_tok = sum(len([t for t in toks if t not in ("</s>", "<s>")]) for toks in texts)
             results[f"ct2_beam{beam}"] = {
-                "engine": f"ctranslate2 {ctranslate2.__version__}", "int8": int8 and dev == "cpu", "beam": beam, "seconds": seconds,
+                "engine": f"ctranslate2 {ctranslate2.__version__}", "precision": compute_type, "beam": beam, "seconds": seconds,
                 "sentences_per_s": len(src) / seconds, "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
             }
         return results
@@ -364,7 +373,8 @@ def main() -> None:
     ap.add_argument("--ct2", action="store_true", help="also decode with CTranslate2 (same weights, converted)")
     ap.add_argument("--onmt", action="store_true", help="also run OpenNMT-py (onmt_train/onmt_translate on PATH): training on the "
                     "same data and model size; decoding with the checkpoint's weights transplanted (CPU)")
-    ap.add_argument("--int8", action="store_true", help="decode with int8 weights on the CPU (nmt --int8; CTranslate2 compute_type int8)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
+                    help="nmt's decoding weights (nmt translate --precision); CTranslate2 runs int8 for int8, else float32 on a CPU")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
     if args.threads:
@@ -383,14 +393,14 @@ def main() -> None:
             report["train_onmt"] = onmt
     if args.checkpoint:
         beams = [1, 5]
-        decode, tr, src, refs = bench_decode(args.checkpoint, None, beams, args.limit, args.int8)
+        decode, tr, src, refs = bench_decode(args.checkpoint, None, beams, args.limit, args.precision)
         if args.ct2:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
-            decode.update(bench_ct2(tr, src, refs, beams, torch.get_num_threads(), args.int8))
+            decode.update(bench_ct2(tr, src, refs, beams, torch.get_num_threads()))
             for beam in beams:
                 decode[f"nmt_beam{beam}"]["speed_vs_ct2"] = decode[f"ct2_beam{beam}"]["seconds"] / decode[f"nmt_beam{beam}"]["seconds"]
         if args.onmt and tr.device.type == "cpu":
-            fp32 = load_translator(args.checkpoint, None) if args.int8 else tr  # the transplant reads float weights
+            fp32 = load_translator(args.checkpoint, None, "fp32")  # the transplant reads float32 weights
             decode.update(bench_onmt_decode(fp32, src, refs, beams, torch.get_num_threads()))
             for beam in beams:
                 decode[f"nmt_beam{beam}"]["speed_vs_onmt"] = decode[f"onmt_beam{beam}"]["seconds"] / decode[f"nmt_beam{beam}"]["seconds"]
@@ -422,7 +432,7 @@ def print_table(report: dict) -> None:
     for name, r in report.get("decode", {}).items():
         ratio = f"   {r['speed_vs_ct2']:.2f}x CTranslate2's speed" if "speed_vs_ct2" in r else ""
         ratio += f", {r['speed_vs_onmt']:.2f}x OpenNMT-py's" if "speed_vs_onmt" in r else ""
-        name += " int8" if r.get("int8") else ""
+        name += f" {r['precision']}" if r.get("precision") else ""
         print(f"decode {name:>15}: {r['seconds']:6.2f} s  {r['sentences_per_s']:7.1f} sent/s  {r['tgt_tokens_per_s']:8,.0f} tok/s  BLEU {r['bleu']:.2f}{ratio}")
 
 

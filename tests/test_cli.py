@@ -679,34 +679,55 @@ def test_attention_dir_errors(cli, smoke: SmokeRun, tmp_path: Path, monkeypatch)
     assert not (tmp_path / "c").exists()
 
 
-def test_int8_quantizes_every_linear_layer_and_translates_like_float32(smoke: SmokeRun) -> None:
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_bf16_and_int8_weights_translate_like_float32(smoke: SmokeRun, precision: str) -> None:
+    import torch
     from torch import nn
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
 
     from nmt.data import read_lines
     from nmt.translate import load_translator, translate_lines
 
-    fp32, int8 = load_translator(smoke.run / "best.pt", "cpu"), load_translator(smoke.run / "best.pt", "cpu", int8=True)
-    n_linear = sum(isinstance(m, nn.Linear) for m in fp32.model.modules())
-    assert n_linear > 0 and sum(isinstance(m, QLinear) for m in int8.model.modules()) == n_linear
-    assert not any(type(m) is nn.Linear for m in int8.model.modules())
+    fp32, low = load_translator(smoke.run / "best.pt", "cpu", "fp32"), load_translator(smoke.run / "best.pt", "cpu", precision)
+    assert (fp32.precision, low.precision) == ("fp32", precision)
+    assert all(p.dtype == torch.float32 for p in fp32.model.parameters())
+    if precision == "bf16":
+        assert all(p.dtype == torch.bfloat16 for p in low.model.parameters())
+    else:
+        n_linear = sum(isinstance(m, nn.Linear) for m in fp32.model.modules())
+        assert n_linear > 0 and sum(isinstance(m, QLinear) for m in low.model.modules()) == n_linear
+        assert not any(type(m) is nn.Linear for m in low.model.modules())
     src = read_lines(smoke.prepared / "valid.src.txt")[:100]
-    a = [h[0].tokens for h in translate_lines(fp32, src, 2, 0.6)]
-    b = [h[0].tokens for h in translate_lines(int8, src, 2, 0.6)]
-    # most outputs are identical: rounding flips close calls of this tiny model (d_model 32; 75 of 100 when
-    # written), while wrong weights would leave almost none the same
-    assert sum(x == y for x, y in zip(a, b)) >= 50
+    for beam in (1, 2):
+        a = [h[0].tokens for h in translate_lines(fp32, src, beam, 0.6)]
+        b = [h[0].tokens for h in translate_lines(low, src, beam, 0.6)]
+        # most outputs are identical: rounding flips close calls of this tiny model (d_model 32; int8 left 75 of
+        # 100 the same when written), while wrong weights would leave almost none the same
+        assert sum(x == y for x, y in zip(a, b)) >= 50
 
 
-def test_evaluate_int8_keeps_its_results_apart(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+def test_evaluate_keeps_the_results_of_each_precision_apart(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    import torch
+
+    from nmt.precision import decode_precision
+
     run = tmp_path / "run"
     run.mkdir()
     (run / "best.pt").write_bytes((smoke.run / "best.pt").read_bytes())
-    for extra in ([], ["--int8"]):
-        code, out, err = cli("evaluate", "--checkpoint", run / "best.pt", "--split", "valid", "--beam", "1", "--alpha", "0.6", *extra, "--json")
+    default = decode_precision(torch.device("cpu"), "auto")  # bf16 on a CPU with bf16 instructions, else fp32
+    for precision in ("auto", "fp32", "bf16", "int8"):
+        code, out, err = cli("evaluate", "--checkpoint", run / "best.pt", "--split", "valid", "--beam", "1", "--alpha", "0.6",
+                             "--device", "cpu", "--precision", precision, "--json")
         assert code in (0, None), err
-        assert json.loads(out)["int8"] == bool(extra)
-    assert sorted(p.name for p in run.glob("valid.*.json")) == ["valid.best.beam1.alpha0.6.int8.json", "valid.best.beam1.alpha0.6.json"]
+        assert json.loads(out)["precision"] == (default if precision == "auto" else precision)
+    other = "fp32" if default == "bf16" else "bf16"  # the default is not named; the others are
+    assert sorted(p.name for p in run.glob("valid.*.json")) == sorted(
+        ["valid.best.beam1.alpha0.6.json", f"valid.best.beam1.alpha0.6.{other}.json", "valid.best.beam1.alpha0.6.int8.json"])
+
+
+def test_unknown_precision_is_one_error_line(cli, smoke: SmokeRun) -> None:
+    code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--precision", "fp8", stdin=b"a\n")
+    assert_one_error_line(code, err, "--precision fp8", "auto, fp32, bf16, int8")
 
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", "cuda"])

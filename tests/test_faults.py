@@ -4,6 +4,7 @@ row stop the run with a message naming the cause and the setting to change."""
 import pytest
 import torch
 
+import nmt.loss
 import nmt.train as train_mod
 from nmt.checkpoint import load_checkpoint
 from nmt.config import load_config
@@ -22,15 +23,15 @@ def smoke(repo_root, multi30k_dir, tmp_path, steps):
 
 
 def poison(monkeypatch, bad_calls):
-    """Make the training loss NaN on the given loss_fn calls (1-based)."""
-    real, calls = train_mod.loss_fn, [0]
+    """Make the training loss NaN on the given calls (1-based) of the fused loss."""
+    real, calls = nmt.loss.projected_loss, [0]
 
-    def loss_fn(logits, target, smoothing):
+    def projected_loss(hidden, weight, target, smoothing):
         calls[0] += 1
-        loss, nll = real(logits, target, smoothing)
+        loss, nll = real(hidden, weight, target, smoothing)
         return (loss * float("nan"), nll) if calls[0] in bad_calls else (loss, nll)
 
-    monkeypatch.setattr(train_mod, "loss_fn", loss_fn)
+    monkeypatch.setattr(nmt.loss, "projected_loss", projected_loss)
 
 
 def test_one_bad_step_is_skipped_and_counted(repo_root, multi30k_dir, tmp_path, monkeypatch):
@@ -50,16 +51,16 @@ def test_many_bad_steps_in_a_row_stop_with_advice(repo_root, multi30k_dir, tmp_p
 
 
 def out_of_memory(monkeypatch, bad_calls):
-    """Make the given loss_fn calls (1-based) raise the out-of-memory error CUDA raises."""
-    real, calls = train_mod.loss_fn, [0]
+    """Make the given calls (1-based) of the fused loss raise the out-of-memory error CUDA raises."""
+    real, calls = nmt.loss.projected_loss, [0]
 
-    def loss_fn(logits, target, smoothing):
+    def projected_loss(hidden, weight, target, smoothing):
         calls[0] += 1
         if calls[0] in bad_calls:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real(logits, target, smoothing)
+        return real(hidden, weight, target, smoothing)
 
-    monkeypatch.setattr(train_mod, "loss_fn", loss_fn)
+    monkeypatch.setattr(nmt.loss, "projected_loss", projected_loss)
 
 
 def test_an_out_of_memory_batch_is_skipped_and_logged(repo_root, multi30k_dir, tmp_path, monkeypatch, capsys):

@@ -92,18 +92,23 @@ def test_dropout_only_in_training_mode():
     assert not torch.allclose(model(src, mask, tgt), model(src, mask, tgt))
 
 
-def test_cpu_dropout_drops_the_asked_share_and_keeps_the_mean():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dropout_drops_the_asked_share_and_keeps_the_mean(dtype):
     from nmt.models.transformer import Dropout
 
     torch.manual_seed(0)
     drop = Dropout(0.3).train()
-    x = torch.ones(1000, 1000)
+    x = torch.ones(999, 1001, dtype=dtype)  # an element count that is not a multiple of 4 (four draws per 64 bits)
     y = drop(x)
+    assert y.dtype == dtype
     dropped = (y == 0).float().mean().item()
     assert abs(dropped - 0.3) < 0.003  # 1M draws: the standard error is 0.0005
-    assert abs(y.mean().item() - 1.0) < 0.005  # kept values are scaled up: the mean is unchanged
+    assert abs(y.float().mean().item() - 1.0) < 0.005  # kept values are scaled up: the mean is unchanged
+    rows, cols = (y == 0).float().mean(1), (y == 0).float().mean(0)
+    assert rows.std() < 0.03 and cols.std() < 0.03  # no row or column pattern: each ~1000 draws, sd 0.0145
+    assert not torch.equal(y, drop(x))  # a new mask each call
     assert torch.equal(drop.eval()(x), x)
     x.requires_grad_()
     drop.train()(x).sum().backward()
-    values = x.grad.unique().tolist()
-    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=1e-4)
+    values = x.grad.float().unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=1e-2 if dtype == torch.bfloat16 else 1e-4)

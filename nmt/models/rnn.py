@@ -25,7 +25,8 @@ CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class GlobalAttention(nn.Module):
-    """Scores of a query h (B, H) against keys (B, S, H); returns (context (B, H), weights (B, S)).
+    """Scores of a query h (B, H) against keys (B, S, H); returns (context (B, H), weights (B, S)). Keys, memory
+    and mask may have B / f rows, each shared by f consecutive queries (the beams of a sentence in search).
 
     dot: h . s;  general: h . W s;  additive: v . tanh(W_q h + W_k s). Keys depending only on the source
     (W s, W_k s) are computed once per sentence by `keys`, not at every step.
@@ -50,12 +51,13 @@ class GlobalAttention(nn.Module):
 
     def forward(self, h: Tensor, keys: Tensor, memory: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """mask (B, S) is True at real source positions."""
+        q = h.view(keys.size(0), -1, h.size(-1))  # (B / f, f, H): the queries that share a row of keys
         if self.kind == "additive":
-            scores = self.v(torch.tanh(keys + self.w_q(h)[:, None])).squeeze(-1)
+            scores = self.v(torch.tanh(keys[:, None] + self.w_q(q)[:, :, None])).squeeze(-1)
         else:
-            scores = torch.bmm(keys, h[:, :, None]).squeeze(-1)
-        weights = scores.masked_fill(~mask, -float("inf")).softmax(dim=-1)
-        return torch.bmm(weights[:, None], memory).squeeze(1), weights
+            scores = torch.bmm(q, keys.transpose(1, 2))
+        weights = scores.masked_fill(~mask[:, None], -float("inf")).softmax(dim=-1)  # (B / f, f, S)
+        return torch.bmm(weights, memory).view_as(h), weights.view(h.size(0), -1)
 
 
 class RNNSeq2Seq(nn.Module):
@@ -156,11 +158,16 @@ class RNNSeq2Seq(nn.Module):
             state["attn_steps"] = {"cross": [*state["attn_steps"]["cross"], weights[:, None, None, :]]}
         return self.output(out), state
 
-    def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher forcing: (B, T) -> logits (B, T, V), one decoder step per position."""
+    def features(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: (B, T) -> output vectors (B, T, H) before the vocabulary projection, one decoder step
+        per position."""
         state = self.start(src, src_pad_mask)
         outs = []
         for t in range(tgt_in.size(1)):
             out, state, _ = self._step(tgt_in[:, t], state)
             outs.append(out)
-        return self.output(torch.stack(outs, dim=1))
+        return torch.stack(outs, dim=1)
+
+    def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: (B, T) -> logits (B, T, V)."""
+        return self.output(self.features(src, src_pad_mask, tgt_in))

@@ -29,8 +29,9 @@ def sinusoid_table(n: int, d: int) -> Tensor:
 
 
 class Dropout(nn.Module):
-    """nn.Dropout, but on the CPU the mask comes from uniform 15-bit integers compared with a threshold:
-    about 3x faster than the bernoulli kernel torch uses there (dropout was 19% of a CPU training step).
+    """nn.Dropout, but on the CPU the mask comes from uniform 15-bit integers compared with a threshold and
+    is applied by a multiplication: about 3x faster than the bernoulli kernel torch uses there (dropout was
+    19% of a CPU training step). The 15-bit draws are cut from 64-bit ones (a quarter of the generator calls).
     p is rounded to a multiple of 1/32768 and the scale uses the rounded value, so the expectation is exact.
     On CUDA: torch's fused kernel."""
 
@@ -45,8 +46,10 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, True)
-        keep = torch.empty(x.shape, dtype=torch.int16).random_() >= self.threshold  # random_: 0..32767
-        return torch.where(keep, x * self.scale, 0.0)
+        n = x.numel()
+        draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # 0 .. 2**63 - 1: four 16-bit pieces each
+        bits = draws.view(torch.int16)[:n].view(x.shape).bitwise_and_(0x7FFF)  # uniform 0..32767
+        return x * (bits >= self.threshold).to(x.dtype).mul_(self.scale)  # backward: grad x the same mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -75,8 +78,13 @@ class Attention(nn.Module):
         self, x: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, causal: bool = False, need_weights: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x (B, T, D) attends to k, v (B, H, S, D/H); mask (B, 1, 1, S) is True where allowed; `causal`: query
-        i sees keys up to S - T + i. With `need_weights`, also returns the weights (B, H, T, S) the output was made of."""
+        i sees keys up to S - T + i. With `need_weights`, also returns the weights (B, H, T, S) the output was made of.
+        k, v and mask may have B / f rows, each shared by f consecutive rows of x (the beams of a sentence in
+        search): those rows' queries then attend together, as f * T queries of one row."""
         q = self._split(self.q(x))
+        f = x.size(0) // k.size(0)
+        if f > 1:
+            q = fold_rows(q, f)
         w = None
         if need_weights or (x.size(1) == 1 and x.device.type == "cpu" and not self.training):
             # explicit weights: asked for, or one query per row on a CPU (two small matmuls beat SDPA 1.5x there)
@@ -86,14 +94,28 @@ class Attention(nn.Module):
             if causal:
                 t, s = a.shape[-2:]
                 a = a.masked_fill(torch.ones(t, s, dtype=torch.bool, device=a.device).triu(s - t + 1), -float("inf"))
-            w = a.softmax(dim=-1)
-            y = F.dropout(w, self.dropout, self.training) @ v
+            w = a.float().softmax(dim=-1)  # in fp32 also for bf16 weights, as SDPA does: rows sum to 1
+            y = F.dropout(w, self.dropout, self.training).to(v.dtype) @ v
         else:
             p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        if f > 1:
+            y, w = unfold_rows(y, f), (unfold_rows(w, f) if w is not None else None)
         b, h, t, dh = y.shape
         out = self.out(y.transpose(1, 2).reshape(b, t, h * dh))
         return (out, w) if need_weights else out
+
+
+def fold_rows(t: Tensor, f: int) -> Tensor:
+    """(B, H, T, X) -> (B / f, H, f * T, X): every f consecutive rows side by side along the query axis."""
+    b, h, n, x = t.shape
+    return t.view(b // f, f, h, n, x).transpose(1, 2).reshape(b // f, h, f * n, x)
+
+
+def unfold_rows(t: Tensor, f: int) -> Tensor:
+    """The inverse of fold_rows: (B / f, H, f * T, X) -> (B, H, T, X)."""
+    b, h, n, x = t.shape
+    return t.view(b, h, f, n // f, x).transpose(1, 2).reshape(b * f, h, n // f, x)
 
 
 class FeedForward(nn.Sequential):
@@ -235,13 +257,21 @@ class Transformer(nn.Module):
     def decode(self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor, weights: Optional[dict[str, list]] = None) -> Tensor:
         """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V); position t sees tgt_in[:, :t+1].
         `weights`: {"self": [], "cross": []} to collect each layer's attention weights in."""
+        return self.output(self._decoder_states(tgt_in, memory, src_pad_mask, weights))
+
+    def _decoder_states(self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor, weights: Optional[dict[str, list]] = None) -> Tensor:
+        """(B, T) -> the final decoder states (B, T, D) that the output matrix turns into logits."""
         x, mask = self._embed(self.tgt_embed, tgt_in), self._mem_mask(src_pad_mask)
         for layer in self.decoder:
             x, _ = layer(x, layer.cross_attn.project_kv(memory), mask, weights=weights)
-        return self.output(self.dec_norm(x))
+        return self.dec_norm(x)
+
+    def features(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing up to the logits: (B, T, D) states, `forward` = output(features) (training's fused loss)."""
+        return self._decoder_states(tgt_in, self.encode(src, src_pad_mask), src_pad_mask)
 
     def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
-        return self.decode(tgt_in, self.encode(src, src_pad_mask), src_pad_mask)
+        return self.output(self.features(src, src_pad_mask, tgt_in))
 
     def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> dict:
         """Encode once and precompute every layer's cross-attention keys/values for `step`. With `record`, the
@@ -256,7 +286,7 @@ class Transformer(nn.Module):
             "cross": cross,
             "self": [(empty, empty) for _ in self.decoder],
             "pos": 0,
-            "static": ("mem_mask", "cross"),  # the same for every beam of a sentence (see search.select_beams)
+            "static": ("mem_mask", "cross"),  # one row per sentence, shared by its beams (see search.py)
         }
         if record:
             state.update(attn_static={"encoder": torch.stack(enc_weights, dim=1)}, attn_steps={"cross": [], "self": []},
