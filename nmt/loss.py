@@ -9,8 +9,8 @@ Training never holds the (N, V) logits: `projected_loss` takes the decoder state
 matrix W (V, D), and for a few hundred rows at a time computes the logits h W^T, the loss, the gradient of
 the logits and from it the gradients of h and W, while the chunk is still in the CPU's cache. The gradients
 are made in the forward pass (the loss is the graph's last node: backward only scales them by the incoming
-scalar). On a CPU this is about a fifth of a training step saved (the N x V passes went to memory and back
-six times); on a GPU it is one chunk, and the (N, V) buffers are never kept for backward.
+scalar). On a CPU the N x V passes no longer go to memory and back (six of them did; with the faster dropout,
+a bf16 step became 1.25x faster); on a GPU it is one chunk, and the (N, V) buffers are never kept for backward.
 """
 
 from __future__ import annotations
