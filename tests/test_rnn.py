@@ -130,3 +130,21 @@ def test_rnn_trains_resumes_and_translates_through_the_common_paths(repo_root, m
     tr = load_translator(tmp_path / "straight" / "best.pt", "cpu")
     hyps = translate_lines(tr, ["A dog runs.", "", "Two men are playing soccer on a field."], beam=2, alpha=0.6)
     assert len(hyps) == 3 and hyps[1][0].tokens == []
+
+
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_beams_sharing_a_row_of_encoder_states_attend_as_if_each_had_its_own_copy(kind):
+    from nmt.models.rnn import GlobalAttention
+
+    torch.manual_seed(0)
+    attn = GlobalAttention(kind, 16)
+    n, f, s = 3, 4, 6
+    h, memory = torch.randn(n * f, 16), torch.randn(n, s, 16)
+    mask = torch.ones(n, s, dtype=torch.bool)
+    mask[2, 3:] = False
+    rows = torch.arange(n).repeat_interleave(f)
+    shared = attn(h, attn.keys(memory), memory, mask)
+    copied = attn(h, attn.keys(memory)[rows], memory[rows], mask[rows])
+    for a, b in zip(shared, copied):
+        torch.testing.assert_close(a, b)
+    assert shared[1].shape == (n * f, s) and (shared[1][2 * f :, 3:] == 0).all()

@@ -112,3 +112,24 @@ def test_cpu_dropout_drops_the_asked_share_and_keeps_the_mean(dtype):
     drop.train()(x).sum().backward()
     values = x.grad.float().unique().tolist()
     assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=1e-2 if dtype == torch.bfloat16 else 1e-4)
+
+
+@pytest.mark.parametrize("explicit", [True, False])  # the CPU's explicit one-query path, and SDPA
+def test_beams_sharing_a_row_of_keys_attend_as_if_each_had_its_own_copy(explicit):
+    """Beam search keeps the encoder's keys/values once per sentence: f consecutive query rows share one row."""
+    from nmt.models.transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4, 0.0).eval()
+    n, f, s = 3, 5, 7
+    x = torch.randn(n * f, 1 if explicit else 2, 32)
+    k, v = attn.project_kv(torch.randn(n, s, 32))
+    mask = torch.ones(n, 1, 1, s, dtype=torch.bool)
+    mask[1, ..., 4:] = False  # a shorter sentence
+    shared, w_shared = attn(x, k, v, mask, need_weights=True)
+    rows = torch.arange(n).repeat_interleave(f)
+    copied, w_copied = attn(x, k[rows], v[rows], mask[rows], need_weights=True)
+    torch.testing.assert_close(shared, copied)
+    torch.testing.assert_close(w_shared, w_copied)
+    assert w_shared.shape == (n * f, 4, x.size(1), s) and (w_shared[f : 2 * f, ..., 4:] == 0).all()
+    torch.testing.assert_close(attn(x, k, v, mask), copied)  # without weights: the SDPA or explicit path alone
