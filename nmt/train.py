@@ -44,7 +44,7 @@ from nmt.data import (
 from nmt.distributed import Dist, my_share
 from nmt.errors import NmtError
 from nmt.interrupt import GracefulStop
-from nmt.loss import Objective, projected_loss
+from nmt.loss import Objective
 from nmt.metrics import bleu_score
 from nmt.models import build_model, count_parameters
 from nmt.precision import autocast_for, describe
@@ -170,7 +170,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
         # DDP and the compiled module wrap model + loss and share the parameters; checkpoints and decoding use the plain model
-        self.ddp = self.dist.wrap(Objective(self.model, cfg.train.label_smoothing), device)
+        self.objective = Objective(self.model, cfg.train.label_smoothing)
+        self.ddp = self.dist.wrap(self.objective, device)
         self.forward = torch.compile(self.ddp, dynamic=True) if cfg.train.compile else self.ddp
         t = cfg.train
         # fused: one kernel for all parameters (CPU and CUDA), and it can skip an update without a host sync
@@ -302,8 +303,7 @@ class Trainer:
         for index in bucket_batches(self.valid_split.src_lens, self.valid_split.tgt_lens, self.cfg.train.max_tokens):
             b = split_batch(self.valid_split, index).to(self.device)
             with autocast_for(self.device, self.cfg.train.precision):
-                h = self.model.features(b.src, b.src_pad_mask, b.tgt_in)
-                nll_sum += float(projected_loss(h.flatten(0, 1), self.model.output.weight, b.tgt_out.flatten(), 0.0)[1])
+                nll_sum += float(self.objective(b.src, b.src_pad_mask, b.tgt_in, b.tgt_out)[1])  # plain NLL, no smoothing
             n += b.n_tgt
         out = {"valid_loss": nll_sum / n, "valid_ppl": math.exp(min(nll_sum / n, 50.0))}
         if self.cfg.train.valid_bleu:
