@@ -2,7 +2,8 @@
 
 A model offers `start(src, src_pad_mask) -> state` and `step(prev (B,), state) -> (logits (B, V), state)`.
 The state is a dict of nests of dicts/lists/tuples whose tensors are batch-first; `select_state` reorders
-it (beam parents) and shrinks it (finished sentences leave the batch) with one `index_select`. Entries
+it (beam parents) and shrinks it (finished sentences leave the batch) with one `index_select` (entries named
+in `state["deferred"]` are left to the model, see select_beams). Entries
 named in `state["static"]` (the encoder's outputs) keep one row per sentence, shared by its beams: the rows
 of `prev` are sentence-major (beam j of sentence i is row i * beam + j), so a model reads the static row of
 row r at r // beam, beam = rows of prev / rows of the static entries. They move only when the batch shrinks.
@@ -64,10 +65,16 @@ def select_state(state: Any, index: Tensor) -> Any:
 
 def select_beams(state: dict, rows: Tensor, sentences: Tensor, shrinking: bool) -> dict:
     """Reorder a beam-search state: `rows` are the parent rows of the new beams. Entries the state names in
-    `static` (one row per sentence) move only when sentences leave the batch (`sentences`: the kept ones)."""
-    static = state.get("static", ())
-    return {key: (select_state(value, sentences) if shrinking else value) if key in static else select_state(value, rows)
-            for key, value in state.items()}
+    `static` (one row per sentence) move only when sentences leave the batch (`sentences`: the kept ones).
+    Entries it names in `deferred` are not moved: `state["parents"]` records the rows they are to be read from,
+    and the model's next step gathers them there (for a growing cache, in the copy that extends it)."""
+    static, deferred = state.get("static", ()), state.get("deferred", ())
+    out = {key: (select_state(value, sentences) if shrinking else value) if key in static else
+           value if key in deferred else select_state(value, rows) for key, value in state.items() if key != "parents"}
+    if deferred:
+        pending = state.get("parents")
+        out["parents"] = rows if pending is None else pending[rows]
+    return out
 
 
 def restrict(lp: Tensor, bos: int, eos: int, force_eos: Tensor) -> Tensor:

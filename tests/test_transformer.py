@@ -133,3 +133,12 @@ def test_beams_sharing_a_row_of_keys_attend_as_if_each_had_its_own_copy(explicit
     torch.testing.assert_close(w_shared, w_copied)
     assert w_shared.shape == (n * f, 4, x.size(1), s) and (w_shared[f : 2 * f, ..., 4:] == 0).all()
     torch.testing.assert_close(attn(x, k, v, mask), copied)  # without weights: the SDPA or explicit path alone
+
+
+def test_extend_reorders_and_appends_in_one_copy():
+    from nmt.models.transformer import extend
+
+    past, new = torch.randn(4, 2, 3, 5), torch.randn(6, 2, 1, 5)
+    parents = torch.tensor([3, 3, 0, 1, 2, 0])  # a beam step: rows continue (and repeat) other rows
+    torch.testing.assert_close(extend(past, new, parents), torch.cat([past[parents], new], dim=2), rtol=0, atol=0)
+    torch.testing.assert_close(extend(past, new[:4], None), torch.cat([past, new[:4]], dim=2), rtol=0, atol=0)

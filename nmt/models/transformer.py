@@ -88,13 +88,13 @@ class Attention(nn.Module):
         w = None
         if need_weights or (x.size(1) == 1 and x.device.type == "cpu" and not self.training):
             # explicit weights: asked for, or one query per row on a CPU (two small matmuls beat SDPA 1.5x there)
-            a = (q @ k.transpose(-1, -2)) * q.size(-1) ** -0.5
+            a = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # scaling the queries is cheaper than the scores
             if mask is not None:
-                a = a.masked_fill(~mask, -float("inf"))
+                a.masked_fill_(~mask, -float("inf"))
             if causal:
                 t, s = a.shape[-2:]
-                a = a.masked_fill(torch.ones(t, s, dtype=torch.bool, device=a.device).triu(s - t + 1), -float("inf"))
-            w = a.float().softmax(dim=-1)  # in fp32 also for bf16 weights, as SDPA does: rows sum to 1
+                a.masked_fill_(torch.ones(t, s, dtype=torch.bool, device=a.device).triu(s - t + 1), -float("inf"))
+            w = a.softmax(dim=-1, dtype=torch.float32)  # in fp32 also for bf16 weights, as SDPA does: rows sum to 1
             y = F.dropout(w, self.dropout, self.training).to(v.dtype) @ v
         else:
             p = self.dropout if self.training else 0.0
@@ -104,6 +104,19 @@ class Attention(nn.Module):
         b, h, t, dh = y.shape
         out = self.out(y.transpose(1, 2).reshape(b, t, h * dh))
         return (out, w) if need_weights else out
+
+
+def extend(past: Tensor, new: Tensor, parents: Optional[Tensor]) -> Tensor:
+    """past (B', H, t, X) rows picked by `parents` (all, in order, when None), then new (B, H, n, X) appended
+    along the time axis: one copy of the cache per decoding step (an index_select and a cat would make two)."""
+    t = past.size(2)
+    out = past.new_empty(new.size(0), new.size(1), t + new.size(2), new.size(3))
+    if parents is None:
+        out[:, :, :t] = past
+    else:
+        torch.index_select(past, 0, parents, out=out[:, :, :t])
+    out[:, :, t:] = new
+    return out
 
 
 def fold_rows(t: Tensor, f: int) -> Tensor:
@@ -159,16 +172,17 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self, x: Tensor, cross_kv: tuple[Tensor, Tensor], mem_mask: Tensor, past: Optional[tuple[Tensor, Tensor]] = None,
-        weights: Optional[dict[str, list]] = None,
+        weights: Optional[dict[str, list]] = None, parents: Optional[Tensor] = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x (B, T, D). Without `past`, T positions attend causally; with it, x holds only the new
-        position(s) and attends to past + itself. Returns the output and the self-attention keys/values.
+        position(s) and attends to past + itself; `parents` (B,): row b continues past row parents[b] (beam
+        search's reordering, done here in the same copy that appends). Returns the output and the self-attention keys/values.
         `weights`: {"self": [...], "cross": [...]} lists to append this layer's weights (B, H, T, *) to."""
         need = weights is not None
         h = self.norm1(x) if self.pre_norm else x
         k, v = self.self_attn.project_kv(h)
         if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            k, v = extend(past[0], k, parents), extend(past[1], v, parents)
         y = self.self_attn(h, k, v, causal=past is None and x.size(1) > 1, need_weights=need)
         if need:
             y, w = y
@@ -287,6 +301,8 @@ class Transformer(nn.Module):
             "self": [(empty, empty) for _ in self.decoder],
             "pos": 0,
             "static": ("mem_mask", "cross"),  # one row per sentence, shared by its beams (see search.py)
+            "deferred": ("self",),  # beam search reorders these lazily: `step` gathers them by "parents"
+            "parents": None,
         }
         if record:
             state.update(attn_static={"encoder": torch.stack(enc_weights, dim=1)}, attn_steps={"cross": [], "self": []},
@@ -300,10 +316,10 @@ class Transformer(nn.Module):
         weights: Optional[dict[str, list]] = {"self": [], "cross": []} if "attn_steps" in state else None
         new_self = []
         for layer, cross, past in zip(self.decoder, state["cross"], state["self"]):
-            x, kv = layer(x, cross, state["mem_mask"], past, weights)
+            x, kv = layer(x, cross, state["mem_mask"], past, weights, state["parents"])
             new_self.append(kv)
         logits = self.output(self.dec_norm(x[:, 0]))
-        new = {**state, "self": new_self, "pos": pos + 1}
+        new = {**state, "self": new_self, "pos": pos + 1, "parents": None}
         if weights is not None:  # this step's weights, (B, layers, H, keys), after the earlier steps'
             new["attn_steps"] = {k: [*steps, torch.stack(weights[k], dim=1)[:, :, :, 0]] for k, steps in state["attn_steps"].items()}
         return logits, new
