@@ -22,7 +22,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from nmt.data import bucket_batches, make_batch
@@ -81,8 +80,9 @@ def restrict(lp: Tensor, bos: int, eos: int, force_eos: Tensor) -> Tensor:
     """Never emit PAD or BOS; rows where `force_eos` (...,) is True may only emit EOS. lp (..., V), in place."""
     lp[..., PAD] = -float("inf")
     lp[..., bos] = -float("inf")
-    lp[force_eos, ..., :eos] = -float("inf")
-    lp[force_eos, ..., eos + 1 :] = -float("inf")
+    if bool(force_eos.any()):  # only at the length limit; masked writes cost even when they write nothing
+        lp[force_eos, ..., :eos] = -float("inf")
+        lp[force_eos, ..., eos + 1 :] = -float("inf")
     return lp
 
 
@@ -109,6 +109,42 @@ def max_lengths(src_pad_mask: Tensor, a: float, b: int, cap: int) -> Tensor:
     return torch.clamp((src_len.float() * a).long() + b, max=cap)
 
 
+def block_size(v: int) -> Optional[int]:
+    """Columns per block for `row_top` over rows of `v`: the largest divisor of v from 64 down to 16, or None."""
+    return next((b for b in range(64, 15, -1) if v % b == 0), None)
+
+
+def row_top(x: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """The m largest values of each row of x (R, V), largest first, and their columns: what x.topk(m) gives.
+
+    On a CPU, reductions that return positions (topk, max with indices) over long rows run ~20x slower than
+    amax, so the row is cut into blocks: the m blocks with the largest maxima hold the m largest values (a
+    value outside them is beaten by the maxima of m other blocks), and topk runs on their m * block columns.
+    Ties may come back in another order than torch.topk's."""
+    r, v = x.shape
+    blk = block_size(v)
+    if x.device.type != "cpu" or blk is None or v // blk <= 4 * m:
+        return x.topk(m, dim=1)
+    top_blocks = x.view(r, v // blk, blk).amax(dim=2).topk(m, dim=1).indices  # (R, m)
+    cols = (top_blocks[:, :, None] * blk + torch.arange(blk, device=x.device)).view(r, m * blk)
+    values, pos = x.gather(1, cols).topk(m, dim=1)
+    return values, cols.gather(1, pos)
+
+
+def top_log_probs(
+    logits: Tensor, m: int, bos: int, eos: int, force_eos: Tensor, prefix: Optional[Tensor] = None, no_repeat_ngram: int = 0
+) -> tuple[Tensor, Tensor]:
+    """The m most probable allowed next tokens of each row: (log-probs (R, m) best first, tokens (R, m)).
+    logits (R, V); the probabilities are the model's (normalised over the whole vocabulary), then `restrict`
+    and `block_repeats` rule tokens out. The (R, V) log-probs are never made: log p = logit - logsumexp."""
+    x = logits.float()  # fp32 softmax also for bf16 weights; may be the model's own buffer, changed in place below
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    if prefix is not None:
+        x = block_repeats(x, prefix, no_repeat_ngram)
+    values, tokens = row_top(restrict(x, bos, eos, force_eos), m)
+    return values.sub_(lse), tokens
+
+
 @torch.inference_mode()
 def greedy_search(
     model, src: Tensor, src_pad_mask: Tensor, max_len: Tensor, bos: int, eos: int, record: bool = False
@@ -127,8 +163,8 @@ def greedy_search(
     max_len = max_len.to(src.device)
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
-        lp = restrict(F.log_softmax(logits.float(), dim=-1), bos, eos, max_len[alive] <= t + 1)
-        best, prev = lp.max(dim=-1)
+        best, prev = top_log_probs(logits, 1, bos, eos, max_len[alive] <= t + 1)
+        best, prev = best[:, 0], prev[:, 0]
         log_prob.index_add_(0, alive, best)
         tokens.append(prev)
         owners.append(alive)
@@ -151,16 +187,17 @@ def greedy_search(
     return [Hypothesis(out[i], scores[i], scores[i], attention[i]) for i in range(b)]
 
 
-def top_candidates(scores: Tensor, log_probs: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def top_candidates(scores: Tensor, log_probs: Tensor, tokens: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Best `k` continuations per sentence over all beams.
 
-    scores (N, K) cumulative log-probs of the beams, log_probs (N, K, V) next-token log-probs.
-    Returns (cand_scores, tokens, parent_beams), each (N, k), best first.
+    scores (N, K) cumulative log-probs of the beams; log_probs (N, K, M) next-token log-probs of the tokens
+    `tokens` (N, K, M) of each beam: the whole vocabulary, or each beam's best M >= k tokens, which hold
+    every one of the k best continuations. Returns (cand_scores, tokens, parent_beams), each (N, k), best first.
     """
-    n, beams, v = log_probs.shape
-    flat = (scores[:, :, None] + log_probs).view(n, beams * v)
-    cand_scores, idx = flat.topk(min(k, beams * v), dim=1)
-    return cand_scores, idx % v, idx // v
+    n, beams, m = log_probs.shape
+    flat = (scores[:, :, None] + log_probs).view(n, beams * m)
+    cand_scores, idx = flat.topk(min(k, beams * m), dim=1)
+    return cand_scores, tokens.reshape(n, beams * m).gather(1, idx), idx // m
 
 
 @torch.inference_mode()
@@ -188,9 +225,9 @@ def beam_search(
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
         force = max_len[sent] <= t + 1  # last allowed position: must be EOS
-        lp = block_repeats(F.log_softmax(logits.float(), dim=-1), prefix, no_repeat_ngram)
-        lp = restrict(lp.view(len(sent), k, -1), bos, eos, force)
-        cand, tok, parent = top_candidates(scores, lp, 2 * k)
+        # 2k per beam suffice: at most k of the 2k best candidates end in EOS
+        lp, lp_tok = top_log_probs(logits, 2 * k, bos, eos, force.repeat_interleave(k), prefix, no_repeat_ngram)
+        cand, tok, parent = top_candidates(scores, lp.view(len(sent), k, -1), lp_tok.view(len(sent), k, -1), 2 * k)
         is_eos = tok == eos
         # finished: EOS among the top k candidates (beyond rank k they would not have been kept)
         fin = (is_eos[:, :k] & (cand[:, :k] > -float("inf"))).nonzero().tolist()

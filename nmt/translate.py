@@ -16,7 +16,7 @@ from nmt.config import Config, DecodeConfig, config_from_dict
 from nmt.data import decode_lines, read_text
 from nmt.errors import NmtError
 from nmt.models import build_model
-from nmt.precision import DECODE_CHOICES, decode_precision
+from nmt.precision import DECODE_CHOICES, decode_precision, pad_linear_rows
 from nmt.search import Hypothesis, decode_corpus
 from nmt.tokenizer import BOS, EOS, Tokenizer
 
@@ -56,6 +56,8 @@ def load_translator(checkpoint: str | Path, device: Optional[str] = None, precis
     model.to(dev).eval()
     if precision == "bf16":
         model.to(torch.bfloat16)
+        if dev.type == "cpu":
+            pad_linear_rows(model)
     elif precision == "int8":
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensors deprecated (torchao replaces them)
             warnings.simplefilter("ignore", UserWarning)

@@ -692,7 +692,10 @@ def test_bf16_and_int8_weights_translate_like_float32(smoke: SmokeRun, precision
     assert (fp32.precision, low.precision) == ("fp32", precision)
     assert all(p.dtype == torch.float32 for p in fp32.model.parameters())
     if precision == "bf16":
+        from nmt.precision import PaddedRows
+
         assert all(p.dtype == torch.bfloat16 for p in low.model.parameters())
+        assert all(isinstance(p, PaddedRows) for p in low.model.modules() for m in p.children() if type(m) is nn.Linear)
     else:
         n_linear = sum(isinstance(m, nn.Linear) for m in fp32.model.modules())
         assert n_linear > 0 and sum(isinstance(m, QLinear) for m in low.model.modules()) == n_linear

@@ -142,3 +142,20 @@ def test_extend_reorders_and_appends_in_one_copy():
     parents = torch.tensor([3, 3, 0, 1, 2, 0])  # a beam step: rows continue (and repeat) other rows
     torch.testing.assert_close(extend(past, new, parents), torch.cat([past[parents], new], dim=2), rtol=0, atol=0)
     torch.testing.assert_close(extend(past, new[:4], None), torch.cat([past, new[:4]], dim=2), rtol=0, atol=0)
+
+
+def test_a_bf16_model_decodes_on_the_cpu_with_fp32_attention_caches_and_matches_teacher_forcing():
+    """bf16 weights: the keys/values decoding keeps are fp32 on a CPU (MKL's products, not a oneDNN build per
+    shape); each step's logits are still those of the teacher-forced bf16 pass, within bf16 rounding."""
+    model = tiny().to(torch.bfloat16)
+    src, mask, tgt = batch()
+    full = model(src, mask, tgt).float()
+    state = model.start(src, mask)
+    assert all(t.dtype == torch.float32 for kv in state["cross"] for t in kv)
+    for t in range(tgt.size(1)):
+        logits, state = model.step(tgt[:, t], state)
+        assert all(c.dtype == torch.float32 for kv in state["self"] for c in kv) and logits.dtype == torch.bfloat16
+        torch.testing.assert_close(logits.float(), full[:, t], atol=0.1, rtol=0.05)
+    # the tolerance is meaningful: another target prefix gives logits well outside it
+    other = model(src, mask, tgt.roll(1, dims=1)).float()
+    assert (other[:, -1] - logits.float()).abs().max() > 0.5

@@ -88,6 +88,7 @@ class Attention(nn.Module):
         w = None
         if need_weights or (x.size(1) == 1 and x.device.type == "cpu" and not self.training):
             # explicit weights: asked for, or one query per row on a CPU (two small matmuls beat SDPA 1.5x there)
+            q = q.to(k.dtype)
             a = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # scaling the queries is cheaper than the scores
             if mask is not None:
                 a.masked_fill_(~mask, -float("inf"))
@@ -102,8 +103,15 @@ class Attention(nn.Module):
         if f > 1:
             y, w = unfold_rows(y, f), (unfold_rows(w, f) if w is not None else None)
         b, h, t, dh = y.shape
-        out = self.out(y.transpose(1, 2).reshape(b, t, h * dh))
+        out = self.out(y.transpose(1, 2).reshape(b, t, h * dh).to(x.dtype))
         return (out, w) if need_weights else out
+
+
+def cache_dtype(t: Tensor) -> torch.dtype:
+    """The dtype decoding keeps attention keys/values in: fp32 on a CPU, whatever the weights. There bf16 products
+    go to oneDNN, which builds a kernel for every new shape (and the keys grow by one each step: about 900 builds
+    for test_2016_flickr at beam 5), while fp32 ones go to MKL, which builds none; the layers' own products stay bf16."""
+    return torch.float32 if t.device.type == "cpu" else t.dtype
 
 
 def extend(past: Tensor, new: Tensor, parents: Optional[Tensor]) -> Tensor:
@@ -182,7 +190,7 @@ class DecoderLayer(nn.Module):
         h = self.norm1(x) if self.pre_norm else x
         k, v = self.self_attn.project_kv(h)
         if past is not None:
-            k, v = extend(past[0], k, parents), extend(past[1], v, parents)
+            k, v = extend(past[0], k.to(past[0].dtype), parents), extend(past[1], v.to(past[1].dtype), parents)
         y = self.self_attn(h, k, v, causal=past is None and x.size(1) > 1, need_weights=need)
         if need:
             y, w = y
@@ -293,7 +301,7 @@ class Transformer(nn.Module):
         the decoder's ("cross" (B, layers, H, S) and "self" (B, layers, H, t + 1))."""
         enc_weights: Optional[list] = [] if record else None
         memory = self.encode(src, src_pad_mask, enc_weights)
-        cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder]
+        cross = [tuple(t.to(cache_dtype(t)) for t in layer.cross_attn.project_kv(memory)) for layer in self.decoder]
         empty = cross[0][0][:, :, :0]  # (B, H, 0, D/H), in the dtype the projections produce
         state = {
             "mem_mask": self._mem_mask(src_pad_mask),
