@@ -58,8 +58,8 @@ class PaddedRows(nn.Module):
 
     There torch hands bf16 matrix products to oneDNN, which builds a kernel for every new shape (about 2 ms for
     a 256 x 1024 layer) and keeps 1024 of them. Beam search changes the number of rows whenever a sentence
-    finishes, so decoding test_2016_flickr built about 400 layer kernels; with rows in steps of 64, about 60,
-    once per process. The padded rows cost at most 63 rows of work per product."""
+    finishes, so decoding test_2016_flickr at beam 5 built 471 layer kernels; with rows in steps of 64, 72, once
+    per process (oneDNN's verbose log). The padded rows cost at most 63 rows of work per product."""
 
     def __init__(self, linear: nn.Linear, multiple: int = 64):
         super().__init__()
