@@ -159,3 +159,18 @@ def test_a_bf16_model_decodes_on_the_cpu_with_fp32_attention_caches_and_matches_
     # the tolerance is meaningful: another target prefix gives logits well outside it
     other = model(src, mask, tgt.roll(1, dims=1)).float()
     assert (other[:, -1] - logits.float()).abs().max() > 0.5
+
+
+def test_under_autocast_decoding_keeps_the_caches_in_the_layers_dtype():
+    """Validation during CPU training decodes under bf16 autocast, which would cast fp32 caches back to bf16 at
+    every product: there the caches stay as the projections make them, and greedy steps still match teacher forcing."""
+    model = tiny()
+    src, mask, tgt = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model(src, mask, tgt).float()
+        state = model.start(src, mask)
+        assert all(t.dtype == torch.bfloat16 for kv in state["cross"] for t in kv)
+        for t in range(tgt.size(1)):
+            logits, state = model.step(tgt[:, t], state)
+            torch.testing.assert_close(logits.float(), full[:, t], atol=0.1, rtol=0.05)
+        assert all(c.dtype == torch.bfloat16 for kv in state["self"] for c in kv)

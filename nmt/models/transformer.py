@@ -82,6 +82,7 @@ class Attention(nn.Module):
         k, v and mask may have B / f rows, each shared by f consecutive rows of x (the beams of a sentence in
         search): those rows' queries then attend together, as f * T queries of one row."""
         q = self._split(self.q(x))
+        dtype = q.dtype  # what the layers compute in; decoding on a CPU may hand fp32 keys/values (cache_dtype)
         f = x.size(0) // k.size(0)
         if f > 1:
             q = fold_rows(q, f)
@@ -103,15 +104,17 @@ class Attention(nn.Module):
         if f > 1:
             y, w = unfold_rows(y, f), (unfold_rows(w, f) if w is not None else None)
         b, h, t, dh = y.shape
-        out = self.out(y.transpose(1, 2).reshape(b, t, h * dh).to(x.dtype))
+        out = self.out(y.transpose(1, 2).reshape(b, t, h * dh).to(dtype))
         return (out, w) if need_weights else out
 
 
 def cache_dtype(t: Tensor) -> torch.dtype:
     """The dtype decoding keeps attention keys/values in: fp32 on a CPU, whatever the weights. There bf16 products
     go to oneDNN, which builds a kernel for every new shape (and the keys grow by one each step: about 900 builds
-    for test_2016_flickr at beam 5), while fp32 ones go to MKL, which builds none; the layers' own products stay bf16."""
-    return torch.float32 if t.device.type == "cpu" else t.dtype
+    for test_2016_flickr at beam 5), while fp32 ones go to MKL, which builds none; the layers' own products stay bf16.
+    Under autocast (validation during training) it would cast them back to bf16 at every product: left as they are."""
+    keep = t.device.type != "cpu" or torch.is_autocast_enabled("cpu")
+    return t.dtype if keep else torch.float32
 
 
 def extend(past: Tensor, new: Tensor, parents: Optional[Tensor]) -> Tensor:
