@@ -62,6 +62,8 @@ DEVICE = typer.Option(None, help="cpu or cuda (default: cuda when available).")
 PRECISION = typer.Option("auto", help="Weights for decoding: auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), fp32, "
                          "bf16, or int8 (CPU only: every Linear layer quantized). bf16 and int8 are about 2x faster on a CPU, BLEU "
                          "within noise (see README).")
+WORKERS = typer.Option(None, min=1, help="Batches decoded side by side, in threads that share the CPU threads (default: 2 on a CPU "
+                       "with two or more threads, 1 on a GPU).")
 
 
 @app.command()
@@ -79,11 +81,12 @@ def translate(
     attention_layer: Optional[int] = typer.Option(None, min=1, help="With --attention-dir: the layer whose heads get a grid (default: the last)."),
     device: Optional[str] = DEVICE,
     precision: str = PRECISION,
+    workers: Optional[int] = WORKERS,
 ) -> None:
     """Translate a text file or stdin with a trained checkpoint."""
     from nmt.translate import translate as run
 
-    run(checkpoint, input, output, device, attention_dir, attention_layer, precision, beam=beam, alpha=alpha, max_len_a=max_len_a,
+    run(checkpoint, input, output, device, attention_dir, attention_layer, precision, workers, beam=beam, alpha=alpha, max_len_a=max_len_a,
         max_len_b=max_len_b, no_repeat_ngram=no_repeat_ngram, nbest=nbest)
 
 
@@ -102,6 +105,7 @@ def evaluate(
     prepared_dir: Optional[str] = typer.Option(None, help="Prepared dir (default: the checkpoint's)."),
     device: Optional[str] = DEVICE,
     precision: str = PRECISION,
+    workers: Optional[int] = WORKERS,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Score hypotheses with sacreBLEU, chrF and TER (signatures included)."""
@@ -110,7 +114,7 @@ def evaluate(
     if checkpoint and (hyp or ref):
         raise NmtError("give either --checkpoint (and --split) or --hyp and --ref, not both")
     if checkpoint:
-        result = evaluate_checkpoint(checkpoint, split, prepared_dir, device, precision, beam=beam, alpha=alpha, max_len_a=max_len_a,
+        result = evaluate_checkpoint(checkpoint, split, prepared_dir, device, precision, workers, beam=beam, alpha=alpha, max_len_a=max_len_a,
                                      max_len_b=max_len_b, no_repeat_ngram=no_repeat_ngram)
     elif hyp and ref:
         result = evaluate_files(hyp, ref, lang)
@@ -139,12 +143,14 @@ def sweep(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Also write every score as JSON here."),
     device: Optional[str] = DEVICE,
     precision: str = PRECISION,
+    workers: Optional[int] = WORKERS,
 ) -> None:
     """Score a grid of decoding settings on the valid split (never test) and print the best one."""
     from nmt.sweep import sweep as run
 
     result = run(checkpoint, _numbers(beam, int, "--beam", 1), _numbers(alpha, float, "--alpha", 0),
-                 _numbers(no_repeat_ngram, int, "--no-repeat-ngram", 0), prepared_dir, device, output, precision=precision)
+                 _numbers(no_repeat_ngram, int, "--no-repeat-ngram", 0), prepared_dir, device, output, precision=precision,
+                 workers=workers)
     b = result["best"]
     print(f"best on valid: --beam {b['beam']} --alpha {b['alpha']} --no-repeat-ngram {b['no_repeat_ngram']}  "
           f"BLEU {b['bleu']:.2f}  [{result['signature']}]")

@@ -48,11 +48,11 @@ def load_split(tr: Translator, split: str, prepared_dir: Optional[str]) -> tuple
 
 def evaluate_checkpoint(
     checkpoint: str, split: str, prepared_dir: Optional[str] = None, device: Optional[str] = None, precision: str = "auto",
-    **options: Any,
+    workers: Optional[int] = None, **options: Any,
 ) -> dict:
     """Translate `split` of the checkpoint's prepared dir, score it, save hypotheses and JSON beside the checkpoint.
     `options`: decode settings (beam, alpha, max_len_a, max_len_b, no_repeat_ngram); None keeps the checkpoint's."""
-    tr = load_translator(checkpoint, device, precision)
+    tr = load_translator(checkpoint, device, precision, workers)
     pdir, src, refs = load_split(tr, split, prepared_dir)
     d = decode_settings(tr, **options, nbest=1)
     text = format_output(tr, translate_with(tr, src, d), 1)

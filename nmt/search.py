@@ -17,8 +17,9 @@ hypothesis then carries the weights its own tokens were produced with (`attentio
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -110,39 +111,19 @@ def max_lengths(src_pad_mask: Tensor, a: float, b: int, cap: int) -> Tensor:
 
 
 def block_size(v: int) -> Optional[int]:
-    """Columns per block for `row_top` over rows of `v`: the largest divisor of v from 64 down to 16, or None."""
+    """Columns per block for `top_continuations` over rows of `v`: the largest divisor of v from 64 down to 16, or None."""
     return next((b for b in range(64, 15, -1) if v % b == 0), None)
 
 
-def row_top(x: Tensor, m: int) -> tuple[Tensor, Tensor]:
-    """The m largest values of each row of x (R, V), largest first, and their columns: what x.topk(m) gives.
-
-    On a CPU, reductions that return positions (topk, max with indices) over long rows run ~20x slower than
-    amax, so the row is cut into blocks: the m blocks with the largest maxima hold the m largest values (a
-    value outside them is beaten by the maxima of m other blocks), and topk runs on their m * block columns.
-    Ties may come back in another order than torch.topk's."""
-    r, v = x.shape
-    blk = block_size(v)
-    if x.device.type != "cpu" or blk is None or v // blk <= 4 * m:
-        return x.topk(m, dim=1)
-    top_blocks = x.view(r, v // blk, blk).amax(dim=2).topk(m, dim=1).indices  # (R, m)
-    cols = (top_blocks[:, :, None] * blk + torch.arange(blk, device=x.device)).view(r, m * blk)
-    values, pos = x.gather(1, cols).topk(m, dim=1)
-    return values, cols.gather(1, pos)
-
-
-def top_log_probs(
-    logits: Tensor, m: int, bos: int, eos: int, force_eos: Tensor, prefix: Optional[Tensor] = None, no_repeat_ngram: int = 0
-) -> tuple[Tensor, Tensor]:
-    """The m most probable allowed next tokens of each row: (log-probs (R, m) best first, tokens (R, m)).
-    logits (R, V); the probabilities are the model's (normalised over the whole vocabulary), then `restrict`
-    and `block_repeats` rule tokens out. The (R, V) log-probs are never made: log p = logit - logsumexp."""
-    x = logits.float()  # fp32 softmax also for bf16 weights; may be the model's own buffer, changed in place below
-    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+def next_log_probs(
+    logits: Tensor, bos: int, eos: int, force_eos: Tensor, prefix: Optional[Tensor] = None, no_repeat_ngram: int = 0
+) -> Tensor:
+    """(R, V) fp32 log-probabilities of the next token: the model's (normalised over the whole vocabulary, in fp32
+    also for bf16 weights; one fused kernel), then `restrict` and `block_repeats` rule tokens out (-inf)."""
+    lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # a new tensor: the model's logits stay as they are
     if prefix is not None:
-        x = block_repeats(x, prefix, no_repeat_ngram)
-    values, tokens = row_top(restrict(x, bos, eos, force_eos), m)
-    return values.sub_(lse), tokens
+        lp = block_repeats(lp, prefix, no_repeat_ngram)
+    return restrict(lp, bos, eos, force_eos)
 
 
 @torch.inference_mode()
@@ -163,7 +144,8 @@ def greedy_search(
     max_len = max_len.to(src.device)
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
-        best, prev = top_log_probs(logits, 1, bos, eos, max_len[alive] <= t + 1)
+        lp = next_log_probs(logits, bos, eos, max_len[alive] <= t + 1)
+        best, prev, _ = top_continuations(lp.new_zeros(len(alive), 1), lp, 1)  # one beam per sentence
         best, prev = best[:, 0], prev[:, 0]
         log_prob.index_add_(0, alive, best)
         tokens.append(prev)
@@ -187,17 +169,30 @@ def greedy_search(
     return [Hypothesis(out[i], scores[i], scores[i], attention[i]) for i in range(b)]
 
 
-def top_candidates(scores: Tensor, log_probs: Tensor, tokens: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Best `k` continuations per sentence over all beams.
+def top_continuations(scores: Tensor, log_probs: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The m best continuations of each sentence over all its beams: scores (N, K) the beams' cumulative
+    log-probs, log_probs (N * K, V) their next-token log-probs (beam j of sentence i is row i * K + j).
+    Returns (candidate scores, tokens, parent beams), each (N, m), best first.
 
-    scores (N, K) cumulative log-probs of the beams; log_probs (N, K, M) next-token log-probs of the tokens
-    `tokens` (N, K, M) of each beam: the whole vocabulary, or each beam's best M >= k tokens, which hold
-    every one of the k best continuations. Returns (cand_scores, tokens, parent_beams), each (N, k), best first.
-    """
-    n, beams, m = log_probs.shape
-    flat = (scores[:, :, None] + log_probs).view(n, beams * m)
-    cand_scores, idx = flat.topk(min(k, beams * m), dim=1)
-    return cand_scores, tokens.reshape(n, beams * m).gather(1, idx), idx // m
+    On a CPU, topk over K * V columns is slow (reductions that return positions run ~20x slower than amax there),
+    so each row is cut into blocks: the m blocks with the largest maxima plus their beam's score hold the m best
+    continuations (a value outside them is beaten by the maxima of m other blocks), and topk runs on their
+    m * block columns. Ties may come back in another order than torch.topk's."""
+    n, k = scores.shape
+    v = log_probs.size(1)
+    blk = block_size(v)
+    if log_probs.device.type != "cpu" or blk is None or k * (v // blk) <= 4 * m:
+        cand, idx = (scores[:, :, None] + log_probs.view(n, k, v)).view(n, k * v).topk(m, dim=1)
+        return cand, idx % v, idx // v
+    nb = v // blk
+    block_best = log_probs.view(n, k, nb, blk).amax(dim=3).add_(scores[:, :, None]).view(n, k * nb)
+    top = block_best.topk(m, dim=1).indices  # (N, m): beam * nb + block
+    beam = top // nb
+    first = (torch.arange(n, device=top.device)[:, None] * (k * nb) + top) * blk  # each block's start in log_probs, flat
+    cols = (first[:, :, None] + torch.arange(blk, device=top.device)).view(n, m * blk)
+    values = torch.take(log_probs, cols).view(n, m, blk).add_(scores.gather(1, beam)[:, :, None])
+    cand, idx = values.view(n, m * blk).topk(m, dim=1)
+    return cand, cols.gather(1, idx) % v, beam.gather(1, idx // blk)
 
 
 @torch.inference_mode()
@@ -225,9 +220,8 @@ def beam_search(
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
         force = max_len[sent] <= t + 1  # last allowed position: must be EOS
-        # 2k per beam suffice: at most k of the 2k best candidates end in EOS
-        lp, lp_tok = top_log_probs(logits, 2 * k, bos, eos, force.repeat_interleave(k), prefix, no_repeat_ngram)
-        cand, tok, parent = top_candidates(scores, lp.view(len(sent), k, -1), lp_tok.view(len(sent), k, -1), 2 * k)
+        lp = next_log_probs(logits, bos, eos, force.repeat_interleave(k), prefix, no_repeat_ngram)
+        cand, tok, parent = top_continuations(scores, lp, 2 * k)  # at most k of them end in EOS: k continue
         is_eos = tok == eos
         # finished: EOS among the top k candidates (beyond rank k they would not have been kept)
         fin = (is_eos[:, :k] & (cand[:, :k] > -float("inf"))).nonzero().tolist()
@@ -257,17 +251,19 @@ def beam_search(
 def decode_corpus(
     model, src_ids: list[list[int]], device: torch.device, max_tokens: int, beam: int, alpha: float,
     max_len_a: float, max_len_b: int, max_positions: int, bos: int, eos: int, nbest: int = 1, no_repeat_ngram: int = 0,
-    record: bool = False,
+    record: bool = False, workers: int = 1,
 ) -> list[list[Hypothesis]]:
     """Translate id sequences in length-sorted batches of about `max_tokens` source tokens (x beam);
     return the `nbest` hypotheses of each, in input order. Empty inputs get an empty output.
-    Greedy search is beam search with one beam; the separate greedy loop is the faster path for it."""
+    Greedy search is beam search with one beam; the separate greedy loop is the faster path for it.
+    `workers` > 1: that many threads decode batches side by side (see in_threads)."""
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in src_ids]
     todo = np.array([i for i, s in enumerate(src_ids) if s], dtype=np.int64)
     if len(todo) == 0:
         return results
     lens = np.array([len(src_ids[i]) for i in todo])
-    for batch_pos in bucket_batches(lens, None, max(max_tokens // beam, 8)):
+
+    def decode(batch_pos: np.ndarray) -> None:
         index = todo[batch_pos]
         batch = make_batch([np.asarray(src_ids[i]) for i in index], None, index).to(device)
         max_len = max_lengths(batch.src_pad_mask, max_len_a, max_len_b, max_positions - 1)
@@ -277,4 +273,29 @@ def decode_corpus(
             hyps = beam_search(model, batch.src, batch.src_pad_mask, max_len, bos, eos, beam, alpha, nbest, no_repeat_ngram, record)
         for i, h in zip(index.tolist(), hyps):
             results[i] = h
+
+    batches = bucket_batches(lens, None, max(max_tokens // beam, 8))
+    if workers > 1 and len(batches) > 1:
+        in_threads(decode, sorted(batches, key=lambda b: -int(lens[b].max())), workers)  # longest first: short ones fill the end
+    else:
+        for batch_pos in batches:
+            decode(batch_pos)
     return results
+
+
+def in_threads(fn: Callable[[Any], None], items: list, workers: int) -> None:
+    """fn(item) for every item, in `workers` threads that share torch's intra-op threads (each gets its share).
+
+    Decoding a batch is a long series of small operations, each too small to keep two cores busy, with Python
+    running between them: two batches side by side, one core each, keep both busy (torch releases the GIL inside
+    its operations). The results do not depend on which thread decodes a batch; each thread uses the same number of
+    intra-op threads. On an error or an interrupt, batches not yet started are dropped."""
+    total = torch.get_num_threads()
+    share = max(total // workers, 1)
+    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(share,))
+    try:
+        for future in as_completed([pool.submit(fn, item) for item in items]):
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(total)  # the global count the workers set

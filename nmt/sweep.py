@@ -32,12 +32,12 @@ def grid(beams: Sequence[int], alphas: Sequence[float], ngrams: Sequence[int]) -
 def sweep(
     checkpoint: str, beams: Sequence[int], alphas: Sequence[float], ngrams: Sequence[int],
     prepared_dir: Optional[str] = None, device: Optional[str] = None, output: Optional[str] = None,
-    log: Callable[[str], None] = print, precision: str = "auto",
+    log: Callable[[str], None] = print, precision: str = "auto", workers: Optional[int] = None,
 ) -> dict:
     """Decode the valid split once per setting; return every score and the best setting (ties: the earlier one)."""
     if not beams or not alphas or not ngrams:
         raise NmtError("give at least one value each for --beam, --alpha and --no-repeat-ngram")
-    tr = load_translator(checkpoint, device, precision)
+    tr = load_translator(checkpoint, device, precision, workers)
     _, src, refs = load_split(tr, "valid", prepared_dir)
     rows, metric = [], BLEU()
     for beam, alpha, n in grid(beams, alphas, ngrams):

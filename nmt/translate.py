@@ -16,7 +16,7 @@ from nmt.config import Config, DecodeConfig, config_from_dict
 from nmt.data import decode_lines, read_text
 from nmt.errors import NmtError
 from nmt.models import build_model
-from nmt.precision import DECODE_CHOICES, decode_precision, pad_linear_rows
+from nmt.precision import DECODE_CHOICES, decode_precision, decode_row_multiple, pack_linear_layers
 from nmt.search import Hypothesis, decode_corpus
 from nmt.tokenizer import BOS, EOS, Tokenizer
 
@@ -29,12 +29,16 @@ class Translator:
     device: torch.device
     path: str
     precision: str = "fp32"  # the weights decoding uses: fp32, bf16 or int8
+    workers: int = 1  # threads decoding batches side by side (see search.in_threads)
 
 
-def load_translator(checkpoint: str | Path, device: Optional[str] = None, precision: str = "auto") -> Translator:
+def load_translator(
+    checkpoint: str | Path, device: Optional[str] = None, precision: str = "auto", workers: Optional[int] = None
+) -> Translator:
     """Everything needed to translate comes from the checkpoint: config, tokenizer, weights. `precision` (see
     nmt.precision): auto is bf16 where the device multiplies bf16 natively, else fp32; int8, on the CPU only,
-    quantizes every Linear layer's weights (torch's dynamic quantization; activations stay float)."""
+    quantizes every Linear layer's weights (torch's dynamic quantization; activations stay float). `workers`:
+    batches decoded side by side; default 2 on a CPU with two or more threads, each with half of them, else 1."""
     try:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
@@ -45,6 +49,8 @@ def load_translator(checkpoint: str | Path, device: Optional[str] = None, precis
         raise NmtError(f"--device {device}: no CUDA device is available here")
     if precision not in DECODE_CHOICES:
         raise NmtError(f"--precision {precision}: expected one of {', '.join(DECODE_CHOICES)}")
+    if workers is not None and workers < 1:
+        raise NmtError(f"--workers {workers}: expected 1 or more")
     if dev.type == "cuda" and precision == "int8":
         raise NmtError("--precision int8 is for decoding on the CPU (add --device cpu); on a GPU, use bf16 (the default)")
     precision = decode_precision(dev, precision)
@@ -57,12 +63,16 @@ def load_translator(checkpoint: str | Path, device: Optional[str] = None, precis
     if precision == "bf16":
         model.to(torch.bfloat16)
         if dev.type == "cpu":
-            pad_linear_rows(model)
+            pack_linear_layers(model)
     elif precision == "int8":
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensors deprecated (torchao replaces them)
             warnings.simplefilter("ignore", UserWarning)
             model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-    return Translator(model, tok, cfg, dev, ckpt["path"], precision)
+    if hasattr(model, "row_multiple"):
+        model.row_multiple = decode_row_multiple(dev, precision)
+    if workers is None:
+        workers = 2 if dev.type == "cpu" and torch.get_num_threads() >= 2 else 1
+    return Translator(model, tok, cfg, dev, ckpt["path"], precision, workers)
 
 
 def encode_lines(tr: Translator, lines: list[str]) -> list[list[int]]:
@@ -91,7 +101,7 @@ def translate_lines(
         tr.model, src_ids, tr.device, max_tokens or d.max_tokens, beam, alpha,
         d.max_len_a if max_len_a is None else max_len_a, d.max_len_b if max_len_b is None else max_len_b,
         tr.cfg.model.max_positions, BOS, EOS, nbest=nbest,
-        no_repeat_ngram=d.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram, record=record,
+        no_repeat_ngram=d.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram, record=record, workers=tr.workers,
     )
 
 
@@ -117,11 +127,12 @@ def translate_with(tr: Translator, lines: list[str] | list[list[int]], d: Decode
 
 def translate(
     checkpoint: str, input: Optional[str], output: Optional[str], device: Optional[str] = None,
-    attention_dir: Optional[str] = None, attention_layer: Optional[int] = None, precision: str = "auto", **options: Any,
+    attention_dir: Optional[str] = None, attention_layer: Optional[int] = None, precision: str = "auto",
+    workers: Optional[int] = None, **options: Any,
 ) -> None:
     """Run stage 3: a file or stdin in, a file (written atomically) or stdout out. `options`: decode settings.
     `attention_dir`: also write each sentence's attention weights and heatmaps there (see attention.py)."""
-    tr = load_translator(checkpoint, device, precision)
+    tr = load_translator(checkpoint, device, precision, workers)
     d = decode_settings(tr, **options)
     if d.nbest > d.beam:
         raise NmtError(f"--nbest {d.nbest} is larger than --beam {d.beam}")

@@ -12,7 +12,8 @@
 - Decoding (with `--checkpoint`): test split of the checkpoint's prepared dir, greedy and beam 5, batched
   by length; sentences/s, generated target tokens/s, cased sacreBLEU. `--ct2` converts the same weights
   to CTranslate2 (`scripts/ct2_convert.py`, needs `pip install ctranslate2`) and decodes under the same
-  length rule, printing the speed ratio.
+  length rule (on a CPU in two thread layouts: one batch at a time, and batches side by side as nmt's
+  workers decode them), printing nmt's speed as a multiple of the faster layout's.
 Prints one table and, with --json, writes every figure. Timings are wall clock; CUDA is synchronised.
 """
 
@@ -125,8 +126,10 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
         }
 
 
-def bench_decode(checkpoint: str, device: str | None, beams: list[int], limit: int, precision: str = "auto") -> tuple[dict, object, list[str], list[str]]:
-    tr = load_translator(checkpoint, device, precision)
+def bench_decode(
+    checkpoint: str, device: str | None, beams: list[int], limit: int, precision: str = "auto", workers: int | None = None
+) -> tuple[dict, object, list[str], list[str]]:
+    tr = load_translator(checkpoint, device, precision, workers)
     pdir = tr.cfg.prepared_dir
     src, refs = read_lines(pdir / "test.src.txt")[:limit], read_lines(pdir / "test.tgt.txt")[:limit]
     translate_lines(tr, src[:64], 1, 0.6)  # warm-up: allocator, kernels
@@ -140,7 +143,8 @@ def bench_decode(checkpoint: str, device: str | None, beams: list[int], limit: i
         out = tr.tok.decode_tgt([h[0].tokens for h in hyps])
         n_tok = sum(len(h[0].tokens) for h in hyps)  # EOS excluded, as in CTranslate2's count
         results[f"nmt_beam{beam}"] = {
-            "engine": "nmt", "precision": tr.precision, "beam": beam, "seconds": seconds, "sentences_per_s": len(src) / seconds,
+            "engine": "nmt", "precision": tr.precision, "workers": tr.workers, "beam": beam, "seconds": seconds,
+            "sentences_per_s": len(src) / seconds,
             "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
         }
     return results, tr, src, refs
@@ -155,41 +159,51 @@ def ct2_compute_type(tr) -> str:
 
 
 def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: int) -> dict:
+    """CTranslate2 on the same weights, batches and length rule. On a CPU it runs twice: with all threads on one
+    batch at a time, and with batches side by side as nmt decodes them (inter_threads = nmt's workers, each with
+    its share of the threads); the faster is what nmt is compared with."""
     import ctranslate2
     from ct2_convert import convert
 
+    dev = "cuda" if tr.device.type == "cuda" else "cpu"
+    layouts = [(1, threads)] if dev == "cuda" or tr.workers == 1 else [(1, threads), (tr.workers, max(threads // tr.workers, 1))]
+    compute_type = ct2_compute_type(tr)
+    pieces = [tr.tok.src_pieces(ids) + ["</s>"] for ids in tr.tok.encode_src(src)]
+    d = tr.cfg.decode
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         convert(tr.path, tmp)
-        dev = "cuda" if tr.device.type == "cuda" else "cpu"
-        compute_type = ct2_compute_type(tr)
-        model = ctranslate2.Translator(tmp, device=dev, compute_type=compute_type, intra_threads=threads if dev == "cpu" else 0)
-        pieces = [tr.tok.src_pieces(ids) + ["</s>"] for ids in tr.tok.encode_src(src)]
-        d = tr.cfg.decode
-        results = {}
-        model.translate_batch(pieces[:64], beam_size=1)  # warm-up
-        for beam in beams:
-            start = time.perf_counter()
-            out = []
-            # the same length rule as nmt (a * source length + b), per length-sorted batch
-            order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
-            batch_sents = max(d.max_tokens // beam // max(len(pieces[order[-1]]), 1), 1)
-            texts = [""] * len(pieces)
-            for k in range(0, len(order), batch_sents):
-                idx = order[k : k + batch_sents]
-                limit = int(d.max_len_a * max(len(pieces[i]) for i in idx)) + d.max_len_b
-                res = model.translate_batch([pieces[i] for i in idx], beam_size=beam, max_decoding_length=limit,
-                                            length_penalty=d.alpha, max_batch_size=0)
-                for i, r in zip(idx, res):
-                    texts[i] = r.hypotheses[0]
-            seconds = time.perf_counter() - start
-            for toks in texts:
-                out.append(" ".join(tr.tok.tgt.decode_pieces([t for t in toks if t not in ("</s>", "<s>")]).split()))
-            n_tok = sum(len([t for t in toks if t not in ("</s>", "<s>")]) for toks in texts)
-            results[f"ct2_beam{beam}"] = {
-                "engine": f"ctranslate2 {ctranslate2.__version__}", "precision": compute_type, "beam": beam, "seconds": seconds,
-                "sentences_per_s": len(src) / seconds, "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
-            }
-        return results
+        for inter, intra in layouts:
+            model = ctranslate2.Translator(tmp, device=dev, compute_type=compute_type, inter_threads=inter,
+                                           intra_threads=intra if dev == "cpu" else 0)
+            model.translate_batch(pieces[:64], beam_size=1)  # warm-up
+            for beam in beams:
+                start = time.perf_counter()
+                # the same length rule as nmt (a * source length + b), per length-sorted batch
+                order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
+                batch_sents = max(d.max_tokens // beam // max(len(pieces[order[-1]]), 1), 1)
+                batches = [order[k : k + batch_sents] for k in range(0, len(order), batch_sents)]
+                pending = []
+                for idx in batches:  # with inter_threads > 1, batches are queued and decoded side by side
+                    limit = int(d.max_len_a * max(len(pieces[i]) for i in idx)) + d.max_len_b
+                    pending.append(model.translate_batch([pieces[i] for i in idx], beam_size=beam, max_decoding_length=limit,
+                                                         length_penalty=d.alpha, max_batch_size=0, asynchronous=inter > 1))
+                texts = [""] * len(pieces)
+                for idx, res in zip(batches, pending):
+                    for i, r in zip(idx, res):
+                        texts[i] = (r.result() if inter > 1 else r).hypotheses[0]
+                seconds = time.perf_counter() - start
+                out = [" ".join(tr.tok.tgt.decode_pieces([t for t in toks if t not in ("</s>", "<s>")]).split()) for toks in texts]
+                n_tok = sum(len([t for t in toks if t not in ("</s>", "<s>")]) for toks in texts)
+                name = f"ct2_beam{beam}" + (f"_inter{inter}" if inter > 1 else "")
+                results[name] = {
+                    "engine": f"ctranslate2 {ctranslate2.__version__}", "precision": compute_type, "inter_threads": inter,
+                    "intra_threads": intra, "beam": beam, "seconds": seconds, "sentences_per_s": len(src) / seconds,
+                    "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
+                }
+            del model
+    torch.set_num_threads(threads)  # CTranslate2 sets the process's OpenMP thread count to its intra_threads
+    return results
 
 
 ONMT_CONFIG = """
@@ -375,33 +389,36 @@ def main() -> None:
                     "same data and model size; decoding with the checkpoint's weights transplanted (CPU)")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
                     help="nmt's decoding weights (nmt translate --precision); CTranslate2 runs int8 for int8, else float32 on a CPU")
+    ap.add_argument("--workers", type=int, help="nmt's batches decoded side by side (nmt translate --workers; default: its own)")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()  # every engine gets these (CTranslate2 changes torch's count: not read again)
     cfg = load_config(args.config, args.sets)
     report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_threads": threads,
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__},
         "config": args.config, "sets": args.sets, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
     }
     if not args.no_train:
         report["train"] = bench_train(cfg, args.train_steps, args.warmup)
         if args.onmt:
-            onmt = bench_onmt_train(cfg, args.train_steps, args.warmup, torch.get_num_threads())
+            onmt = bench_onmt_train(cfg, args.train_steps, args.warmup, threads)
             onmt["nmt_speedup"] = report["train"]["tgt_tokens_per_s"] / onmt["tgt_tokens_per_s"]
             report["train_onmt"] = onmt
     if args.checkpoint:
         beams = [1, 5]
-        decode, tr, src, refs = bench_decode(args.checkpoint, None, beams, args.limit, args.precision)
+        decode, tr, src, refs = bench_decode(args.checkpoint, None, beams, args.limit, args.precision, args.workers)
         if args.ct2:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
-            decode.update(bench_ct2(tr, src, refs, beams, torch.get_num_threads()))
+            decode.update(bench_ct2(tr, src, refs, beams, threads))
             for beam in beams:
-                decode[f"nmt_beam{beam}"]["speed_vs_ct2"] = decode[f"ct2_beam{beam}"]["seconds"] / decode[f"nmt_beam{beam}"]["seconds"]
+                fastest = min(r["seconds"] for name, r in decode.items() if name.startswith(f"ct2_beam{beam}"))
+                decode[f"nmt_beam{beam}"]["speed_vs_ct2"] = fastest / decode[f"nmt_beam{beam}"]["seconds"]
         if args.onmt and tr.device.type == "cpu":
             fp32 = load_translator(args.checkpoint, None, "fp32")  # the transplant reads float32 weights
-            decode.update(bench_onmt_decode(fp32, src, refs, beams, torch.get_num_threads()))
+            decode.update(bench_onmt_decode(fp32, src, refs, beams, threads))
             for beam in beams:
                 decode[f"nmt_beam{beam}"]["speed_vs_onmt"] = decode[f"onmt_beam{beam}"]["seconds"] / decode[f"nmt_beam{beam}"]["seconds"]
         report["decode"] = decode
@@ -430,9 +447,10 @@ def print_table(report: dict) -> None:
         print(f"  OpenNMT-py, same data/model/batch/threads: target tokens/s {o['tgt_tokens_per_s']:,.0f}, "
               f"source {o['src_tokens_per_s']:,.0f}: nmt is {o['nmt_speedup']:.2f}x faster")
     for name, r in report.get("decode", {}).items():
-        ratio = f"   {r['speed_vs_ct2']:.2f}x CTranslate2's speed" if "speed_vs_ct2" in r else ""
+        ratio = f"   {r['speed_vs_ct2']:.2f}x CTranslate2's speed (its faster layout)" if "speed_vs_ct2" in r else ""
         ratio += f", {r['speed_vs_onmt']:.2f}x OpenNMT-py's" if "speed_vs_onmt" in r else ""
         name += f" {r['precision']}" if r.get("precision") else ""
+        name += f" x{r['workers']}" if r.get("workers", 1) > 1 else ""
         print(f"decode {name:>15}: {r['seconds']:6.2f} s  {r['sentences_per_s']:7.1f} sent/s  {r['tgt_tokens_per_s']:8,.0f} tok/s  BLEU {r['bleu']:.2f}{ratio}")
 
 

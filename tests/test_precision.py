@@ -1,32 +1,53 @@
-"""Number formats for decoding: padded rows give the products of the unpadded ones."""
+"""Number formats for decoding: which rows are padded, and padded rows decode like unpadded ones."""
 
 import torch
-from torch import nn
 
-from nmt.precision import PaddedRows, pad_linear_rows
-
-
-def test_padded_rows_give_the_linear_layers_output_for_every_row_count():
-    torch.manual_seed(0)
-    linear = nn.Linear(32, 48)
-    padded = PaddedRows(linear, multiple=64)
-    for shape in [(1, 32), (7, 32), (64, 32), (65, 32), (3, 5, 32), (13, 1, 32)]:  # none, some and exact multiples
-        x = torch.randn(*shape)
-        out = padded(x)
-        assert out.shape == (*shape[:-1], 48)
-        torch.testing.assert_close(out, linear(x), atol=1e-6, rtol=1e-6)
+from nmt.precision import decode_row_multiple
 
 
-def test_pad_linear_rows_wraps_every_linear_layer_and_keeps_the_output():
+def test_decoding_pads_rows_only_for_bf16_products_on_a_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert decode_row_multiple(cpu, "bf16") == 64  # oneDNN: a kernel per shape
+    assert decode_row_multiple(cpu, "fp32") == decode_row_multiple(cpu, "int8") == decode_row_multiple(cuda, "bf16") == 1
+
+
+def test_padded_rows_decode_like_unpadded_ones():
     from nmt.models.transformer import Transformer
 
     torch.manual_seed(1)
     model = Transformer(40, 40, layers=2, d_model=32, heads=4, ffn=64, dropout=0.0, max_positions=64).eval()
     src = torch.randint(4, 40, (3, 9))
+    src[1, 6:] = 0  # a shorter sentence
     tgt = torch.randint(4, 40, (3, 6))
-    before = model(src, src == 0, tgt)
+    full = model(src, src == 0, tgt)
+    for multiple in (1, 8, 64):
+        model.row_multiple = multiple
+        state = model.start(src, src == 0)
+        for t in range(tgt.size(1)):
+            logits, state = model.step(tgt[:, t], state)
+            assert logits.shape == (3, 40) and all(k.size(0) == 3 for kv in state["self"] for k in kv)
+            torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_packed_linear_layers_give_the_plain_layers_outputs_bit_for_bit():
+    from torch import nn
+
+    from nmt.models.transformer import Transformer
+    from nmt.precision import PackedLinear, pack_linear_layers
+
+    torch.manual_seed(2)
+    model = Transformer(40, 40, layers=2, d_model=32, heads=4, ffn=64, dropout=0.0, max_positions=64).eval().to(torch.bfloat16)
+    src, tgt = torch.randint(4, 40, (3, 9)), torch.randint(4, 40, (3, 6))
+    plain = model(src, src == 0, tgt)
     n_linear = sum(type(m) is nn.Linear for m in model.modules())
-    pad_linear_rows(model)
-    assert sum(isinstance(m, PaddedRows) for m in model.modules()) == n_linear > 0
-    assert not any(type(m) is nn.Linear and not isinstance(p, PaddedRows) for p in model.modules() for m in p.children())
-    torch.testing.assert_close(model(src, src == 0, tgt), before, atol=1e-5, rtol=1e-5)
+    pack_linear_layers(model)
+    packed = sum(isinstance(m, PackedLinear) for m in model.modules())
+    assert packed in (0, n_linear) and n_linear > 0  # 0: this torch build cannot pack, and says so by leaving them
+    assert torch.equal(model(src, src == 0, tgt), plain)
+    for shape in [(1, 32), (7, 32), (64, 32), (3, 5, 32)]:
+        linear = nn.Linear(32, 48).to(torch.bfloat16)
+        x = torch.randn(*shape, dtype=torch.bfloat16)
+        if packed:
+            assert torch.equal(PackedLinear(linear, 64)(x), linear(x))
+    fp32 = nn.Sequential(nn.Linear(8, 8))
+    assert type(pack_linear_layers(fp32)[0]) is nn.Linear  # only bf16 layers are packed

@@ -2,9 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from nmt.data import bucket_batches
 from nmt.models.transformer import Transformer
 from nmt.search import (
     beam_search,
@@ -12,10 +14,9 @@ from nmt.search import (
     decode_corpus,
     greedy_search,
     length_penalty,
-    row_top,
+    next_log_probs,
     select_state,
-    top_candidates,
-    top_log_probs,
+    top_continuations,
 )
 from nmt.tokenizer import BOS, EOS, PAD
 
@@ -94,63 +95,60 @@ def test_max_length_forces_eos():
     assert run(loop, beam=3, max_len=5)[0][0].tokens == [A] * 4
 
 
-def test_top_candidates_picks_scores_tokens_parents():
+def test_top_continuations_picks_scores_tokens_parents():
     scores = torch.tensor([[0.0, -1.0]])
-    log_probs = torch.log(torch.tensor([[[0.1, 0.9, 0.0], [0.5, 0.5, 0.0]]]) + 1e-12)
-    s, tok, parent = top_candidates(scores, log_probs, torch.arange(3).expand(1, 2, 3), 3)
+    log_probs = torch.log(torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.5, 0.0]]) + 1e-12)
+    s, tok, parent = top_continuations(scores, log_probs, 3)
     # beam 0 + token 1: log .9 = -0.11; beam 1 + token 0 or 1: -1 + log .5 = -1.69; beam 0 + token 0: -2.30
-    assert tok.tolist() == [[1, 0, 1]]
+    assert tok.tolist() in ([[1, 0, 1]], [[1, 1, 0]])  # a tie
     assert parent.tolist() == [[0, 1, 1]]
     expected = torch.tensor([[math.log(0.9), -1.0 + math.log(0.5), -1.0 + math.log(0.5)]])
     assert torch.allclose(s, expected, atol=1e-5)
 
 
-def test_top_candidates_from_each_beams_best_tokens_equal_those_from_the_whole_vocabulary():
-    """Each beam's best 2k tokens hold the k best continuations: the short lists give the same candidates."""
-    g = torch.Generator().manual_seed(0)
-    scores, lp = torch.randn(3, 4, generator=g), torch.randn(3, 4, 50, generator=g).log_softmax(-1)
-    full = top_candidates(scores, lp, torch.arange(50).expand(3, 4, 50), 8)
-    best, tokens = lp.topk(8, dim=-1)
-    short = top_candidates(scores, best, tokens, 8)
-    assert all(torch.equal(a, b) for a, b in zip(full, short))
-
-
-def test_row_top_gives_topk_values_at_their_columns():
+def test_top_continuations_by_blocks_equal_the_topk_over_every_beam_and_token():
+    """Vocabularies cut into blocks of 64, 64 and 50, one with no block divisor from 16 to 64, one too short for
+    blocks; with ties and -inf (ruled-out tokens, beams that may not expand yet): the plain topk's candidates."""
     g = torch.Generator().manual_seed(1)
-    for v in (8000, 2048, 10000, 997, 7):  # blocks of 64, 64, 50; no divisor 16..64; too short for blocks
-        for m in (1, 10):
-            for x in (torch.randn(9, v, generator=g), torch.randint(0, 4, (9, v), generator=g).float()):  # ties
-                x[:, ::3] = -float("inf")
-                values, cols = row_top(x, min(m, v))
-                assert torch.equal(values, x.topk(min(m, v), dim=1).values)
-                assert torch.equal(x.gather(1, cols), values)
-                assert all(len(set(r)) == len(r) for r in cols.tolist())  # no column twice
+    for v in (8000, 2048, 10000, 997, 7):
+        for k, m in ((1, 1), (4, 8), (5, 10)):
+            for lp in (torch.randn(3 * k, v, generator=g), torch.randint(0, 4, (3 * k, v), generator=g).float()):  # ties
+                lp[:, ::3] = -float("inf")
+                scores = torch.randn(3, k, generator=g)
+                scores[0, 1:] = -float("inf")  # a first step: only beam 0 expands
+                m = min(m, k * v)
+                cand, tok, parent = top_continuations(scores, lp, m)
+                flat = (scores[:, :, None] + lp.view(3, k, v)).view(3, k * v)
+                assert torch.equal(cand, flat.topk(m, dim=1).values)
+                assert torch.equal(flat.gather(1, parent * v + tok), cand)  # each candidate is its beam's token
+                assert all(len(set(r)) == len(r) for r in (parent * v + tok)[1:].tolist())  # none twice (finite rows)
 
 
-def test_top_log_probs_are_the_models_log_probs_of_the_allowed_tokens():
+def test_next_log_probs_are_the_models_log_probs_of_the_allowed_tokens():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(4, 3000, generator=g) * 4
     logits[:, 7] = 50.0  # the likeliest token, but BOS: never emitted, still part of the normaliser
     force = torch.tensor([False, False, True, False])
-    lp, tok = top_log_probs(logits.clone(), 5, bos=7, eos=EOS, force_eos=force)
-    ref = logits.log_softmax(-1)
-    ref[:, [PAD, 7]] = -float("inf")
-    assert tok[2, 0] == EOS and torch.isinf(lp[2, 1:]).all()  # a forced row may only end
-    for r in (0, 1, 3):
-        assert torch.allclose(lp[r], ref[r].topk(5).values, atol=1e-5)
-        assert torch.allclose(ref[r][tok[r]], lp[r], atol=1e-5)
-    assert math.isclose(float(lp[2, 0]), float(ref[2, EOS]), abs_tol=1e-5)
+    for dtype in (torch.float32, torch.bfloat16):
+        given = logits.to(dtype)
+        lp = next_log_probs(given, bos=7, eos=EOS, force_eos=force)
+        assert lp.dtype == torch.float32 and torch.equal(given, logits.to(dtype))  # the model's logits are left alone
+        ref = given.float().log_softmax(-1)
+        ref[:, [PAD, 7]] = -float("inf")
+        ref[2, :EOS] = ref[2, EOS + 1 :] = -float("inf")  # a forced row may only end
+        torch.testing.assert_close(lp, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_beam_search_with_blocked_top_tokens_equals_the_plain_topk(monkeypatch):
-    """A vocabulary long enough for row_top to use blocks (64 of 64) at beam 4: search gives what it gives with torch.topk over each row."""
+    """A vocabulary long enough for top_continuations to use blocks (64 of 64) at beam 4: search gives what it
+    gives with torch.topk over every beam's whole row."""
     torch.manual_seed(4)
     model = Transformer(4096, 4096, layers=1, d_model=32, heads=4, ffn=64, dropout=0.0, max_positions=64).eval()
     g = torch.Generator().manual_seed(6)
     src = [torch.randint(4, 4096, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(8)]
     kw = dict(device=torch.device("cpu"), max_tokens=1000, alpha=0.6, max_len_a=1.5, max_len_b=5, max_positions=64, bos=BOS, eos=EOS)
     fast = {beam: decode_corpus(model, src, beam=beam, **kw) for beam in (1, 4)}
-    monkeypatch.setattr("nmt.search.row_top", lambda x, m: x.topk(m, dim=1))
+    monkeypatch.setattr("nmt.search.block_size", lambda v: None)
     for beam in (1, 4):
         plain = decode_corpus(model, src, beam=beam, **kw)
         assert [h[0].tokens for h in fast[beam]] == [h[0].tokens for h in plain]
@@ -199,6 +197,42 @@ def test_batched_decoding_equals_one_sentence_at_a_time():
         assert [h[0].tokens for h in together] == [h[0].tokens for h in alone]
         for a, b in zip(together, alone):
             assert math.isclose(a[0].score, b[0].score, rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_batches_decoded_in_threads_equal_those_decoded_in_turn():
+    """Workers take batches longest first, in threads sharing the intra-op threads: each input still gets its own
+    translation, in input order, and torch's thread count is what it was."""
+    model, src = random_transformer(), sources(40, seed=7)
+    kw = dict(device=torch.device("cpu"), max_tokens=60, alpha=0.6, max_len_a=1.5, max_len_b=5, max_positions=64, bos=BOS, eos=EOS)
+    threads = torch.get_num_threads()
+    for beam in (1, 3):
+        in_turn = decode_corpus(model, src, beam=beam, **kw)
+        for workers in (2, 3):
+            side_by_side = decode_corpus(model, src, beam=beam, workers=workers, **kw)
+            assert [h[0].tokens for h in side_by_side] == [h[0].tokens for h in in_turn]
+            assert [h[0].score for h in side_by_side] == pytest.approx([h[0].score for h in in_turn], abs=1e-5)
+            assert torch.get_num_threads() == threads
+
+
+def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_rest():
+    model, src = random_transformer(), sources(40, seed=7)
+    started = []
+
+    class Failing:
+        def start(self, src, src_pad_mask):
+            started.append(src.size(0))
+            if len(started) == 2:
+                raise ValueError("bad batch")
+            return model.start(src, src_pad_mask)
+
+        def step(self, prev, state):
+            return model.step(prev, state)
+
+    kw = dict(device=torch.device("cpu"), max_tokens=60, alpha=0.6, max_len_a=1.5, max_len_b=5, max_positions=64, bos=BOS, eos=EOS)
+    with pytest.raises(ValueError, match="bad batch"):
+        decode_corpus(Failing(), src, beam=2, workers=2, **kw)
+    n_batches = len(bucket_batches(np.array([len(s) for s in src]), None, 60 // 2))
+    assert 2 <= len(started) < n_batches  # batches still queued behind the failure were dropped
 
 
 def test_empty_input_gives_empty_output():

@@ -114,34 +114,39 @@ def test_cpu_dropout_drops_the_asked_share_and_keeps_the_mean(dtype):
     assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=1e-2 if dtype == torch.bfloat16 else 1e-4)
 
 
-@pytest.mark.parametrize("explicit", [True, False])  # the CPU's explicit one-query path, and SDPA
-def test_beams_sharing_a_row_of_keys_attend_as_if_each_had_its_own_copy(explicit):
-    """Beam search keeps the encoder's keys/values once per sentence: f consecutive query rows share one row."""
+@pytest.mark.parametrize("pad", [0, 3])
+def test_a_decoding_step_where_beams_share_a_row_of_keys_attends_as_if_each_had_its_own_copy(pad):
+    """Beam search keeps the encoder's keys/values once per sentence: f consecutive query rows share one row. The
+    step gives what the teacher-forcing path gives with a copy per row, also when pad rows follow the real ones."""
     from nmt.models.transformer import Attention
 
     torch.manual_seed(0)
     attn = Attention(32, 4, 0.0).eval()
     n, f, s = 3, 5, 7
-    x = torch.randn(n * f, 1 if explicit else 2, 32)
+    x = torch.randn(n * f + pad, 32)
     k, v = attn.project_kv(torch.randn(n, s, 32))
     mask = torch.ones(n, 1, 1, s, dtype=torch.bool)
     mask[1, ..., 4:] = False  # a shorter sentence
-    shared, w_shared = attn(x, k, v, mask, need_weights=True)
+    bias = torch.zeros(n, 4, 1, s).masked_fill(~mask, -float("inf"))
+    weights: list = []
+    shared = attn.step(x, n * f, k, v, bias, weights)
     rows = torch.arange(n).repeat_interleave(f)
-    copied, w_copied = attn(x, k[rows], v[rows], mask[rows], need_weights=True)
-    torch.testing.assert_close(shared, copied)
-    torch.testing.assert_close(w_shared, w_copied)
-    assert w_shared.shape == (n * f, 4, x.size(1), s) and (w_shared[f : 2 * f, ..., 4:] == 0).all()
-    torch.testing.assert_close(attn(x, k, v, mask), copied)  # without weights: the SDPA or explicit path alone
+    copied, w_copied = attn(x[: n * f, None], k[rows], v[rows], mask[rows], need_weights=True)
+    assert shared.shape == (n * f + pad, 32)
+    torch.testing.assert_close(shared[: n * f], copied[:, 0])
+    torch.testing.assert_close(weights[0], w_copied[:, :, 0])
+    assert weights[0].shape == (n * f, 4, s) and (weights[0][f : 2 * f, :, 4:] == 0).all()
+    torch.testing.assert_close(attn(x[: n * f, None], k[rows], v[rows], mask[rows])[:, 0], shared[: n * f])  # SDPA too
 
 
 def test_extend_reorders_and_appends_in_one_copy():
     from nmt.models.transformer import extend
 
-    past, new = torch.randn(4, 2, 3, 5), torch.randn(6, 2, 1, 5)
+    past, new = torch.randn(4, 2, 3, 5), torch.randn(6, 2, 5)
     parents = torch.tensor([3, 3, 0, 1, 2, 0])  # a beam step: rows continue (and repeat) other rows
-    torch.testing.assert_close(extend(past, new, parents), torch.cat([past[parents], new], dim=2), rtol=0, atol=0)
-    torch.testing.assert_close(extend(past, new[:4], None), torch.cat([past, new[:4]], dim=2), rtol=0, atol=0)
+    torch.testing.assert_close(extend(past, new, parents), torch.cat([past[parents], new[:, :, None]], dim=2), rtol=0, atol=0)
+    torch.testing.assert_close(extend(past, new[:4], None), torch.cat([past, new[:4, :, None]], dim=2), rtol=0, atol=0)
+    assert extend(past, new[:4].bfloat16(), None).dtype == torch.float32  # appended in the cache's dtype
 
 
 def test_a_bf16_model_decodes_on_the_cpu_with_fp32_attention_caches_and_matches_teacher_forcing():

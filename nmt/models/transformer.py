@@ -78,34 +78,48 @@ class Attention(nn.Module):
         self, x: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, causal: bool = False, need_weights: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x (B, T, D) attends to k, v (B, H, S, D/H); mask (B, 1, 1, S) is True where allowed; `causal`: query
-        i sees keys up to S - T + i. With `need_weights`, also returns the weights (B, H, T, S) the output was made of.
-        k, v and mask may have B / f rows, each shared by f consecutive rows of x (the beams of a sentence in
-        search): those rows' queries then attend together, as f * T queries of one row."""
+        i sees key i and those before it. With `need_weights`, also returns the weights (B, H, T, S) the output was made of."""
         q = self._split(self.q(x))
-        dtype = q.dtype  # what the layers compute in; decoding on a CPU may hand fp32 keys/values (cache_dtype)
-        f = x.size(0) // k.size(0)
-        if f > 1:
-            q = fold_rows(q, f)
-        w = None
-        if need_weights or (x.size(1) == 1 and x.device.type == "cpu" and not self.training):
-            # explicit weights: asked for, or one query per row on a CPU (two small matmuls beat SDPA 1.5x there)
-            q = q.to(k.dtype)
+        if need_weights:  # explicit, to have the weights: the same computation as SDPA's
             a = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # scaling the queries is cheaper than the scores
             if mask is not None:
                 a.masked_fill_(~mask, -float("inf"))
             if causal:
                 t, s = a.shape[-2:]
-                a.masked_fill_(torch.ones(t, s, dtype=torch.bool, device=a.device).triu(s - t + 1), -float("inf"))
+                a.masked_fill_(torch.ones(t, s, dtype=torch.bool, device=a.device).triu(1), -float("inf"))
             w = a.softmax(dim=-1, dtype=torch.float32)  # in fp32 also for bf16 weights, as SDPA does: rows sum to 1
             y = F.dropout(w, self.dropout, self.training).to(v.dtype) @ v
         else:
             p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
-        if f > 1:
-            y, w = unfold_rows(y, f), (unfold_rows(w, f) if w is not None else None)
         b, h, t, dh = y.shape
-        out = self.out(y.transpose(1, 2).reshape(b, t, h * dh).to(dtype))
+        out = self.out(y.transpose(1, 2).reshape(b, t, h * dh))
         return (out, w) if need_weights else out
+
+    def step(self, x: Tensor, rows: int, k: Tensor, v: Tensor, bias: Optional[Tensor] = None, weights: Optional[list] = None) -> Tensor:
+        """Decoding: one new position per row. x (R, D), of which the first `rows` are real (the rest pad the row count
+        for the matrix kernels, see Transformer.step); they attend to k, v (B, H, S, D/H), whose row b serves the
+        f = rows / B consecutive rows of x from b * f (the beams of a sentence: their queries attend together, as f
+        queries of one row); `bias` (B, H, 1, S) is added to the scores (-inf: masked). Returns (R, D), pad rows
+        zero before the output projection. `weights`: a list to append the weights (rows, H, S) to.
+        The products run in the keys' dtype (fp32 on a CPU: see cache_dtype), the softmax in fp32."""
+        q = self.q(x)[:rows]
+        dtype = q.dtype  # what the layers compute in
+        b, h, s, dh = k.shape
+        f = rows // b
+        scale = torch.full((1,), dh**-0.5, dtype=k.dtype, device=k.device)  # a 1-dim tensor: the product takes its dtype
+        q = (q.view(b, f, h, dh).transpose(1, 2) * scale).reshape(b * h, f, dh)
+        kt = k.reshape(b * h, s, dh).transpose(1, 2)
+        a = torch.bmm(q, kt) if bias is None else torch.baddbmm(bias.reshape(b * h, 1, s), q, kt)
+        w = a.softmax(dim=-1, dtype=torch.float32)
+        y = torch.bmm(w.to(v.dtype), v.reshape(b * h, s, dh))  # (B * H, f, D/H)
+        if weights is not None:
+            weights.append(w.view(b, h, f, s).transpose(1, 2).reshape(rows, h, s))
+        out = x.new_empty(x.size(0), h * dh, dtype=dtype)
+        out[:rows].view(b, f, h, dh).copy_(y.view(b, h, f, dh).transpose(1, 2))
+        if x.size(0) > rows:
+            out[rows:].zero_()
+        return self.out(out)
 
 
 def cache_dtype(t: Tensor) -> torch.dtype:
@@ -118,28 +132,16 @@ def cache_dtype(t: Tensor) -> torch.dtype:
 
 
 def extend(past: Tensor, new: Tensor, parents: Optional[Tensor]) -> Tensor:
-    """past (B', H, t, X) rows picked by `parents` (all, in order, when None), then new (B, H, n, X) appended
-    along the time axis: one copy of the cache per decoding step (an index_select and a cat would make two)."""
+    """past (B', H, t, X) rows picked by `parents` (all, in order, when None), then new (B, H, X) appended as
+    position t, cast to past's dtype: one copy of the cache per decoding step (an index_select and a cat would make two)."""
     t = past.size(2)
-    out = past.new_empty(new.size(0), new.size(1), t + new.size(2), new.size(3))
+    out = past.new_empty(new.size(0), new.size(1), t + 1, new.size(2))
     if parents is None:
         out[:, :, :t] = past
     else:
         torch.index_select(past, 0, parents, out=out[:, :, :t])
-    out[:, :, t:] = new
+    out[:, :, t] = new
     return out
-
-
-def fold_rows(t: Tensor, f: int) -> Tensor:
-    """(B, H, T, X) -> (B / f, H, f * T, X): every f consecutive rows side by side along the query axis."""
-    b, h, n, x = t.shape
-    return t.view(b // f, f, h, n, x).transpose(1, 2).reshape(b // f, h, f * n, x)
-
-
-def unfold_rows(t: Tensor, f: int) -> Tensor:
-    """The inverse of fold_rows: (B / f, H, f * T, X) -> (B, H, T, X)."""
-    b, h, n, x = t.shape
-    return t.view(b, h, f, n // f, x).transpose(1, 2).reshape(b * f, h, n // f, x)
 
 
 class FeedForward(nn.Sequential):
@@ -182,36 +184,47 @@ class DecoderLayer(nn.Module):
         self.drop = Dropout(dropout)
 
     def forward(
-        self, x: Tensor, cross_kv: tuple[Tensor, Tensor], mem_mask: Tensor, past: Optional[tuple[Tensor, Tensor]] = None,
-        weights: Optional[dict[str, list]] = None, parents: Optional[Tensor] = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x (B, T, D). Without `past`, T positions attend causally; with it, x holds only the new
-        position(s) and attends to past + itself; `parents` (B,): row b continues past row parents[b] (beam
-        search's reordering, done here in the same copy that appends). Returns the output and the self-attention keys/values.
-        `weights`: {"self": [...], "cross": [...]} lists to append this layer's weights (B, H, T, *) to."""
+        self, x: Tensor, cross_kv: tuple[Tensor, Tensor], mem_mask: Tensor, weights: Optional[dict[str, list]] = None
+    ) -> Tensor:
+        """Teacher forcing: x (B, T, D), position t sees positions up to t. `weights`: {"self": [...], "cross": [...]}
+        lists to append this layer's weights (B, H, T, *) to."""
         need = weights is not None
         h = self.norm1(x) if self.pre_norm else x
-        k, v = self.self_attn.project_kv(h)
-        if past is not None:
-            k, v = extend(past[0], k.to(past[0].dtype), parents), extend(past[1], v.to(past[1].dtype), parents)
-        y = self.self_attn(h, k, v, causal=past is None and x.size(1) > 1, need_weights=need)
+        y = self.self_attn(h, *self.self_attn.project_kv(h), causal=x.size(1) > 1, need_weights=need)
         if need:
             y, w = y
             weights["self"].append(w)
-        x = x + self.drop(y)
-        if not self.pre_norm:
-            x = self.norm1(x)
+        x = self._residual(x, y, self.norm1)
         h = self.norm2(x) if self.pre_norm else x
         y = self.cross_attn(h, *cross_kv, mask=mem_mask, need_weights=need)
         if need:
             y, w = y
             weights["cross"].append(w)
+        x = self._residual(x, y, self.norm2)
+        return self._residual(x, self.ffn(self.norm3(x) if self.pre_norm else x), self.norm3)
+
+    def _residual(self, x: Tensor, y: Tensor, norm: nn.LayerNorm) -> Tensor:
         x = x + self.drop(y)
-        if not self.pre_norm:
-            x = self.norm2(x)
-        h = self.norm3(x) if self.pre_norm else x
-        x = x + self.drop(self.ffn(h))
-        return (x if self.pre_norm else self.norm3(x)), (k, v)
+        return x if self.pre_norm else norm(x)
+
+    def step(
+        self, x: Tensor, rows: int, cross_kv: tuple[Tensor, Tensor], mem_bias: Tensor, past: tuple[Tensor, Tensor],
+        parents: Optional[Tensor], weights: Optional[dict[str, list]] = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Decoding: x (R, D) the new position of each row, the first `rows` real (see Attention.step); past (rows', H,
+        t, D/H) this layer's self-attention keys and values so far; `parents` (rows,): row r continues past row
+        parents[r] (beam search's reordering, done in the copy that appends). Returns the output (R, D) and the
+        keys/values (rows, H, t + 1, D/H). `weights`: as in forward, (rows, H, keys) per layer."""
+        h = self.norm1(x) if self.pre_norm else x
+        heads = self.self_attn.heads
+        k, v = self.self_attn.kv(h)[:rows].view(rows, 2, heads, -1).unbind(1)  # (rows, H, D/H) each
+        k, v = extend(past[0], k, parents), extend(past[1], v, parents)
+        y = self.self_attn.step(h, rows, k, v, weights=weights["self"] if weights is not None else None)
+        x = self._residual(x, y, self.norm1)
+        h = self.norm2(x) if self.pre_norm else x
+        y = self.cross_attn.step(h, rows, *cross_kv, mem_bias, weights["cross"] if weights is not None else None)
+        x = self._residual(x, y, self.norm2)
+        return self._residual(x, self.ffn(self.norm3(x) if self.pre_norm else x), self.norm3), (k, v)
 
 
 class Transformer(nn.Module):
@@ -237,6 +250,7 @@ class Transformer(nn.Module):
         if share_embeddings and src_vocab != tgt_vocab:
             raise ValueError("shared embeddings need one vocabulary")
         self.d_model, self.pad_id, self.max_positions = d_model, pad_id, max_positions
+        self.row_multiple = 1  # decoding pads its rows to a multiple of this (see step)
         self.src_embed = nn.Embedding(src_vocab, d_model, padding_idx=pad_id)
         self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(tgt_vocab, d_model, padding_idx=pad_id)
         if learned_positions:
@@ -288,7 +302,7 @@ class Transformer(nn.Module):
         """(B, T) -> the final decoder states (B, T, D) that the output matrix turns into logits."""
         x, mask = self._embed(self.tgt_embed, tgt_in), self._mem_mask(src_pad_mask)
         for layer in self.decoder:
-            x, _ = layer(x, layer.cross_attn.project_kv(memory), mask, weights=weights)
+            x = layer(x, layer.cross_attn.project_kv(memory), mask, weights=weights)
         return self.dec_norm(x)
 
     def features(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
@@ -305,32 +319,44 @@ class Transformer(nn.Module):
         enc_weights: Optional[list] = [] if record else None
         memory = self.encode(src, src_pad_mask, enc_weights)
         cross = [tuple(t.to(cache_dtype(t)) for t in layer.cross_attn.project_kv(memory)) for layer in self.decoder]
-        empty = cross[0][0][:, :, :0]  # (B, H, 0, D/H), in the dtype the projections produce
+        k = cross[0][0]  # (B, H, S, D/H), in the dtype the products will run in
+        mem_bias = torch.zeros(k.shape[:2] + (1, k.size(2)), dtype=k.dtype, device=k.device)
+        mem_bias.masked_fill_(src_pad_mask[:, None, None, :], -float("inf"))  # (B, H, 1, S): added to the scores
+        empty = k[:, :, :0]
         state = {
-            "mem_mask": self._mem_mask(src_pad_mask),
+            "mem_bias": mem_bias,
             "cross": cross,
             "self": [(empty, empty) for _ in self.decoder],
             "pos": 0,
-            "static": ("mem_mask", "cross"),  # one row per sentence, shared by its beams (see search.py)
+            "static": ("mem_bias", "cross"),  # one row per sentence, shared by its beams (see search.py)
             "deferred": ("self",),  # beam search reorders these lazily: `step` gathers them by "parents"
             "parents": None,
         }
         if record:
             state.update(attn_static={"encoder": torch.stack(enc_weights, dim=1)}, attn_steps={"cross": [], "self": []},
-                         static=("mem_mask", "cross", "attn_static"))
+                         static=("mem_bias", "cross", "attn_static"))
         return state
 
     def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
-        """One decoding step: prev (B,) last tokens -> logits (B, V) for the next token, new state."""
+        """One decoding step: prev (B,) last tokens -> logits (B, V) for the next token, new state.
+
+        With `row_multiple` m > 1 (bf16 decoding on a CPU, set by nmt.translate), the rows are padded once, here,
+        up to a multiple of m, and stay padded through every layer: torch hands bf16 products on a CPU to oneDNN,
+        which builds a kernel for every new shape, and beam search changes the row count whenever a sentence ends.
+        Attention reads only the real rows; the pad rows cost at most m - 1 rows of work per product."""
         pos = state["pos"]
-        x = self._embed(self.tgt_embed, prev[:, None], offset=min(pos, self.max_positions - 1))
+        x = self._embed(self.tgt_embed, prev[:, None], offset=min(pos, self.max_positions - 1))[:, 0]
+        rows = x.size(0)
+        pad = -rows % self.row_multiple
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad))
         weights: Optional[dict[str, list]] = {"self": [], "cross": []} if "attn_steps" in state else None
         new_self = []
         for layer, cross, past in zip(self.decoder, state["cross"], state["self"]):
-            x, kv = layer(x, cross, state["mem_mask"], past, weights, state["parents"])
+            x, kv = layer.step(x, rows, cross, state["mem_bias"], past, state["parents"], weights)
             new_self.append(kv)
-        logits = self.output(self.dec_norm(x[:, 0]))
+        logits = self.output(self.dec_norm(x))[:rows]
         new = {**state, "self": new_self, "pos": pos + 1, "parents": None}
         if weights is not None:  # this step's weights, (B, layers, H, keys), after the earlier steps'
-            new["attn_steps"] = {k: [*steps, torch.stack(weights[k], dim=1)[:, :, :, 0]] for k, steps in state["attn_steps"].items()}
+            new["attn_steps"] = {k: [*steps, torch.stack(weights[k], dim=1)] for k, steps in state["attn_steps"].items()}
         return logits, new
