@@ -40,4 +40,4 @@ def parameters(checkpoint: Path) -> int:
     from nmt.models import count_parameters
     from nmt.translate import load_translator
 
-    return count_parameters(load_translator(str(checkpoint), "cpu").model)
+    return count_parameters(load_translator(str(checkpoint), "cpu", "fp32").model)  # as trained: bf16 decoding packs a copy of tied weights
