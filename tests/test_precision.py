@@ -48,6 +48,10 @@ def test_packed_linear_layers_give_the_plain_layers_outputs_bit_for_bit():
         linear = nn.Linear(32, 48).to(torch.bfloat16)
         x = torch.randn(*shape, dtype=torch.bfloat16)
         if packed:
-            assert torch.equal(PackedLinear(linear, 64)(x), linear(x))
+            assert torch.equal(PackedLinear(linear.weight, linear.bias, 64)(x), linear(x))
     fp32 = nn.Sequential(nn.Linear(8, 8))
     assert type(pack_linear_layers(fp32)[0]) is nn.Linear  # only bf16 layers are packed
+    bf16 = nn.Sequential(nn.Linear(8, 8).to(torch.bfloat16))
+    state = torch.get_rng_state()
+    pack_linear_layers(bf16)
+    assert torch.equal(torch.get_rng_state(), state)  # loading a translator leaves the random generator alone
