@@ -58,6 +58,9 @@ ALPHA = typer.Option(None, min=0.0, help="GNMT length penalty exponent; 0 ranks 
 MAX_LEN_A = typer.Option(None, min=0.0, help="Output length limit: A x source length + B subwords (default: decode.max_len_a).")
 MAX_LEN_B = typer.Option(None, min=1, help="See --max-len-a (default: decode.max_len_b).")
 NO_REPEAT = typer.Option(None, min=0, help="Block any repeated n-gram of this size; 0 is off (default: decode.no_repeat_ngram).")
+EARLY_EXIT = typer.Option(None, "--early-exit/--no-early-exit", help="Beam search: end a sentence once its best continuation ends it "
+                          "(OpenNMT-py's rule: faster, a little less search), or once it has --beam finished hypotheses (fairseq's and "
+                          "CTranslate2's; default: decode.early_exit).")
 DEVICE = typer.Option(None, help="cpu or cuda (default: cuda when available).")
 PRECISION = typer.Option("auto", help="Weights for decoding: auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), fp32, "
                          "bf16, or int8 (CPU only: every Linear layer quantized). bf16 and int8 are about 2x faster on a CPU, BLEU "
@@ -76,6 +79,7 @@ def translate(
     max_len_a: Optional[float] = MAX_LEN_A,
     max_len_b: Optional[int] = MAX_LEN_B,
     no_repeat_ngram: Optional[int] = NO_REPEAT,
+    early_exit: Optional[bool] = EARLY_EXIT,
     nbest: Optional[int] = typer.Option(None, min=1, help="Hypotheses per sentence; >1 prints 'index ||| text ||| score'."),
     attention_dir: Optional[str] = typer.Option(None, help="Also write each sentence's attention weights (JSON, NPZ) and heatmaps (PNG) here; for a few sentences."),
     attention_layer: Optional[int] = typer.Option(None, min=1, help="With --attention-dir: the layer whose heads get a grid (default: the last)."),
@@ -87,7 +91,7 @@ def translate(
     from nmt.translate import translate as run
 
     run(checkpoint, input, output, device, attention_dir, attention_layer, precision, workers, beam=beam, alpha=alpha, max_len_a=max_len_a,
-        max_len_b=max_len_b, no_repeat_ngram=no_repeat_ngram, nbest=nbest)
+        max_len_b=max_len_b, no_repeat_ngram=no_repeat_ngram, early_exit=early_exit, nbest=nbest)
 
 
 @app.command()
@@ -101,6 +105,7 @@ def evaluate(
     max_len_a: Optional[float] = MAX_LEN_A,
     max_len_b: Optional[int] = MAX_LEN_B,
     no_repeat_ngram: Optional[int] = NO_REPEAT,
+    early_exit: Optional[bool] = EARLY_EXIT,
     lang: Optional[str] = typer.Option(None, help="With --hyp/--ref: the target language; adds paper-style BLEU (Moses-tokenized)."),
     prepared_dir: Optional[str] = typer.Option(None, help="Prepared dir (default: the checkpoint's)."),
     device: Optional[str] = DEVICE,
@@ -115,7 +120,7 @@ def evaluate(
         raise NmtError("give either --checkpoint (and --split) or --hyp and --ref, not both")
     if checkpoint:
         result = evaluate_checkpoint(checkpoint, split, prepared_dir, device, precision, workers, beam=beam, alpha=alpha, max_len_a=max_len_a,
-                                     max_len_b=max_len_b, no_repeat_ngram=no_repeat_ngram)
+                                     max_len_b=max_len_b, no_repeat_ngram=no_repeat_ngram, early_exit=early_exit)
     elif hyp and ref:
         result = evaluate_files(hyp, ref, lang)
     else:
@@ -133,12 +138,22 @@ def _numbers(text: str, kind: type, what: str, least: int) -> list:
     return values
 
 
+def _switches(text: str, what: str) -> list[bool]:
+    words = {"no": False, "yes": True, "false": False, "true": True, "off": False, "on": True}
+    values = [words.get(v.strip().lower()) for v in text.split(",") if v.strip()]
+    if not values or None in values:
+        raise NmtError(f"{what} {text!r}: expected no, yes or no,yes")
+    return values
+
+
 @app.command()
 def sweep(
     checkpoint: str = typer.Option(..., help="A checkpoint file, or a run directory (uses best.pt)."),
     beam: str = typer.Option("1,4,5,8", help="Beam sizes to try, comma-separated."),
     alpha: str = typer.Option("0.0,0.6,1.0", help="Length penalties to try, comma-separated."),
     no_repeat_ngram: str = typer.Option("0", help="n-gram blocking sizes to try (0 is off), comma-separated."),
+    early_exit: str = typer.Option("no", "--early-exit", help="Beam search stopping rules to try: no (fairseq's), yes (OpenNMT-py's "
+                                   "early exit), or no,yes (see translate --early-exit)."),
     prepared_dir: Optional[str] = typer.Option(None, help="Prepared dir (default: the checkpoint's)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Also write every score as JSON here."),
     device: Optional[str] = DEVICE,
@@ -150,10 +165,10 @@ def sweep(
 
     result = run(checkpoint, _numbers(beam, int, "--beam", 1), _numbers(alpha, float, "--alpha", 0),
                  _numbers(no_repeat_ngram, int, "--no-repeat-ngram", 0), prepared_dir, device, output, precision=precision,
-                 workers=workers)
+                 workers=workers, early_exits=_switches(early_exit, "--early-exit"))
     b = result["best"]
-    print(f"best on valid: --beam {b['beam']} --alpha {b['alpha']} --no-repeat-ngram {b['no_repeat_ngram']}  "
-          f"BLEU {b['bleu']:.2f}  [{result['signature']}]")
+    print(f"best on valid: --beam {b['beam']} --alpha {b['alpha']} --no-repeat-ngram {b['no_repeat_ngram']} "
+          f"--{'' if b['early_exit'] else 'no-'}early-exit  BLEU {b['bleu']:.2f}  [{result['signature']}]")
 
 
 @app.command()

@@ -104,6 +104,7 @@ class DecodeConfig:
     max_tokens: int = _opt(8000, min=8)
     nbest: int = _opt(1, min=1)
     no_repeat_ngram: int = _opt(0, min=0)
+    early_exit: bool = False
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def evaluate_checkpoint(
     workers: Optional[int] = None, **options: Any,
 ) -> dict:
     """Translate `split` of the checkpoint's prepared dir, score it, save hypotheses and JSON beside the checkpoint.
-    `options`: decode settings (beam, alpha, max_len_a, max_len_b, no_repeat_ngram); None keeps the checkpoint's."""
+    `options`: decode settings (beam, alpha, max_len_a, max_len_b, no_repeat_ngram, early_exit); None keeps the checkpoint's."""
     tr = load_translator(checkpoint, device, precision, workers)
     pdir, src, refs = load_split(tr, split, prepared_dir)
     d = decode_settings(tr, **options, nbest=1)
@@ -73,12 +73,14 @@ def evaluate_checkpoint(
 
 def settings_tag(d: DecodeConfig, own: DecodeConfig, precision: str = "fp32", default_precision: str = "fp32") -> str:
     """The part of an output file name that tells decode settings apart, so that scoring one checkpoint with
-    another beam, length penalty, n-gram block, length limit or number format never overwrites an earlier result.
+    another beam, length penalty, n-gram block, stopping rule, length limit or number format never overwrites an earlier result.
     `own`: the checkpoint's decode config; a length limit other than its own is named too, and so is a
     `precision` other than the device's default one (`auto`)."""
     tag = f"beam{d.beam}.alpha{d.alpha:g}"
     if d.no_repeat_ngram:
         tag += f".norepeat{d.no_repeat_ngram}"
+    if d.early_exit and d.beam > 1:
+        tag += ".early"
     if (d.max_len_a, d.max_len_b) != (own.max_len_a, own.max_len_b):
         tag += f".len{d.max_len_a:g}x+{d.max_len_b}"
     return tag + (f".{precision}" if precision != default_precision else "")

@@ -53,11 +53,22 @@ def decode_precision(device: torch.device, asked: str) -> str:
     return asked
 
 
-ROW_MULTIPLE = 64  # bf16 decoding on a CPU pads its rows to a multiple of this (Transformer.step)
+ROW_MULTIPLE = 64  # bf16 decoding on a CPU pads its rows by this (see padded_rows; Transformer.step)
+
+
+def padded_rows(n: int, multiple: int) -> int:
+    """`n` rows rounded up for oneDNN's kernels (one built per row count, see decode_row_multiple): to a multiple of
+    multiple/4 up to 2 x multiple rows, of multiple/2 up to 4 x multiple, then of multiple. Decoding test_2016_flickr
+    at beam 5 then computes 10% more rows than it needs (greedy: 12%), with 20 row counts; rounding every count
+    up to 64 wasted 17% (greedy: 34%) with 12. `multiple` 1: no padding."""
+    if multiple <= 1:
+        return n
+    step = max(multiple // 4 if n <= 2 * multiple else multiple // 2 if n <= 4 * multiple else multiple, 1)
+    return -(-n // step) * step
 
 
 def decode_row_multiple(device: torch.device, precision: str) -> int:
-    """The row multiple decoding pads to: 64 for bf16 on a CPU, where torch hands the products to oneDNN, which
+    """The row multiple decoding pads by (padded_rows): 64 for bf16 on a CPU, where torch hands the products to oneDNN, which
     builds a kernel for every new shape (about 2 ms for a 256 x 1024 layer; decoding test_2016_flickr at beam 5
     built 471 layer kernels with the row count beam search left, 72 with rows in steps of 64: oneDNN's verbose log);
     1 (no padding) elsewhere: fp32 products go to MKL and int8 ones to fbgemm, which build nothing per shape."""
@@ -69,17 +80,28 @@ class PackedLinear(nn.Module):
 
     torch's bf16 products on a CPU go to oneDNN, which otherwise repacks the weight at every call: for the 5 to
     1000 rows of a decoding step that is 10-30% of a layer's time (measured 1.1-1.5x per call; the outputs are
-    bit-identical). Uses the operators torch's own compiler emits for CPU inference (torch.ops.mkldnn)."""
+    bit-identical). Uses the operators torch's own compiler emits for CPU inference (torch.ops.mkldnn).
+
+    oneDNN also builds a kernel for every new number of rows (1-40 ms each for this project's layers), so the rows
+    are padded (padded_rows with `rows`): a decoding step pads them once for all its layers (Transformer.step); the
+    encoder's batches (sentences x positions rows, a new count nearly every batch) are padded here."""
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], rows: int):
-        """weight (out, in) and bias (out,) of an nn.Linear, bf16; `rows`: the row count the packing is tuned for."""
+        """weight (out, in) and bias (out,) of an nn.Linear, bf16; `rows`: the row count the packing is tuned for,
+        and what the rows are padded by (padded_rows)."""
         super().__init__()
-        self.out_features = weight.size(0)
+        self.out_features, self.rows = weight.size(0), rows
         self.weight = nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        n = x.numel() // x.size(-1)
+        pad = padded_rows(n, self.rows) - n
+        if not pad:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        padded = F.pad(x.reshape(n, x.size(-1)), (0, 0, 0, pad))
+        y = torch.ops.mkldnn._linear_pointwise(padded, self.weight, self.bias, "none", [], "")
+        return y[:n].view(*x.shape[:-1], self.out_features)
 
 
 def can_pack(rows: int = ROW_MULTIPLE) -> bool:

@@ -119,8 +119,12 @@ def next_log_probs(
     logits: Tensor, bos: int, eos: int, force_eos: Tensor, prefix: Optional[Tensor] = None, no_repeat_ngram: int = 0
 ) -> Tensor:
     """(R, V) fp32 log-probabilities of the next token: the model's (normalised over the whole vocabulary, in fp32
-    also for bf16 weights; one fused kernel), then `restrict` and `block_repeats` rule tokens out (-inf)."""
-    lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # a new tensor: the model's logits stay as they are
+    also for bf16 weights), then `restrict` and `block_repeats` rule tokens out (-inf)."""
+    if logits.dtype == torch.float32 or logits.device.type != "cpu":
+        lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # a new tensor: the model's logits stay as they are
+    else:  # the fp32 copy is ours: normalised in place, one pass less (torch's CPU kernel reads a row whole before writing it)
+        lp = logits.float()
+        torch.log_softmax(lp, dim=-1, out=lp)
     if prefix is not None:
         lp = block_repeats(lp, prefix, no_repeat_ngram)
     return restrict(lp, bos, eos, force_eos)
@@ -198,10 +202,12 @@ def top_continuations(scores: Tensor, log_probs: Tensor, m: int) -> tuple[Tensor
 @torch.inference_mode()
 def beam_search(
     model, src: Tensor, src_pad_mask: Tensor, max_len: Tensor, bos: int, eos: int, beam: int, alpha: float, nbest: int = 1,
-    no_repeat_ngram: int = 0, record: bool = False,
+    no_repeat_ngram: int = 0, record: bool = False, early_exit: bool = False,
 ) -> list[list[Hypothesis]]:
-    """Beam search batched over sentences x beams; a sentence leaves the batch once it has `beam`
-    finished hypotheses. Returns the `nbest` best per sentence by length-normalised score.
+    """Beam search batched over sentences x beams; a sentence leaves the batch once it has `beam` finished
+    hypotheses (fairseq's rule, and CTranslate2's), or with `early_exit` once the best continuation of a step over all
+    its beams ends the sentence and it has `nbest` finished (OpenNMT-py's rule: on trained models fewer steps, less search).
+    Returns the `nbest` best per sentence by length-normalised score.
     `no_repeat_ngram` n > 0: no hypothesis contains the same n-gram twice. `record`: hypotheses carry their attention."""
     dev = src.device
     n = src.size(0)
@@ -236,7 +242,8 @@ def beam_search(
         # the k best non-EOS candidates continue (at most k EOS among 2k, so k remain)
         new_scores, pos = cand.masked_fill(is_eos, -float("inf")).topk(k, dim=1)
         new_tok, new_parent = tok.gather(1, pos), parent.gather(1, pos)
-        done = torch.tensor([len(finished[int(s)]) >= k for s in sent.tolist()], device=dev) | force
+        count = torch.tensor([len(finished[int(s)]) for s in sent.tolist()], device=dev)
+        done = (is_eos[:, 0] & (count >= nbest) if early_exit else count >= k) | force
         if bool(done.all()):
             break
         keep = (~done).nonzero().squeeze(1)
@@ -251,12 +258,12 @@ def beam_search(
 def decode_corpus(
     model, src_ids: list[list[int]], device: torch.device, max_tokens: int, beam: int, alpha: float,
     max_len_a: float, max_len_b: int, max_positions: int, bos: int, eos: int, nbest: int = 1, no_repeat_ngram: int = 0,
-    record: bool = False, workers: int = 1,
+    record: bool = False, workers: int = 1, early_exit: bool = False,
 ) -> list[list[Hypothesis]]:
     """Translate id sequences in length-sorted batches of about `max_tokens` source tokens (x beam);
     return the `nbest` hypotheses of each, in input order. Empty inputs get an empty output.
     Greedy search is beam search with one beam; the separate greedy loop is the faster path for it.
-    `workers` > 1: that many threads decode batches side by side (see in_threads)."""
+    `workers` > 1: that many threads decode batches side by side (see in_threads). `early_exit`: see beam_search."""
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in src_ids]
     todo = np.array([i for i, s in enumerate(src_ids) if s], dtype=np.int64)
     if len(todo) == 0:
@@ -270,7 +277,7 @@ def decode_corpus(
         if beam == 1 and nbest == 1 and not no_repeat_ngram:
             hyps = [[h] for h in greedy_search(model, batch.src, batch.src_pad_mask, max_len, bos, eos, record)]
         else:
-            hyps = beam_search(model, batch.src, batch.src_pad_mask, max_len, bos, eos, beam, alpha, nbest, no_repeat_ngram, record)
+            hyps = beam_search(model, batch.src, batch.src_pad_mask, max_len, bos, eos, beam, alpha, nbest, no_repeat_ngram, record, early_exit)
         for i, h in zip(index.tolist(), hyps):
             results[i] = h
 

@@ -1,4 +1,5 @@
-"""Choose decoding settings on the valid split: score a grid of beam sizes, length penalties and n-gram blocking.
+"""Choose decoding settings on the valid split: score a grid of beam sizes, length penalties, n-gram blocking and
+beam search stopping rules.
 
 Only the valid split: choosing settings on test and then reporting test would overstate the result.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
@@ -19,13 +21,16 @@ from nmt.evaluate import load_split
 from nmt.translate import decode_settings, load_translator, translate_with
 
 
-def grid(beams: Sequence[int], alphas: Sequence[float], ngrams: Sequence[int]) -> list[tuple[int, float, int]]:
-    """Every (beam, alpha, no_repeat_ngram); the length penalty only ranks beam hypotheses, so beam 1 gets one alpha."""
+def grid(
+    beams: Sequence[int], alphas: Sequence[float], ngrams: Sequence[int], early_exits: Sequence[bool] = (False,)
+) -> list[tuple[int, float, int, bool]]:
+    """Every (beam, alpha, no_repeat_ngram, early_exit); the length penalty and the stopping rule only matter to beam
+    search, so beam 1 gets the first alpha and the first rule only."""
     out = []
-    for beam, alpha, n in itertools.product(beams, alphas, ngrams):
-        if beam == 1 and alpha != alphas[0]:
+    for beam, alpha, n, early in itertools.product(beams, alphas, ngrams, early_exits):
+        if beam == 1 and (alpha != alphas[0] or early != early_exits[0]):
             continue
-        out.append((beam, alpha, n))
+        out.append((beam, alpha, n, early))
     return out
 
 
@@ -33,20 +38,25 @@ def sweep(
     checkpoint: str, beams: Sequence[int], alphas: Sequence[float], ngrams: Sequence[int],
     prepared_dir: Optional[str] = None, device: Optional[str] = None, output: Optional[str] = None,
     log: Callable[[str], None] = print, precision: str = "auto", workers: Optional[int] = None,
+    early_exits: Sequence[bool] = (False,),
 ) -> dict:
     """Decode the valid split once per setting; return every score and the best setting (ties: the earlier one)."""
-    if not beams or not alphas or not ngrams:
-        raise NmtError("give at least one value each for --beam, --alpha and --no-repeat-ngram")
+    if not beams or not alphas or not ngrams or not early_exits:
+        raise NmtError("give at least one value each for --beam, --alpha, --no-repeat-ngram and --early-exit")
     tr = load_translator(checkpoint, device, precision, workers)
     _, src, refs = load_split(tr, "valid", prepared_dir)
     rows, metric = [], BLEU()
-    for beam, alpha, n in grid(beams, alphas, ngrams):
-        d = decode_settings(tr, beam=beam, alpha=alpha, no_repeat_ngram=n, nbest=1)
+    for beam, alpha, n, early in grid(beams, alphas, ngrams, early_exits):
+        d = decode_settings(tr, beam=beam, alpha=alpha, no_repeat_ngram=n, early_exit=early, nbest=1)
+        start = time.perf_counter()
         hyps = tr.tok.decode_tgt([h[0].tokens for h in translate_with(tr, src, d)])
+        seconds = time.perf_counter() - start
         bleu = metric.corpus_score(hyps, [refs])
-        rows.append({"beam": beam, "alpha": alpha, "no_repeat_ngram": n, "bleu": round(bleu.score, 2),
-                     "length_ratio": round(bleu.sys_len / max(bleu.ref_len, 1), 3)})
-        log(f"beam {beam:>2}  alpha {alpha:<4}  no_repeat_ngram {n}  BLEU {bleu.score:6.2f}  length ratio {rows[-1]['length_ratio']:.3f}")
+        rows.append({"beam": beam, "alpha": alpha, "no_repeat_ngram": n, "early_exit": early, "bleu": round(bleu.score, 2),
+                     "length_ratio": round(bleu.sys_len / max(bleu.ref_len, 1), 3), "seconds": round(seconds, 2)})
+        rule = "  early exit" if early and beam > 1 else ""
+        log(f"beam {beam:>2}  alpha {alpha:<4}  no_repeat_ngram {n}{rule}  BLEU {bleu.score:6.2f}  "
+            f"length ratio {rows[-1]['length_ratio']:.3f}  {seconds:.1f} s")
     best = max(rows, key=lambda r: r["bleu"])  # max keeps the first of equal scores
     result = {"checkpoint": tr.path, "split": "valid", "precision": tr.precision, "signature": str(metric.get_signature()), "rows": rows, "best": best}
     if output:

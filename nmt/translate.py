@@ -90,7 +90,7 @@ def encode_lines(tr: Translator, lines: list[str]) -> list[list[int]]:
 def translate_lines(
     tr: Translator, lines: list[str] | list[list[int]], beam: int, alpha: float, nbest: int = 1,
     max_len_a: Optional[float] = None, max_len_b: Optional[int] = None, max_tokens: Optional[int] = None,
-    no_repeat_ngram: Optional[int] = None, record: bool = False,
+    no_repeat_ngram: Optional[int] = None, record: bool = False, early_exit: Optional[bool] = None,
 ) -> list[list[Hypothesis]]:
     """Translate cleaned source lines (or their ids from `encode_lines`); returns the n-best hypotheses (token
     ids) per line, input order. Settings left None come from the checkpoint's decode config. `record`: each
@@ -102,6 +102,7 @@ def translate_lines(
         d.max_len_a if max_len_a is None else max_len_a, d.max_len_b if max_len_b is None else max_len_b,
         tr.cfg.model.max_positions, BOS, EOS, nbest=nbest,
         no_repeat_ngram=d.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram, record=record, workers=tr.workers,
+        early_exit=d.early_exit if early_exit is None else early_exit,
     )
 
 
@@ -122,7 +123,8 @@ def decode_settings(tr: Translator, **given: Any) -> DecodeConfig:
 
 
 def translate_with(tr: Translator, lines: list[str] | list[list[int]], d: DecodeConfig, record: bool = False) -> list[list[Hypothesis]]:
-    return translate_lines(tr, lines, d.beam, d.alpha, d.nbest, d.max_len_a, d.max_len_b, d.max_tokens, d.no_repeat_ngram, record)
+    return translate_lines(tr, lines, d.beam, d.alpha, d.nbest, d.max_len_a, d.max_len_b, d.max_tokens, d.no_repeat_ngram, record,
+                           d.early_exit)
 
 
 def translate(

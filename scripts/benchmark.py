@@ -9,11 +9,14 @@
   Reports source/target tokens per second (padding excluded), the share of padding, time per step,
   peak memory, and model FLOPs utilisation: useful FLOPs (no padding; 6 x weights touched per token plus
   attention) per second over the peak of a large matmul measured in the same run.
-- Decoding (with `--checkpoint`): test split of the checkpoint's prepared dir, greedy and beam 5, batched
-  by length; sentences/s, generated target tokens/s, cased sacreBLEU. `--ct2` converts the same weights
+- Decoding (with `--checkpoint`): test split of the checkpoint's prepared dir, greedy and beam 5 (under both
+  stopping rules: nmt's default and CTranslate2's, a sentence ends with 5 finished hypotheses, and early exit,
+  OpenNMT-py's, it ends once its best continuation ends it),
+  batched by length; sentences/s, generated target tokens/s, cased sacreBLEU. `--ct2` converts the same weights
   to CTranslate2 (`scripts/ct2_convert.py`, needs `pip install ctranslate2`) and decodes under the same
-  length rule (on a CPU in two thread layouts: one batch at a time, and batches side by side as nmt's
-  workers decode them), printing nmt's speed as a multiple of the faster layout's.
+  length rule and nmt's default stopping rule, its only one (on a CPU in two thread layouts: one batch at a time,
+  and batches side by side as nmt's workers decode them), printing nmt's speed as a multiple of the faster
+  layout's. `--onmt`: OpenNMT-py's translator too (its beam search always exits early).
 Prints one table and, with --json, writes every figure. Timings are wall clock; CUDA is synchronised.
 """
 
@@ -134,20 +137,27 @@ def bench_decode(
     src, refs = read_lines(pdir / "test.src.txt")[:limit], read_lines(pdir / "test.tgt.txt")[:limit]
     translate_lines(tr, src[:64], 1, 0.6)  # warm-up: allocator, kernels
     results = {}
-    for beam in beams:
+    for beam, early in runs(beams):
         sync(tr.device)
         start = time.perf_counter()
-        hyps = translate_lines(tr, src, beam, tr.cfg.decode.alpha)
+        hyps = translate_lines(tr, src, beam, tr.cfg.decode.alpha, early_exit=early)
         sync(tr.device)
         seconds = time.perf_counter() - start
         out = tr.tok.decode_tgt([h[0].tokens for h in hyps])
         n_tok = sum(len(h[0].tokens) for h in hyps)  # EOS excluded, as in CTranslate2's count
-        results[f"nmt_beam{beam}"] = {
-            "engine": "nmt", "precision": tr.precision, "workers": tr.workers, "beam": beam, "seconds": seconds,
+        results[f"nmt_beam{beam}" + ("_early" if early else "")] = {
+            "engine": "nmt", "precision": tr.precision, "workers": tr.workers, "beam": beam, "early_exit": early, "seconds": seconds,
             "sentences_per_s": len(src) / seconds,
             "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
         }
     return results, tr, src, refs
+
+
+def runs(beams: list[int]) -> list[tuple[int, bool]]:
+    """(beam, early exit) pairs to decode with: beam search under both stopping rules (nmt's default, fairseq's and
+    CTranslate2's: a sentence ends with `beam` finished hypotheses; and early exit, OpenNMT-py's: it ends once its best
+    continuation ends it), greedy once."""
+    return [(beam, early) for beam in beams for early in ((False, True) if beam > 1 else (False,))]
 
 
 def ct2_compute_type(tr) -> str:
@@ -161,7 +171,8 @@ def ct2_compute_type(tr) -> str:
 def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: int) -> dict:
     """CTranslate2 on the same weights, batches and length rule. On a CPU it runs twice: with all threads on one
     batch at a time, and with batches side by side as nmt decodes them (inter_threads = nmt's workers, each with
-    its share of the threads); the faster is what nmt is compared with."""
+    its share of the threads); the faster is what nmt is compared with. Its beam search (4.x) has one stopping rule,
+    nmt's default: a sentence ends with beam_size x patience (1) finished hypotheses."""
     import ctranslate2
     from ct2_convert import convert
 
@@ -196,9 +207,9 @@ def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: in
                 out = [" ".join(tr.tok.tgt.decode_pieces([t for t in toks if t not in ("</s>", "<s>")]).split()) for toks in texts]
                 n_tok = sum(len([t for t in toks if t not in ("</s>", "<s>")]) for toks in texts)
                 name = f"ct2_beam{beam}" + (f"_inter{inter}" if inter > 1 else "")
-                results[name] = {
+                results[name] = {  # its beam search ends a sentence with beam_size x patience (1) finished hypotheses
                     "engine": f"ctranslate2 {ctranslate2.__version__}", "precision": compute_type, "inter_threads": inter,
-                    "intra_threads": intra, "beam": beam, "seconds": seconds, "sentences_per_s": len(src) / seconds,
+                    "intra_threads": intra, "beam": beam, "early_exit": False, "seconds": seconds, "sentences_per_s": len(src) / seconds,
                     "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
                 }
             del model
@@ -367,8 +378,8 @@ def bench_onmt_decode(tr, src: list[str], refs: list[str], beams: list[int], thr
             outs = Path(d, f"out.{beam}").read_text(encoding="utf-8").split("\n")[: len(src)]
             toks = [[t for t in line.split() if t not in ("</s>", "<s>")] for line in outs]
             hyps = [" ".join(tr.tok.tgt.decode_pieces(t).split()) for t in toks]
-            results[f"onmt_beam{beam}"] = {
-                "engine": "OpenNMT-py translator", "beam": beam, "seconds": seconds, "sentences_per_s": len(src) / seconds,
+            results[f"onmt_beam{beam}"] = {  # its beam search always exits early
+                "engine": "OpenNMT-py translator", "beam": beam, "early_exit": beam > 1, "seconds": seconds, "sentences_per_s": len(src) / seconds,
                 "tgt_tokens_per_s": sum(map(len, toks)) / seconds, "bleu": bleu_score(hyps, refs),
             }
     return results
@@ -413,18 +424,25 @@ def main() -> None:
         if args.ct2:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             decode.update(bench_ct2(tr, src, refs, beams, threads))
-            for beam in beams:
-                fastest = min(r["seconds"] for name, r in decode.items() if name.startswith(f"ct2_beam{beam}"))
-                decode[f"nmt_beam{beam}"]["speed_vs_ct2"] = fastest / decode[f"nmt_beam{beam}"]["seconds"]
         if args.onmt and tr.device.type == "cpu":
             fp32 = load_translator(args.checkpoint, None, "fp32")  # the transplant reads float32 weights
             decode.update(bench_onmt_decode(fp32, src, refs, beams, threads))
-            for beam in beams:
-                decode[f"nmt_beam{beam}"]["speed_vs_onmt"] = decode[f"onmt_beam{beam}"]["seconds"] / decode[f"nmt_beam{beam}"]["seconds"]
+        add_ratios(decode)
         report["decode"] = decode
     print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def add_ratios(decode: dict) -> None:
+    """nmt's speed as a multiple of each peer's, at the same beam: CTranslate2's faster thread layout under the same
+    stopping rule (speed_vs_ct2), and OpenNMT-py, whose beam search always exits early (speed_vs_onmt)."""
+    for r in (r for name, r in decode.items() if name.startswith("nmt_")):
+        ct2 = [c["seconds"] for name, c in decode.items() if name.startswith("ct2_") and (c["beam"], c["early_exit"]) == (r["beam"], r["early_exit"])]
+        if ct2:
+            r["speed_vs_ct2"] = min(ct2) / r["seconds"]
+        if f"onmt_beam{r['beam']}" in decode:
+            r["speed_vs_onmt"] = decode[f"onmt_beam{r['beam']}"]["seconds"] / r["seconds"]
 
 
 def print_table(report: dict) -> None:
@@ -447,11 +465,12 @@ def print_table(report: dict) -> None:
         print(f"  OpenNMT-py, same data/model/batch/threads: target tokens/s {o['tgt_tokens_per_s']:,.0f}, "
               f"source {o['src_tokens_per_s']:,.0f}: nmt is {o['nmt_speedup']:.2f}x faster")
     for name, r in report.get("decode", {}).items():
-        ratio = f"   {r['speed_vs_ct2']:.2f}x CTranslate2's speed (its faster layout)" if "speed_vs_ct2" in r else ""
-        ratio += f", {r['speed_vs_onmt']:.2f}x OpenNMT-py's" if "speed_vs_onmt" in r else ""
+        ratio = f"   {r['speed_vs_ct2']:.2f}x CTranslate2's speed (its faster layout, same rule)" if "speed_vs_ct2" in r else ""
+        ratio += f", {r['speed_vs_onmt']:.2f}x OpenNMT-py's (early exit)" if "speed_vs_onmt" in r else ""
         name += f" {r['precision']}" if r.get("precision") else ""
         name += f" x{r['workers']}" if r.get("workers", 1) > 1 else ""
-        print(f"decode {name:>15}: {r['seconds']:6.2f} s  {r['sentences_per_s']:7.1f} sent/s  {r['tgt_tokens_per_s']:8,.0f} tok/s  BLEU {r['bleu']:.2f}{ratio}")
+        name = name.replace("_early", "") + (" early" if r.get("early_exit") and r["beam"] > 1 else "")
+        print(f"decode {name:>21}: {r['seconds']:6.2f} s  {r['sentences_per_s']:7.1f} sent/s  {r['tgt_tokens_per_s']:8,.0f} tok/s  BLEU {r['bleu']:.2f}{ratio}")
 
 
 if __name__ == "__main__":

@@ -34,9 +34,28 @@ def test_benchmark_reports_training_and_decoding(repo_root, multi30k_dir, tmp_pa
     assert 0 < t["mfu"] < 1  # a tiny model on one thread cannot beat a large matmul
     assert abs(t["mfu"] - t["model_tflops_per_s"] / t["peak_matmul_tflops"]) < 1e-9
 
-    for beam in (1, 5):
-        d = report["decode"][f"nmt_beam{beam}"]
-        assert d["beam"] == beam and d["seconds"] > 0
+    assert sorted(report["decode"]) == ["nmt_beam1", "nmt_beam5", "nmt_beam5_early"]  # beam search under both stopping rules
+    for name, d in report["decode"].items():
+        beam = 1 if name == "nmt_beam1" else 5
+        assert d["beam"] == beam and d["early_exit"] == name.endswith("_early") and d["seconds"] > 0
         assert abs(d["sentences_per_s"] * d["seconds"] - 40) < 1e-6  # --limit 40 sentences, all decoded
         assert 0 <= d["bleu"] <= 100
     assert "target tokens/s" in done.stdout and "MFU" in done.stdout  # the printed table
+
+
+def test_ratios_compare_nmt_with_the_peers_under_the_same_stopping_rule(repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark", repo_root / "scripts" / "benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = lambda beam, early, seconds: {"beam": beam, "early_exit": early, "seconds": seconds}  # noqa: E731
+    decode = {"nmt_beam5": run(5, False, 4.0), "nmt_beam5_early": run(5, True, 3.0), "nmt_beam1": run(1, False, 1.0),
+              "ct2_beam5": run(5, False, 8.0), "ct2_beam5_inter2": run(5, False, 6.0), "ct2_beam1": run(1, False, 1.5),
+              "onmt_beam5": run(5, True, 9.0)}
+    bench.add_ratios(decode)
+    assert decode["nmt_beam5"]["speed_vs_ct2"] == 6.0 / 4.0  # CTranslate2's faster layout, the same stopping rule
+    assert "speed_vs_ct2" not in decode["nmt_beam5_early"]  # CTranslate2 4.x cannot exit early
+    assert decode["nmt_beam1"]["speed_vs_ct2"] == 1.5
+    assert (decode["nmt_beam5"]["speed_vs_onmt"], decode["nmt_beam5_early"]["speed_vs_onmt"]) == (9.0 / 4.0, 9.0 / 3.0)
+    assert "speed_vs_ct2" not in decode["ct2_beam5"]

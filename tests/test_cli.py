@@ -572,6 +572,34 @@ def test_translate_with_one_and_with_three_workers_gives_the_same_lines(cli, smo
     assert code == 2 and "--workers" in err  # typer's range check
 
 
+def test_early_exit_decodes_fewer_rows_and_keeps_its_results_apart(cli, smoke: SmokeRun, run_copy: Path, monkeypatch) -> None:
+    """--early-exit ends a sentence once its best continuation ends it: fewer decoder rows over the valid split; its
+    results are saved under their own name, beside those of the default rule."""
+    from nmt.models.transformer import Transformer
+
+    rows = []
+    step = Transformer.step
+    monkeypatch.setattr(Transformer, "step", lambda self, prev, state: rows.append(prev.size(0)) or step(self, prev, state))
+    counts, saved = [], {}
+    for flag in ("--no-early-exit", "--early-exit"):
+        rows.clear()
+        code, out, err = cli("evaluate", "--checkpoint", run_copy / "best.pt", "--split", "valid", "--beam", "3", flag, "--json")
+        assert code == 0, err
+        counts.append(sum(rows))
+        saved[flag] = json.loads(out)
+    assert counts[1] < counts[0]
+    assert [saved[f]["decode"]["early_exit"] for f in ("--no-early-exit", "--early-exit")] == [False, True]
+    assert Path(saved["--early-exit"]["hyp"]).name == "valid.best.beam3.alpha0.6.early.hyp.txt"
+    assert Path(saved["--no-early-exit"]["hyp"]).name == "valid.best.beam3.alpha0.6.hyp.txt"
+
+
+def test_sweep_grid_tries_the_stopping_rules_only_with_a_beam() -> None:
+    from nmt.sweep import grid
+
+    assert grid([1, 2], [0.6], [0], [False, True]) == [(1, 0.6, 0, False), (2, 0.6, 0, False), (2, 0.6, 0, True)]
+    assert grid([1], [0.6, 1.0], [0, 2], [True, False]) == [(1, 0.6, 0, True), (1, 0.6, 2, True)]
+
+
 def test_sweep_scores_a_grid_on_valid_and_agrees_with_evaluate(cli, smoke: SmokeRun, run_copy: Path, tmp_path: Path) -> None:
     out_json = tmp_path / "sweep.json"
     code, out, err = cli("sweep", "--checkpoint", run_copy / "best.pt", "--beam", "1,2", "--alpha", "0,1.0", "-o", out_json)
@@ -585,7 +613,7 @@ def test_sweep_scores_a_grid_on_valid_and_agrees_with_evaluate(cli, smoke: Smoke
     assert json.loads(out)["metrics"]["bleu"]["score"] == rows[2]["bleu"]
 
 
-@pytest.mark.parametrize("flag,value", [("--beam", "0,2"), ("--alpha", "0.6,x"), ("--no-repeat-ngram", "-1")])
+@pytest.mark.parametrize("flag,value", [("--beam", "0,2"), ("--alpha", "0.6,x"), ("--no-repeat-ngram", "-1"), ("--early-exit", "no,maybe")])
 def test_sweep_with_a_bad_grid(cli, smoke: SmokeRun, flag: str, value: str) -> None:
     code, _, err = cli("sweep", "--checkpoint", smoke.run / "best.pt", flag, value)
     assert_one_error_line(code, err, flag)

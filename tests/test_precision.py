@@ -11,6 +11,14 @@ def test_decoding_pads_rows_only_for_bf16_products_on_a_cpu():
     assert decode_row_multiple(cpu, "fp32") == decode_row_multiple(cpu, "int8") == decode_row_multiple(cuda, "bf16") == 1
 
 
+def test_rows_are_padded_finely_when_few_and_coarsely_when_many():
+    from nmt.precision import padded_rows
+
+    assert [padded_rows(n, 64) for n in (1, 16, 17, 128, 129, 256, 257, 1000)] == [16, 16, 32, 128, 160, 256, 320, 1024]
+    assert [padded_rows(n, 1) for n in (1, 7, 1000)] == [1, 7, 1000]  # no padding
+    assert padded_rows(0, 64) == 0
+
+
 def test_padded_rows_decode_like_unpadded_ones():
     from nmt.models.transformer import Transformer
 

@@ -44,13 +44,13 @@ class ScriptedModel:
         return logits, {"prefix": prefix}
 
 
-def run(model, beam, alpha=0.0, nbest=1, max_len=10, n=1):
+def run(model, beam, alpha=0.0, nbest=1, max_len=10, n=1, early_exit=False):
     src = torch.full((n, 3), A)
     mask = src == PAD
     lens = torch.full((n,), max_len)
     if beam == 0:
         return greedy_search(model, src, mask, lens, BOS, EOS)
-    return beam_search(model, src, mask, lens, BOS, EOS, beam, alpha, nbest)
+    return beam_search(model, src, mask, lens, BOS, EOS, beam, alpha, nbest, early_exit=early_exit)
 
 
 # Greedy takes A (0.6) then EOS: p = 0.6 * 0.4 = 0.24. Beam 2 also keeps B (0.4), whose EOS has
@@ -86,6 +86,20 @@ def test_length_penalty_can_prefer_the_longer_hypothesis():
     model = ScriptedModel({(): {EOS: 0.55, A: 0.45}, (A,): {EOS: 0.9, B: 0.1}})
     assert run(model, beam=2, alpha=0.0)[0][0].tokens == []
     assert run(model, beam=2, alpha=3.0)[0][0].tokens == [A]
+
+
+def test_early_exit_ends_a_sentence_once_its_best_continuation_ends_it():
+    # The table above: at the first step the best continuation is EOS (p = 0.55). OpenNMT-py's rule (early exit)
+    # ends the search there, with the empty output, though [A] wins at alpha 3; fairseq's rule (the
+    # default) goes on until `beam` hypotheses are finished and finds [A]. With nbest 2, early exit goes on too.
+    model = ScriptedModel({(): {EOS: 0.55, A: 0.45}, (A,): {EOS: 0.9, B: 0.1}})
+    steps = []
+    step = model.step
+    model.step = lambda prev, state: steps.append(prev.size(0)) or step(prev, state)
+    assert run(model, beam=2, alpha=3.0)[0][0].tokens == [A] and len(steps) == 2
+    steps.clear()
+    assert run(model, beam=2, alpha=3.0, early_exit=True)[0][0].tokens == [] and len(steps) == 1
+    assert [h.tokens for h in run(model, beam=2, alpha=3.0, nbest=2, early_exit=True)[0]] == [[A], []]
 
 
 def test_max_length_forces_eos():

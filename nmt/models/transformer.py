@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.precision import padded_rows
+
 
 def sinusoid_table(n: int, d: int) -> Tensor:
     """(n, d) fixed sinusoidal position table: sin on even dims, cos on odd dims."""
@@ -250,7 +252,7 @@ class Transformer(nn.Module):
         if share_embeddings and src_vocab != tgt_vocab:
             raise ValueError("shared embeddings need one vocabulary")
         self.d_model, self.pad_id, self.max_positions = d_model, pad_id, max_positions
-        self.row_multiple = 1  # decoding pads its rows to a multiple of this (see step)
+        self.row_multiple = 1  # decoding pads its rows by this (see step)
         self.src_embed = nn.Embedding(src_vocab, d_model, padding_idx=pad_id)
         self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(tgt_vocab, d_model, padding_idx=pad_id)
         if learned_positions:
@@ -341,13 +343,13 @@ class Transformer(nn.Module):
         """One decoding step: prev (B,) last tokens -> logits (B, V) for the next token, new state.
 
         With `row_multiple` m > 1 (bf16 decoding on a CPU, set by nmt.translate), the rows are padded once, here,
-        up to a multiple of m, and stay padded through every layer: torch hands bf16 products on a CPU to oneDNN,
-        which builds a kernel for every new shape, and beam search changes the row count whenever a sentence ends.
-        Attention reads only the real rows; the pad rows cost at most m - 1 rows of work per product."""
+        (precision.padded_rows: to a multiple of m/4, m/2 or m, by row count) and stay padded through every layer:
+        torch hands bf16 products on a CPU to oneDNN, which builds a kernel for every new shape, and beam search
+        changes the row count whenever a sentence ends. Attention reads only the real rows."""
         pos = state["pos"]
         x = self._embed(self.tgt_embed, prev[:, None], offset=min(pos, self.max_positions - 1))[:, 0]
         rows = x.size(0)
-        pad = -rows % self.row_multiple
+        pad = padded_rows(rows, self.row_multiple) - rows
         if pad:
             x = F.pad(x, (0, 0, 0, pad))
         weights: Optional[dict[str, list]] = {"self": [], "cross": []} if "attn_steps" in state else None
