@@ -220,6 +220,7 @@ def beam_search(
     max_len = max_len.to(dev)
     scores = torch.full((n, k), -float("inf"), device=dev)
     scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
+    count = torch.zeros(n, dtype=torch.long, device=dev)  # finished hypotheses of each live sentence
     prefix = torch.empty((n * k, 0), dtype=torch.long, device=dev)
     prev = torch.full((n * k,), bos, dtype=torch.long, device=dev)
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
@@ -230,7 +231,8 @@ def beam_search(
         cand, tok, parent = top_continuations(scores, lp, 2 * k)  # at most k of them end in EOS: k continue
         is_eos = tok == eos
         # finished: EOS among the top k candidates (beyond rank k they would not have been kept)
-        fin = (is_eos[:, :k] & (cand[:, :k] > -float("inf"))).nonzero().tolist()
+        ended = is_eos[:, :k] & (cand[:, :k] > -float("inf"))
+        fin = ended.nonzero().tolist()
         if fin:
             cand_c, parent_c = cand.tolist(), parent.tolist()
             for i, r in fin:
@@ -242,7 +244,7 @@ def beam_search(
         # the k best non-EOS candidates continue (at most k EOS among 2k, so k remain)
         new_scores, pos = cand.masked_fill(is_eos, -float("inf")).topk(k, dim=1)
         new_tok, new_parent = tok.gather(1, pos), parent.gather(1, pos)
-        count = torch.tensor([len(finished[int(s)]) for s in sent.tolist()], device=dev)
+        count += ended.sum(1)
         done = (is_eos[:, 0] & (count >= nbest) if early_exit else count >= k) | force
         if bool(done.all()):
             break
@@ -251,7 +253,7 @@ def beam_search(
         state = select_beams(state, src_rows, keep, shrinking=len(keep) < len(sent))
         prefix = torch.cat([prefix[src_rows], new_tok[keep].view(-1, 1)], dim=1)
         prev = new_tok[keep].view(-1)
-        scores, sent = new_scores[keep], sent[keep]
+        scores, sent, count = new_scores[keep], sent[keep], count[keep]
     return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
 
 
