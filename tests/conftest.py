@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,14 @@ import torch
 # Test models are tiny: threads only add overhead, and on a 2-core machine shared with other work,
 # oversubscription made one test 10x slower. Subprocesses (CLI tests) set their own threads.
 torch.set_num_threads(1)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): one worker per core this process may use, at most 4. Every worker imports
+    torch (about 0.3 GB), and most of the suite's time is a few long tests (training runs, subprocesses), which
+    more workers would not shorten."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MULTI30K_DIR = REPO_ROOT.parent / "shared" / "data" / "multi30k"
