@@ -16,7 +16,9 @@
   to CTranslate2 (`scripts/ct2_convert.py`, needs `pip install ctranslate2`) and decodes under the same
   length rule and nmt's default stopping rule, its only one (on a CPU in two thread layouts: one batch at a time,
   and batches side by side as nmt's workers decode them), printing nmt's speed as a multiple of the faster
-  layout's. `--onmt`: OpenNMT-py's translator too (its beam search always exits early).
+  layout's. `--onmt`: OpenNMT-py's translator too (its beam search always exits early). `--repeat N`: N rounds of
+  every engine in turn; each reports its fastest round (every round's time is in the JSON), the figure least
+  disturbed by the rest of a shared machine.
 Prints one table and, with --json, writes every figure. Timings are wall clock; CUDA is synchronised.
 """
 
@@ -30,7 +32,9 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -129,28 +133,37 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
         }
 
 
-def bench_decode(
+def timed(entry: dict, seconds: float, sentences: int, tokens: int, out: list[str], refs: list[str]) -> dict:
+    """A decoding result: `entry` (engine, beam, ...) with its time, speeds, BLEU and output."""
+    return {**entry, "seconds": seconds, "sentences": sentences, "tgt_tokens": tokens, "sentences_per_s": sentences / seconds,
+            "tgt_tokens_per_s": tokens / seconds, "bleu": bleu_score(out, refs), "output": out}
+
+
+def nmt_decoder(
     checkpoint: str, device: str | None, beams: list[int], limit: int, precision: str = "auto", workers: int | None = None
-) -> tuple[dict, object, list[str], list[str]]:
+) -> tuple[Callable[[], dict], object, list[str], list[str]]:
+    """A function that decodes the test split once per setting (greedy, beam 5 under both stopping rules) and returns
+    the results by name; and the translator, sources and references it uses."""
     tr = load_translator(checkpoint, device, precision, workers)
     pdir = tr.cfg.prepared_dir
     src, refs = read_lines(pdir / "test.src.txt")[:limit], read_lines(pdir / "test.tgt.txt")[:limit]
     translate_lines(tr, src[:64], 1, 0.6)  # warm-up: allocator, kernels
-    results = {}
-    for beam, early in runs(beams):
-        sync(tr.device)
-        start = time.perf_counter()
-        hyps = translate_lines(tr, src, beam, tr.cfg.decode.alpha, early_exit=early)
-        sync(tr.device)
-        seconds = time.perf_counter() - start
-        out = tr.tok.decode_tgt([h[0].tokens for h in hyps])
-        n_tok = sum(len(h[0].tokens) for h in hyps)  # EOS excluded, as in CTranslate2's count
-        results[f"nmt_beam{beam}" + ("_early" if early else "")] = {
-            "engine": "nmt", "precision": tr.precision, "workers": tr.workers, "beam": beam, "early_exit": early, "seconds": seconds,
-            "sentences_per_s": len(src) / seconds,
-            "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
-        }
-    return results, tr, src, refs
+
+    def run() -> dict:
+        results = {}
+        for beam, early in runs(beams):
+            sync(tr.device)
+            start = time.perf_counter()
+            hyps = translate_lines(tr, src, beam, tr.cfg.decode.alpha, early_exit=early)
+            sync(tr.device)
+            seconds = time.perf_counter() - start
+            out = tr.tok.decode_tgt([h[0].tokens for h in hyps])
+            n_tok = sum(len(h[0].tokens) for h in hyps)  # EOS excluded, as in CTranslate2's count
+            entry = {"engine": "nmt", "precision": tr.precision, "workers": tr.workers, "beam": beam, "early_exit": early}
+            results[f"nmt_beam{beam}" + ("_early" if early else "")] = timed(entry, seconds, len(src), n_tok, out, refs)
+        return results
+
+    return run, tr, src, refs
 
 
 def runs(beams: list[int]) -> list[tuple[int, bool]]:
@@ -168,8 +181,9 @@ def ct2_compute_type(tr) -> str:
     return "int8" if tr.precision == "int8" else "float32"
 
 
-def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: int) -> dict:
-    """CTranslate2 on the same weights, batches and length rule. On a CPU it runs twice: with all threads on one
+def ct2_decoder(tr, src: list[str], refs: list[str], beams: list[int], threads: int, stack: ExitStack) -> Callable[[], dict]:
+    """A function that decodes with CTranslate2 on the same weights (converted once, into a folder `stack` removes),
+    batches and length rule, and returns the results by name. On a CPU it runs twice: with all threads on one
     batch at a time, and with batches side by side as nmt decodes them (inter_threads = nmt's workers, each with
     its share of the threads); the faster is what nmt is compared with. Its beam search (4.x) has one stopping rule,
     nmt's default: a sentence ends with beam_size x patience (1) finished hypotheses."""
@@ -181,9 +195,11 @@ def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: in
     compute_type = ct2_compute_type(tr)
     pieces = [tr.tok.src_pieces(ids) + ["</s>"] for ids in tr.tok.encode_src(src)]
     d = tr.cfg.decode
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        convert(tr.path, tmp)
+    tmp = stack.enter_context(tempfile.TemporaryDirectory())
+    convert(tr.path, tmp)
+
+    def run() -> dict:
+        results = {}
         for inter, intra in layouts:
             model = ctranslate2.Translator(tmp, device=dev, compute_type=compute_type, inter_threads=inter,
                                            intra_threads=intra if dev == "cpu" else 0)
@@ -207,14 +223,16 @@ def bench_ct2(tr, src: list[str], refs: list[str], beams: list[int], threads: in
                 out = [" ".join(tr.tok.tgt.decode_pieces([t for t in toks if t not in ("</s>", "<s>")]).split()) for toks in texts]
                 n_tok = sum(len([t for t in toks if t not in ("</s>", "<s>")]) for toks in texts)
                 name = f"ct2_beam{beam}" + (f"_inter{inter}" if inter > 1 else "")
-                results[name] = {  # its beam search ends a sentence with beam_size x patience (1) finished hypotheses
+                entry = {  # its beam search ends a sentence with beam_size x patience (1) finished hypotheses
                     "engine": f"ctranslate2 {ctranslate2.__version__}", "precision": compute_type, "inter_threads": inter,
-                    "intra_threads": intra, "beam": beam, "early_exit": False, "seconds": seconds, "sentences_per_s": len(src) / seconds,
-                    "tgt_tokens_per_s": n_tok / seconds, "bleu": bleu_score(out, refs),
+                    "intra_threads": intra, "beam": beam, "early_exit": False,
                 }
+                results[name] = timed(entry, seconds, len(src), n_tok, out, refs)
             del model
-    torch.set_num_threads(threads)  # CTranslate2 sets the process's OpenMP thread count to its intra_threads
-    return results
+        torch.set_num_threads(threads)  # CTranslate2 sets the process's OpenMP thread count to its intra_threads
+        return results
+
+    return run
 
 
 ONMT_CONFIG = """
@@ -333,8 +351,9 @@ def onmt_state(model, onmt_vocab: list[str], our_pieces: list[str]) -> tuple[dic
     return {k: v.detach().clone() for k, v in out.items()}, generator
 
 
-def bench_onmt_decode(tr, src: list[str], refs: list[str], beams: list[int], threads: int) -> dict:
-    """OpenNMT-py's translator on the same weights (transplanted into a checkpoint it wrote itself)."""
+def onmt_decoder(tr, src: list[str], refs: list[str], beams: list[int], threads: int, stack: ExitStack) -> Callable[[], dict]:
+    """A function that decodes with OpenNMT-py's translator on the same weights (transplanted once into a checkpoint it
+    wrote itself, in a folder `stack` removes) and returns the results by name."""
     import os
     import re
     import subprocess
@@ -342,28 +361,30 @@ def bench_onmt_decode(tr, src: list[str], refs: list[str], beams: list[int], thr
     cfg, m = tr.cfg, tr.cfg.model
     pieces = tr.tok.tgt_pieces(list(range(tr.tok.tgt_vocab_size)))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    results = {}
-    with tempfile.TemporaryDirectory() as d:
-        sources = [" ".join(tr.tok.src_pieces(ids) + ["</s>"]) for ids in tr.tok.encode_src(src)]
-        for side in ("src", "tgt"):  # a one-step run only to get a checkpoint of the right shape
-            Path(d, f"train.{side}").write_text("\n".join(sources[:64]) + "\n", encoding="utf-8")
-        Path(d, "vocab.txt").write_text("".join(f"{p}\t{10**7 - i}\n" for i, p in enumerate(pieces) if i >= 4), encoding="utf-8")
-        Path(d, "train.yaml").write_text(ONMT_CONFIG.format(
-            d=d, steps=1, report=1, enc=m.layers, dec=m.dec_layers or m.layers, d_model=m.d_model, heads=m.heads, ffn=m.ffn,
-            dropout=0.0, attn_dropout=0.0, smoothing=0.0, max_tokens=4096) + "add_qkvbias: true\nadd_ffnbias: true\nnorm_eps: 1e-5\n"
-            + "save_checkpoint_steps: 1\n")
-        proc = subprocess.run(["onmt_train", "-config", f"{d}/train.yaml"], capture_output=True, text=True, env=env)
-        if proc.returncode:
-            raise SystemExit(f"onmt_train failed:\n{proc.stderr[-3000:]}")
-        ckpt = torch.load(f"{d}/model_step_1.pt", weights_only=False)
-        model_state, generator = onmt_state(tr.model.float(), ckpt["vocab"]["src"], pieces)
-        missing = set(ckpt["model"]) - set(model_state) - {k for k in ckpt["model"] if k.endswith(".pe.pe")}
-        if missing:
-            raise SystemExit(f"OpenNMT-py weights not mapped: {sorted(missing)[:5]}")
-        ckpt["model"].update(model_state)
-        ckpt["generator"] = generator
-        torch.save(ckpt, f"{d}/nmt.pt")
-        Path(d, "test.src").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    d = stack.enter_context(tempfile.TemporaryDirectory())
+    sources = [" ".join(tr.tok.src_pieces(ids) + ["</s>"]) for ids in tr.tok.encode_src(src)]
+    for side in ("src", "tgt"):  # a one-step run only to get a checkpoint of the right shape
+        Path(d, f"train.{side}").write_text("\n".join(sources[:64]) + "\n", encoding="utf-8")
+    Path(d, "vocab.txt").write_text("".join(f"{p}\t{10**7 - i}\n" for i, p in enumerate(pieces) if i >= 4), encoding="utf-8")
+    Path(d, "train.yaml").write_text(ONMT_CONFIG.format(
+        d=d, steps=1, report=1, enc=m.layers, dec=m.dec_layers or m.layers, d_model=m.d_model, heads=m.heads, ffn=m.ffn,
+        dropout=0.0, attn_dropout=0.0, smoothing=0.0, max_tokens=4096) + "add_qkvbias: true\nadd_ffnbias: true\nnorm_eps: 1e-5\n"
+        + "save_checkpoint_steps: 1\n")
+    proc = subprocess.run(["onmt_train", "-config", f"{d}/train.yaml"], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"onmt_train failed:\n{proc.stderr[-3000:]}")
+    ckpt = torch.load(f"{d}/model_step_1.pt", weights_only=False)
+    model_state, generator = onmt_state(tr.model.float(), ckpt["vocab"]["src"], pieces)
+    missing = set(ckpt["model"]) - set(model_state) - {k for k in ckpt["model"] if k.endswith(".pe.pe")}
+    if missing:
+        raise SystemExit(f"OpenNMT-py weights not mapped: {sorted(missing)[:5]}")
+    ckpt["model"].update(model_state)
+    ckpt["generator"] = generator
+    torch.save(ckpt, f"{d}/nmt.pt")
+    Path(d, "test.src").write_text("\n".join(sources) + "\n", encoding="utf-8")
+
+    def run() -> dict:
+        results = {}
         for beam in beams:
             d_cfg = cfg.decode
             cmd = ["onmt_translate", "-model", f"{d}/nmt.pt", "-src", f"{d}/test.src", "-output", f"{d}/out.{beam}",
@@ -378,11 +399,11 @@ def bench_onmt_decode(tr, src: list[str], refs: list[str], beams: list[int], thr
             outs = Path(d, f"out.{beam}").read_text(encoding="utf-8").split("\n")[: len(src)]
             toks = [[t for t in line.split() if t not in ("</s>", "<s>")] for line in outs]
             hyps = [" ".join(tr.tok.tgt.decode_pieces(t).split()) for t in toks]
-            results[f"onmt_beam{beam}"] = {  # its beam search always exits early
-                "engine": "OpenNMT-py translator", "beam": beam, "early_exit": beam > 1, "seconds": seconds, "sentences_per_s": len(src) / seconds,
-                "tgt_tokens_per_s": sum(map(len, toks)) / seconds, "bleu": bleu_score(hyps, refs),
-            }
-    return results
+            entry = {"engine": "OpenNMT-py translator", "beam": beam, "early_exit": beam > 1}  # its beam search always exits early
+            results[f"onmt_beam{beam}"] = timed(entry, seconds, len(src), sum(map(len, toks)), hyps, refs)
+        return results
+
+    return run
 
 
 def main() -> None:
@@ -401,6 +422,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
                     help="nmt's decoding weights (nmt translate --precision); CTranslate2 runs int8 for int8, else float32 on a CPU")
     ap.add_argument("--workers", type=int, help="nmt's batches decoded side by side (nmt translate --workers; default: its own)")
+    ap.add_argument("--repeat", type=int, default=1, help="decode this many rounds, every engine in turn, and report each "
+                    "engine's fastest round (all are in the JSON)")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
     if args.threads:
@@ -420,13 +443,19 @@ def main() -> None:
             report["train_onmt"] = onmt
     if args.checkpoint:
         beams = [1, 5]
-        decode, tr, src, refs = bench_decode(args.checkpoint, None, beams, args.limit, args.precision, args.workers)
-        if args.ct2:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            decode.update(bench_ct2(tr, src, refs, beams, threads))
-        if args.onmt and tr.device.type == "cpu":
-            fp32 = load_translator(args.checkpoint, None, "fp32")  # the transplant reads float32 weights
-            decode.update(bench_onmt_decode(fp32, src, refs, beams, threads))
+        with ExitStack() as stack:
+            nmt_run, tr, src, refs = nmt_decoder(args.checkpoint, None, beams, args.limit, args.precision, args.workers)
+            engines = [nmt_run]
+            if args.ct2:
+                sys.path.insert(0, str(Path(__file__).resolve().parent))
+                engines.append(ct2_decoder(tr, src, refs, beams, threads, stack))
+            if args.onmt and tr.device.type == "cpu":
+                fp32 = load_translator(args.checkpoint, None, "fp32")  # the transplant reads float32 weights
+                engines.append(onmt_decoder(fp32, src, refs, beams, threads, stack))
+            decode: dict = {}
+            for _ in range(args.repeat):  # rounds of every engine in turn: a slow spell of the host hits them alike
+                for run in engines:
+                    add_round(decode, run())
         add_ratios(decode)
         report["decode"] = decode
     print_table(report)
@@ -434,9 +463,28 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
+def add_round(decode: dict, results: dict) -> None:
+    """Merge one round of an engine's results into `decode`: every round's time is kept (`seconds_rounds`), and the
+    fastest is the one reported (`seconds` and the speeds; the minimum is the least disturbed by the rest of the
+    machine). Decoding is deterministic: a round whose output differs from the first round's is an error."""
+    for name, r in results.items():
+        out = r.pop("output")
+        if name not in decode:
+            decode[name] = {**r, "seconds_rounds": [r["seconds"]], "_output": out}
+            continue
+        kept = decode[name]
+        if out != kept["_output"]:
+            raise SystemExit(f"{name}: round {len(kept['seconds_rounds']) + 1} translated differently from round 1")
+        kept["seconds_rounds"].append(r["seconds"])
+        kept["seconds"] = min(kept["seconds_rounds"])
+        kept["sentences_per_s"], kept["tgt_tokens_per_s"] = kept["sentences"] / kept["seconds"], kept["tgt_tokens"] / kept["seconds"]
+
+
 def add_ratios(decode: dict) -> None:
     """nmt's speed as a multiple of each peer's, at the same beam: CTranslate2's faster thread layout under the same
     stopping rule (speed_vs_ct2), and OpenNMT-py, whose beam search always exits early (speed_vs_onmt)."""
+    for r in decode.values():
+        r.pop("_output", None)
     for r in (r for name, r in decode.items() if name.startswith("nmt_")):
         ct2 = [c["seconds"] for name, c in decode.items() if name.startswith("ct2_") and (c["beam"], c["early_exit"]) == (r["beam"], r["early_exit"])]
         if ct2:
@@ -470,6 +518,8 @@ def print_table(report: dict) -> None:
         name += f" {r['precision']}" if r.get("precision") else ""
         name += f" x{r['workers']}" if r.get("workers", 1) > 1 else ""
         name = name.replace("_early", "") + (" early" if r.get("early_exit") and r["beam"] > 1 else "")
+        rounds = r.get("seconds_rounds", [])
+        ratio += f"   (fastest of {' / '.join(f'{x:.2f}' for x in rounds)} s)" if len(rounds) > 1 else ""
         print(f"decode {name:>21}: {r['seconds']:6.2f} s  {r['sentences_per_s']:7.1f} sent/s  {r['tgt_tokens_per_s']:8,.0f} tok/s  BLEU {r['bleu']:.2f}{ratio}")
 
 

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import nmt.train as train_mod
 from nmt.config import load_config
 from nmt.prepare import prepare
@@ -20,7 +22,7 @@ def test_benchmark_reports_training_and_decoding(repo_root, multi30k_dir, tmp_pa
     done = subprocess.run(
         [sys.executable, str(repo_root / "scripts" / "benchmark.py"), "--config", str(repo_root / "configs" / "smoke.yaml"),
          *[x for s in sets for x in ("--set", s)], "--checkpoint", str(run / "last.pt"),
-         "--train-steps", "3", "--warmup", "2", "--threads", "1", "--limit", "40", "--json", str(out)],
+         "--train-steps", "3", "--warmup", "2", "--threads", "1", "--limit", "40", "--repeat", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -39,16 +41,38 @@ def test_benchmark_reports_training_and_decoding(repo_root, multi30k_dir, tmp_pa
         beam = 1 if name == "nmt_beam1" else 5
         assert d["beam"] == beam and d["early_exit"] == name.endswith("_early") and d["seconds"] > 0
         assert abs(d["sentences_per_s"] * d["seconds"] - 40) < 1e-6  # --limit 40 sentences, all decoded
+        assert len(d["seconds_rounds"]) == 2 and d["seconds"] == min(d["seconds_rounds"])  # --repeat 2: the faster round
+        assert abs(d["tgt_tokens_per_s"] * d["seconds"] - d["tgt_tokens"]) < 1e-6
         assert 0 <= d["bleu"] <= 100
     assert "target tokens/s" in done.stdout and "MFU" in done.stdout  # the printed table
 
 
-def test_ratios_compare_nmt_with_the_peers_under_the_same_stopping_rule(repo_root):
+def load_benchmark(repo_root):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("benchmark", repo_root / "scripts" / "benchmark.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_rounds_report_the_fastest_and_must_translate_alike(repo_root):
+    bench = load_benchmark(repo_root)
+    one = lambda seconds, out: {"nmt_beam5": {"beam": 5, "seconds": seconds, "sentences": 10, "tgt_tokens": 120,  # noqa: E731
+                                              "sentences_per_s": 10 / seconds, "tgt_tokens_per_s": 120 / seconds, "output": out}}
+    decode: dict = {}
+    for seconds in (4.0, 2.5, 3.0):
+        bench.add_round(decode, one(seconds, ["a b", "c"]))
+    r = decode["nmt_beam5"]
+    assert r["seconds_rounds"] == [4.0, 2.5, 3.0] and r["seconds"] == 2.5
+    assert (r["sentences_per_s"], r["tgt_tokens_per_s"]) == (4.0, 48.0)
+    with pytest.raises(SystemExit, match="nmt_beam5: round 4 translated differently"):
+        bench.add_round(decode, one(1.0, ["a b", "d"]))
+    assert r["seconds"] == 2.5  # the differing round is not counted
+
+
+def test_ratios_compare_nmt_with_the_peers_under_the_same_stopping_rule(repo_root):
+    bench = load_benchmark(repo_root)
     run = lambda beam, early, seconds: {"beam": beam, "early_exit": early, "seconds": seconds}  # noqa: E731
     decode = {"nmt_beam5": run(5, False, 4.0), "nmt_beam5_early": run(5, True, 3.0), "nmt_beam1": run(1, False, 1.0),
               "ct2_beam5": run(5, False, 8.0), "ct2_beam5_inter2": run(5, False, 6.0), "ct2_beam1": run(1, False, 1.5),
