@@ -84,13 +84,16 @@ class PackedLinear(nn.Module):
 
     oneDNN also builds a kernel for every new number of rows (1-40 ms each for this project's layers), so the rows
     are padded (padded_rows with `rows`): a decoding step pads them once for all its layers (Transformer.step); the
-    encoder's batches (sentences x positions rows, a new count nearly every batch) are padded here."""
+    encoder's batches (sentences x positions rows, a new count nearly every batch) are padded here.
 
-    def __init__(self, weight: Tensor, bias: Optional[Tensor], rows: int):
+    `relu`: the layer applies ReLU to its output, in the same kernel (oneDNN's post-op: one pass less over the
+    output; ReLU commutes with the rounding to bf16, so the result is the same)."""
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], rows: int, relu: bool = False):
         """weight (out, in) and bias (out,) of an nn.Linear, bf16; `rows`: the row count the packing is tuned for,
         and what the rows are padded by (padded_rows)."""
         super().__init__()
-        self.out_features, self.rows = weight.size(0), rows
+        self.out_features, self.rows, self.attr = weight.size(0), rows, "relu" if relu else "none"
         self.weight = nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
@@ -98,9 +101,9 @@ class PackedLinear(nn.Module):
         n = x.numel() // x.size(-1)
         pad = padded_rows(n, self.rows) - n
         if not pad:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.attr, [], "")
         padded = F.pad(x.reshape(n, x.size(-1)), (0, 0, 0, pad))
-        y = torch.ops.mkldnn._linear_pointwise(padded, self.weight, self.bias, "none", [], "")
+        y = torch.ops.mkldnn._linear_pointwise(padded, self.weight, self.bias, self.attr, [], "")
         return y[:n].view(*x.shape[:-1], self.out_features)
 
 
@@ -110,22 +113,28 @@ def can_pack(rows: int = ROW_MULTIPLE) -> bool:
     w = ((torch.arange(48 * 32).view(48, 32) % 7 - 3) / 8).to(torch.bfloat16)
     x = ((torch.arange(5 * 32).view(5, 32) % 5 - 2) / 4).to(torch.bfloat16)
     try:
-        return torch.equal(PackedLinear(w, None, rows)(x), F.linear(x, w))
+        return torch.equal(PackedLinear(w, None, rows)(x), F.linear(x, w)) and torch.equal(
+            PackedLinear(w, None, rows, relu=True)(x), F.relu(F.linear(x, w)))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
 
 def pack_linear_layers(module: nn.Module, rows: int = ROW_MULTIPLE) -> nn.Module:
     """Swap every bf16 nn.Linear inside `module` on a CPU for a PackedLinear (in place, as torch's quantize_dynamic
-    swaps modules; for inference only); returns `module`. Where this torch build cannot pack (`can_pack`), the layers
+    swaps modules; for inference only); returns `module`. A Linear followed by an nn.ReLU in an nn.Sequential takes the
+    ReLU into its kernel (the ReLU becomes an nn.Identity). Where this torch build cannot pack (`can_pack`), the layers
     stay as they are."""
     if not can_pack(rows):
         return module
 
     def swap(parent: nn.Module) -> None:
-        for name, child in parent.named_children():
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
             if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu":
-                setattr(parent, name, PackedLinear(child.weight, child.bias, rows))
+                relu = isinstance(parent, nn.Sequential) and i + 1 < len(children) and type(children[i + 1][1]) is nn.ReLU
+                setattr(parent, name, PackedLinear(child.weight, child.bias, rows, relu))
+                if relu:
+                    setattr(parent, children[i + 1][0], nn.Identity())
             else:
                 swap(child)
 

@@ -6,7 +6,8 @@ it (beam parents) and shrinks it (finished sentences leave the batch) with one `
 in `state["deferred"]` are left to the model, see select_beams). Entries
 named in `state["static"]` (the encoder's outputs) keep one row per sentence, shared by its beams: the rows
 of `prev` are sentence-major (beam j of sentence i is row i * beam + j), so a model reads the static row of
-row r at r // beam, beam = rows of prev / rows of the static entries. They move only when the batch shrinks.
+row r at r // beam, beam = rows of prev / rows of the static entries (1 at beam search's first step, which
+decodes one row per sentence: its beams would all be the same). They move only when the batch shrinks.
 Not copying them per beam saves the copies and their memory traffic in cross-attention (beam 5: 3-5% on a CPU).
 
 With `start(..., record=True)` a model also keeps the attention weights in its state, so they follow each
@@ -23,6 +24,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from nmt.data import bucket_batches, make_batch
@@ -184,6 +186,9 @@ def top_continuations(scores: Tensor, log_probs: Tensor, m: int) -> tuple[Tensor
     m * block columns. Ties may come back in another order than torch.topk's."""
     n, k = scores.shape
     v = log_probs.size(1)
+    if k * v < m:  # fewer continuations than asked (one beam over a tiny vocabulary): the missing ones score -inf
+        cand, tok, parent = top_continuations(scores, log_probs, k * v)
+        return F.pad(cand, (0, m - k * v), value=-float("inf")), F.pad(tok, (0, m - k * v)), F.pad(parent, (0, m - k * v))
     blk = block_size(v)
     if log_probs.device.type != "cpu" or blk is None or k * (v // blk) <= 4 * m:
         cand, idx = (scores[:, :, None] + log_probs.view(n, k, v)).view(n, k * v).topk(m, dim=1)
@@ -212,22 +217,20 @@ def beam_search(
     dev = src.device
     n = src.size(0)
     k = beam
-    rows = torch.arange(n, device=dev).repeat_interleave(k)
+    width = 1  # beams (rows) per live sentence: the k beams would start identical, so the first step decodes one row
     state = model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
-    state = select_beams(state, rows, rows, shrinking=False)  # k rows per sentence; static entries stay one
     src_len = (~src_pad_mask).sum(1).tolist()
     sent = torch.arange(n, device=dev)  # original sentence of each live sentence
     max_len = max_len.to(dev)
-    scores = torch.full((n, k), -float("inf"), device=dev)
-    scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
+    scores = torch.zeros((n, width), device=dev)
     count = torch.zeros(n, dtype=torch.long, device=dev)  # finished hypotheses of each live sentence
-    prefix = torch.empty((n * k, 0), dtype=torch.long, device=dev)
-    prev = torch.full((n * k,), bos, dtype=torch.long, device=dev)
+    prefix = torch.empty((n, 0), dtype=torch.long, device=dev)
+    prev = torch.full((n,), bos, dtype=torch.long, device=dev)
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
         force = max_len[sent] <= t + 1  # last allowed position: must be EOS
-        lp = next_log_probs(logits, bos, eos, force.repeat_interleave(k), prefix, no_repeat_ngram)
+        lp = next_log_probs(logits, bos, eos, force.repeat_interleave(width), prefix, no_repeat_ngram)
         cand, tok, parent = top_continuations(scores, lp, 2 * k)  # at most k of them end in EOS: k continue
         is_eos = tok == eos
         # finished: EOS among the top k candidates (beyond rank k they would not have been kept)
@@ -236,10 +239,10 @@ def beam_search(
         if fin:
             cand_c, parent_c = cand.tolist(), parent.tolist()
             for i, r in fin:
-                row = i * k + parent_c[i][r]
+                row = i * width + parent_c[i][r]
                 hyp = prefix[row].tolist()
                 score = cand_c[i][r] / length_penalty(len(hyp) + 1, alpha)
-                attn = attention_of(state, row, src_len[int(sent[i])], k) if record else None
+                attn = attention_of(state, row, src_len[int(sent[i])], width) if record else None
                 finished[int(sent[i])].append(Hypothesis(hyp, score, cand_c[i][r], attn))
         # the k best non-EOS candidates continue (at most k EOS among 2k, so k remain)
         new_scores, pos = cand.masked_fill(is_eos, -float("inf")).topk(k, dim=1)
@@ -249,8 +252,9 @@ def beam_search(
         if bool(done.all()):
             break
         keep = (~done).nonzero().squeeze(1)
-        src_rows = (keep[:, None] * k + new_parent[keep]).view(-1)  # parent row of each kept beam
+        src_rows = (keep[:, None] * width + new_parent[keep]).view(-1)  # parent row of each kept beam
         state = select_beams(state, src_rows, keep, shrinking=len(keep) < len(sent))
+        width = k
         prefix = torch.cat([prefix[src_rows], new_tok[keep].view(-1, 1)], dim=1)
         prev = new_tok[keep].view(-1)
         scores, sent, count = new_scores[keep], sent[keep], count[keep]

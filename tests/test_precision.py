@@ -52,11 +52,15 @@ def test_packed_linear_layers_give_the_plain_layers_outputs_bit_for_bit():
     packed = sum(isinstance(m, PackedLinear) for m in model.modules())
     assert packed in (0, n_linear) and n_linear > 0  # 0: this torch build cannot pack, and says so by leaving them
     assert torch.equal(model(src, src == 0, tgt), plain)
+    if packed:  # each feed-forward block's first layer took its ReLU in (4: 2 encoder, 2 decoder layers)
+        assert sum(m.attr == "relu" for m in model.modules() if isinstance(m, PackedLinear)) == 4
+        assert not any(isinstance(m, nn.ReLU) for m in model.modules())
     for shape in [(1, 32), (7, 32), (64, 32), (3, 5, 32)]:
         linear = nn.Linear(32, 48).to(torch.bfloat16)
         x = torch.randn(*shape, dtype=torch.bfloat16)
         if packed:
             assert torch.equal(PackedLinear(linear.weight, linear.bias, 64)(x), linear(x))
+            assert torch.equal(PackedLinear(linear.weight, linear.bias, 64, relu=True)(x), torch.relu(linear(x)))
     fp32 = nn.Sequential(nn.Linear(8, 8))
     assert type(pack_linear_layers(fp32)[0]) is nn.Linear  # only bf16 layers are packed
     bf16 = nn.Sequential(nn.Linear(8, 8).to(torch.bfloat16))

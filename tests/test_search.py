@@ -103,10 +103,26 @@ def test_early_exit_ends_a_sentence_once_its_best_continuation_ends_it():
 
 
 def test_max_length_forces_eos():
-    # EOS is (nearly) impossible, so only the length limit can end these: 4 tokens + forced EOS = 5.
-    loop = ScriptedModel({}, default={A: 0.999, B: 0.001})
+    # EOS is (nearly) impossible, so only the length limit can end these: 4 tokens + forced EOS = 5. (EOS is also less
+    # likely than every other token: tied with them, it could be among a first step's beams by the tie's order.)
+    loop = ScriptedModel({}, default={A: 0.999, B: 0.001, EOS: 1e-12})
     assert run(loop, beam=0, max_len=5)[0].tokens == [A] * 4
     assert run(loop, beam=3, max_len=5)[0][0].tokens == [A] * 4
+
+
+def test_the_first_step_decodes_one_row_per_sentence_then_beam_rows(monkeypatch):
+    """The k beams of a sentence would start identical: the first step runs one row per sentence, and its best
+    continuations become the k beams (here 2 sentences, beam 3). A step looks at 2k continuations: where one row has
+    fewer (a tiny vocabulary), the missing ones score -inf."""
+    model = ScriptedModel({(): {A: 0.5, B: 0.3, EOS: 0.2}, (A,): {EOS: 1.0}, (B,): {EOS: 1.0}})
+    rows = []
+    step = model.step
+    monkeypatch.setattr(model, "step", lambda prev, state: (rows.append(prev.size(0)), step(prev, state))[1])
+    hyps = run(model, beam=3, nbest=3, n=2)
+    assert rows[:2] == [2, 6]
+    assert [[h.tokens for h in sent] for sent in hyps] == [[[A], [B], []]] * 2
+    s, tok, parent = top_continuations(torch.zeros(1, 1), torch.log(torch.tensor([[0.5, 0.3, 0.2]])), 5)
+    assert tok[0, :3].tolist() == [0, 1, 2] and parent.tolist() == [[0] * 5] and s[0, 3:].tolist() == [-float("inf")] * 2
 
 
 def test_top_continuations_picks_scores_tokens_parents():
