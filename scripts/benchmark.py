@@ -426,6 +426,8 @@ def main() -> None:
                     "engine's fastest round (all are in the JSON)")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error(f"--repeat {args.repeat}: at least 1 round")
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()  # every engine gets these (CTranslate2 changes torch's count: not read again)
@@ -453,9 +455,10 @@ def main() -> None:
                 fp32 = load_translator(args.checkpoint, None, "fp32")  # the transplant reads float32 weights
                 engines.append(onmt_decoder(fp32, src, refs, beams, threads, stack))
             decode: dict = {}
+            outputs: dict = {}
             for _ in range(args.repeat):  # rounds of every engine in turn: a slow spell of the host hits them alike
                 for run in engines:
-                    add_round(decode, run())
+                    add_round(decode, outputs, run())
         add_ratios(decode)
         report["decode"] = decode
     print_table(report)
@@ -463,17 +466,18 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
-def add_round(decode: dict, results: dict) -> None:
+def add_round(decode: dict, outputs: dict, results: dict) -> None:
     """Merge one round of an engine's results into `decode`: every round's time is kept (`seconds_rounds`), and the
     fastest is the one reported (`seconds` and the speeds; the minimum is the least disturbed by the rest of the
-    machine). Decoding is deterministic: a round whose output differs from the first round's is an error."""
+    machine). Decoding is deterministic: a round whose output differs from the first round's (kept in `outputs`,
+    by name) is an error."""
     for name, r in results.items():
         out = r.pop("output")
         if name not in decode:
-            decode[name] = {**r, "seconds_rounds": [r["seconds"]], "_output": out}
+            decode[name], outputs[name] = {**r, "seconds_rounds": [r["seconds"]]}, out
             continue
         kept = decode[name]
-        if out != kept["_output"]:
+        if out != outputs[name]:
             raise SystemExit(f"{name}: round {len(kept['seconds_rounds']) + 1} translated differently from round 1")
         kept["seconds_rounds"].append(r["seconds"])
         kept["seconds"] = min(kept["seconds_rounds"])
@@ -483,8 +487,6 @@ def add_round(decode: dict, results: dict) -> None:
 def add_ratios(decode: dict) -> None:
     """nmt's speed as a multiple of each peer's, at the same beam: CTranslate2's faster thread layout under the same
     stopping rule (speed_vs_ct2), and OpenNMT-py, whose beam search always exits early (speed_vs_onmt)."""
-    for r in decode.values():
-        r.pop("_output", None)
     for r in (r for name, r in decode.items() if name.startswith("nmt_")):
         ct2 = [c["seconds"] for name, c in decode.items() if name.startswith("ct2_") and (c["beam"], c["early_exit"]) == (r["beam"], r["early_exit"])]
         if ct2:

@@ -42,6 +42,7 @@ def test_benchmark_reports_training_and_decoding(repo_root, multi30k_dir, tmp_pa
         assert d["beam"] == beam and d["early_exit"] == name.endswith("_early") and d["seconds"] > 0
         assert abs(d["sentences_per_s"] * d["seconds"] - 40) < 1e-6  # --limit 40 sentences, all decoded
         assert len(d["seconds_rounds"]) == 2 and d["seconds"] == min(d["seconds_rounds"])  # --repeat 2: the faster round
+        assert "output" not in d  # the translations were compared between rounds, not written into the figures
         assert abs(d["tgt_tokens_per_s"] * d["seconds"] - d["tgt_tokens"]) < 1e-6
         assert 0 <= d["bleu"] <= 100
     assert "target tokens/s" in done.stdout and "MFU" in done.stdout  # the printed table
@@ -61,13 +62,14 @@ def test_rounds_report_the_fastest_and_must_translate_alike(repo_root):
     one = lambda seconds, out: {"nmt_beam5": {"beam": 5, "seconds": seconds, "sentences": 10, "tgt_tokens": 120,  # noqa: E731
                                               "sentences_per_s": 10 / seconds, "tgt_tokens_per_s": 120 / seconds, "output": out}}
     decode: dict = {}
+    outputs: dict = {}
     for seconds in (4.0, 2.5, 3.0):
-        bench.add_round(decode, one(seconds, ["a b", "c"]))
+        bench.add_round(decode, outputs, one(seconds, ["a b", "c"]))
     r = decode["nmt_beam5"]
     assert r["seconds_rounds"] == [4.0, 2.5, 3.0] and r["seconds"] == 2.5
     assert (r["sentences_per_s"], r["tgt_tokens_per_s"]) == (4.0, 48.0)
     with pytest.raises(SystemExit, match="nmt_beam5: round 4 translated differently"):
-        bench.add_round(decode, one(1.0, ["a b", "d"]))
+        bench.add_round(decode, outputs, one(1.0, ["a b", "d"]))
     assert r["seconds"] == 2.5  # the differing round is not counted
 
 
