@@ -24,6 +24,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
     more workers would not shorten."""
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MULTI30K_DIR = REPO_ROOT.parent / "shared" / "data" / "multi30k"
 
