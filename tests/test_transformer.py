@@ -149,6 +149,22 @@ def test_extend_reorders_and_appends_in_one_copy():
     assert extend(past, new[:4].bfloat16(), None).dtype == torch.float32  # appended in the cache's dtype
 
 
+def test_encoder_keys_and_values_are_kept_contiguous_so_a_step_reads_them_without_a_copy():
+    """The cross-attention keys/values come out of one projection split in two, a strided view; a step reads them as
+    (B * H, S, D/H), which of a strided view is a copy per layer and step. start() keeps them contiguous, in every
+    dtype (fp32 weights keep their dtype, so nothing else would copy them), and the step reads them in place."""
+    for dtype in (torch.float32, torch.bfloat16):
+        model = tiny().to(dtype)
+        src, mask, tgt = batch()
+        state = model.start(src, mask)
+        for k, v in state["cross"]:
+            b, h, s, dh = k.shape
+            assert k.is_contiguous() and v.is_contiguous()
+            assert k.reshape(b * h, s, dh).data_ptr() == k.data_ptr()  # a view, not a copy
+        logits, _ = model.step(tgt[:, 0], state)
+        assert torch.isfinite(logits).all()
+
+
 def test_a_bf16_model_decodes_on_the_cpu_with_fp32_attention_caches_and_matches_teacher_forcing():
     """bf16 weights: the keys/values decoding keeps are fp32 on a CPU (MKL's products, not a oneDNN build per
     shape); each step's logits are still those of the teacher-forced bf16 pass, within bf16 rounding."""

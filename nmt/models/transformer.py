@@ -320,7 +320,8 @@ class Transformer(nn.Module):
         the decoder's ("cross" (B, layers, H, S) and "self" (B, layers, H, t + 1))."""
         enc_weights: Optional[list] = [] if record else None
         memory = self.encode(src, src_pad_mask, enc_weights)
-        cross = [tuple(t.to(cache_dtype(t)) for t in layer.cross_attn.project_kv(memory)) for layer in self.decoder]
+        # contiguous: every step views them as (B * H, S, D/H), which the projection's strided split would make a copy each time
+        cross = [tuple(t.to(cache_dtype(t)).contiguous() for t in layer.cross_attn.project_kv(memory)) for layer in self.decoder]
         k = cross[0][0]  # (B, H, S, D/H), in the dtype the products will run in
         mem_bias = torch.zeros(k.shape[:2] + (1, k.size(2)), dtype=k.dtype, device=k.device)
         mem_bias.masked_fill_(src_pad_mask[:, None, None, :], -float("inf"))  # (B, H, 1, S): added to the scores
