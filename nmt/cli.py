@@ -71,7 +71,8 @@ WORKERS = typer.Option(None, min=1, help="Batches decoded side by side, in threa
 
 @app.command()
 def translate(
-    checkpoint: str = typer.Option(..., help="A checkpoint file, or a run directory (uses best.pt)."),
+    checkpoint: list[str] = typer.Option(..., help="A checkpoint file, or a run directory (uses best.pt). Repeat it to decode with "
+                                         "the ensemble of several (same tokenizer and direction): their probabilities are averaged."),
     input: Optional[str] = typer.Option(None, "--input", "-i", help="Text file to translate (default stdin)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Where to write (default stdout)."),
     beam: Optional[int] = BEAM,
@@ -98,7 +99,8 @@ def translate(
 def evaluate(
     hyp: Optional[str] = typer.Option(None, help="Detokenized hypotheses, one per line."),
     ref: Optional[str] = typer.Option(None, help="References, aligned with --hyp."),
-    checkpoint: Optional[str] = typer.Option(None, help="Translate --split with this checkpoint and score it."),
+    checkpoint: Optional[list[str]] = typer.Option(None, help="Translate --split with this checkpoint and score it; repeat it for an "
+                                                   "ensemble (see translate)."),
     split: str = typer.Option("test", help="valid or test (with --checkpoint)."),
     beam: Optional[int] = BEAM,
     alpha: Optional[float] = ALPHA,
@@ -148,7 +150,8 @@ def _switches(text: str, what: str) -> list[bool]:
 
 @app.command()
 def sweep(
-    checkpoint: str = typer.Option(..., help="A checkpoint file, or a run directory (uses best.pt)."),
+    checkpoint: list[str] = typer.Option(..., help="A checkpoint file, or a run directory (uses best.pt); repeat it for an ensemble "
+                                         "(see translate)."),
     beam: str = typer.Option("1,4,5,8", help="Beam sizes to try, comma-separated."),
     alpha: str = typer.Option("0.0,0.6,1.0", help="Length penalties to try, comma-separated."),
     no_repeat_ngram: str = typer.Option("0", help="n-gram blocking sizes to try (0 is off), comma-separated."),

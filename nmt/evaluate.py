@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
@@ -47,19 +49,20 @@ def load_split(tr: Translator, split: str, prepared_dir: Optional[str]) -> tuple
 
 
 def evaluate_checkpoint(
-    checkpoint: str, split: str, prepared_dir: Optional[str] = None, device: Optional[str] = None, precision: str = "auto",
+    checkpoint: str | Sequence[str], split: str, prepared_dir: Optional[str] = None, device: Optional[str] = None, precision: str = "auto",
     workers: Optional[int] = None, **options: Any,
 ) -> dict:
-    """Translate `split` of the checkpoint's prepared dir, score it, save hypotheses and JSON beside the checkpoint.
+    """Translate `split` of the checkpoint's prepared dir, score it, save hypotheses and JSON beside the checkpoint
+    (several checkpoints: their ensemble, see load_translator; the results go beside the first).
     `options`: decode settings (beam, alpha, max_len_a, max_len_b, no_repeat_ngram, early_exit); None keeps the checkpoint's."""
     tr = load_translator(checkpoint, device, precision, workers)
     pdir, src, refs = load_split(tr, split, prepared_dir)
     d = decode_settings(tr, **options, nbest=1)
     text = format_output(tr, translate_with(tr, src, d), 1)
     out_dir = Path(tr.path).parent
-    stem = f"{split}.{Path(tr.path).stem}.{settings_tag(d, tr.cfg.decode, tr.precision, decode_precision(tr.device, 'auto'))}"
+    stem = f"{split}.{checkpoint_tag(tr)}.{settings_tag(d, tr.cfg.decode, tr.precision, decode_precision(tr.device, 'auto'))}"
     result = {
-        "checkpoint": tr.path, "split": split, "prepared_dir": str(pdir), "beam": d.beam, "alpha": d.alpha,
+        "checkpoint": tr.path, **({"ensemble": list(tr.paths)} if len(tr.paths) > 1 else {}), "split": split, "prepared_dir": str(pdir), "beam": d.beam, "alpha": d.alpha,
         "precision": tr.precision, "decode": asdict(d), "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs, tr.cfg.data.tgt_lang),
         "bleu_by_source_length": bleu_by_length(src, text.splitlines(), refs),
     }
@@ -69,6 +72,15 @@ def evaluate_checkpoint(
     except OSError as e:  # e.g. a read-only folder holding the checkpoint
         raise NmtError(f"{out_dir}: cannot write {stem}.hyp.txt and {stem}.json beside the checkpoint: {e.strerror or e}") from None
     return result
+
+
+def checkpoint_tag(tr: Translator) -> str:
+    """The checkpoint's part of an output file name: its stem; for an ensemble (whose results go beside its first
+    checkpoint) the number of members and a hash of their paths, so that no two ensembles share a name."""
+    if len(tr.paths) < 2:
+        return Path(tr.path).stem
+    digest = hashlib.sha256("\n".join(str(Path(p).resolve()) for p in tr.paths).encode()).hexdigest()[:8]
+    return f"ensemble{len(tr.paths)}-{digest}"
 
 
 def settings_tag(d: DecodeConfig, own: DecodeConfig, precision: str = "fp32", default_precision: str = "fp32") -> str:

@@ -69,7 +69,10 @@ def select_beams(state: dict, rows: Tensor, sentences: Tensor, shrinking: bool) 
     """Reorder a beam-search state: `rows` are the parent rows of the new beams. Entries the state names in
     `static` (one row per sentence) move only when sentences leave the batch (`sentences`: the kept ones).
     Entries it names in `deferred` are not moved: `state["parents"]` records the rows they are to be read from,
-    and the model's next step gathers them there (for a growing cache, in the copy that extends it)."""
+    and the model's next step gathers them there (for a growing cache, in the copy that extends it).
+    An ensemble's state {"members": [...]} is reordered member by member, each by its own rules."""
+    if "members" in state:
+        return {**state, "members": [select_beams(s, rows, sentences, shrinking) for s in state["members"]]}
     static, deferred = state.get("static", ()), state.get("deferred", ())
     out = {key: (select_state(value, sentences) if shrinking else value) if key in static else
            value if key in deferred else select_state(value, rows) for key, value in state.items() if key != "parents"}

@@ -35,12 +35,13 @@ def grid(
 
 
 def sweep(
-    checkpoint: str, beams: Sequence[int], alphas: Sequence[float], ngrams: Sequence[int],
+    checkpoint: str | Sequence[str], beams: Sequence[int], alphas: Sequence[float], ngrams: Sequence[int],
     prepared_dir: Optional[str] = None, device: Optional[str] = None, output: Optional[str] = None,
     log: Callable[[str], None] = print, precision: str = "auto", workers: Optional[int] = None,
     early_exits: Sequence[bool] = (False,),
 ) -> dict:
-    """Decode the valid split once per setting; return every score and the best setting (ties: the earlier one)."""
+    """Decode the valid split once per setting; return every score and the best setting (ties: the earlier one).
+    Several checkpoints: their ensemble (see translate.load_translator)."""
     if not beams or not alphas or not ngrams or not early_exits:
         raise NmtError("give at least one value each for --beam, --alpha, --no-repeat-ngram and --early-exit")
     tr = load_translator(checkpoint, device, precision, workers)
@@ -58,7 +59,7 @@ def sweep(
         log(f"beam {beam:>2}  alpha {alpha:<4}  no_repeat_ngram {n}{rule}  BLEU {bleu.score:6.2f}  "
             f"length ratio {rows[-1]['length_ratio']:.3f}  {seconds:.1f} s")
     best = max(rows, key=lambda r: r["bleu"])  # max keeps the first of equal scores
-    result = {"checkpoint": tr.path, "split": "valid", "precision": tr.precision, "signature": str(metric.get_signature()), "rows": rows, "best": best}
+    result = {"checkpoint": tr.path, **({"ensemble": list(tr.paths)} if len(tr.paths) > 1 else {}), "split": "valid", "precision": tr.precision, "signature": str(metric.get_signature()), "rows": rows, "best": best}
     if output:
         try:
             atomic_write_text(Path(output), json.dumps(result, indent=2) + "\n")

@@ -1,9 +1,10 @@
-"""Stage 3: load a checkpoint, read text, translate in length-sorted batches, write in input order."""
+"""Stage 3: load a checkpoint (or several, as an ensemble), read text, translate in length-sorted batches, write in input order."""
 
 from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +17,7 @@ from nmt.config import Config, DecodeConfig, config_from_dict
 from nmt.data import decode_lines, read_text
 from nmt.errors import NmtError
 from nmt.models import build_model
+from nmt.models.ensemble import Ensemble
 from nmt.precision import DECODE_CHOICES, decode_precision, decode_row_multiple, pack_linear_layers
 from nmt.search import Hypothesis, decode_corpus
 from nmt.tokenizer import BOS, EOS, Tokenizer
@@ -30,15 +32,18 @@ class Translator:
     path: str
     precision: str = "fp32"  # the weights decoding uses: fp32, bf16 or int8
     workers: int = 1  # threads decoding batches side by side (see search.in_threads)
+    paths: tuple[str, ...] = ()  # every checkpoint; more than one: `model` is their Ensemble, `path` the first
 
 
 def load_translator(
-    checkpoint: str | Path, device: Optional[str] = None, precision: str = "auto", workers: Optional[int] = None
+    checkpoint: str | Path | Sequence[str | Path], device: Optional[str] = None, precision: str = "auto", workers: Optional[int] = None
 ) -> Translator:
     """Everything needed to translate comes from the checkpoint: config, tokenizer, weights. `precision` (see
     nmt.precision): auto is bf16 where the device multiplies bf16 natively, else fp32; int8, on the CPU only,
     quantizes every Linear layer's weights (torch's dynamic quantization; activations stay float). `workers`:
-    batches decoded side by side; default 2 on a CPU with two or more threads, each with half of them, else 1."""
+    batches decoded side by side; default 2 on a CPU with two or more threads, each with half of them, else 1.
+    Several checkpoints: decode with their ensemble (nmt.models.ensemble); they must share the tokenizer and the
+    direction, and the first one's decode settings are the defaults."""
     try:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
@@ -54,9 +59,37 @@ def load_translator(
     if dev.type == "cuda" and precision == "int8":
         raise NmtError("--precision int8 is for decoding on the CPU (add --device cpu); on a GPU, use bf16 (the default)")
     precision = decode_precision(dev, precision)
-    ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt["config"], origin=f"{ckpt['path']} (config)")
-    tok = Tokenizer.from_state(ckpt["tokenizer"], what=ckpt["path"])
+    wanted = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    if not wanted:
+        raise NmtError("give a checkpoint (--checkpoint)")
+    models, paths, positions = [], [], []
+    cfg, tok = None, None
+    for path in wanted:
+        ckpt = load_checkpoint(path)
+        own = config_from_dict(ckpt["config"], origin=f"{ckpt['path']} (config)")
+        own_tok = Tokenizer.from_state(ckpt["tokenizer"], what=ckpt["path"])
+        if cfg is None:
+            cfg, tok = own, own_tok
+        elif own_tok.sha256 != tok.sha256:
+            raise NmtError(f"{ckpt['path']}: trained with another tokenizer than {paths[0]}; an ensemble's checkpoints must share one")
+        elif (own.data.src_lang, own.data.tgt_lang) != (cfg.data.src_lang, cfg.data.tgt_lang):
+            raise NmtError(f"{ckpt['path']}: translates {own.data.src_lang}->{own.data.tgt_lang}, but {paths[0]} "
+                           f"{cfg.data.src_lang}->{cfg.data.tgt_lang}; an ensemble's checkpoints must translate one direction")
+        models.append(ready_model(ckpt, own, own_tok, dev, precision))
+        paths.append(ckpt["path"])
+        positions.append(own.model.max_positions)
+    if len(models) > 1:
+        model: nn.Module = Ensemble(models)
+        cfg = replace(cfg, model=replace(cfg.model, max_positions=min(positions)))  # lengths every member can decode
+    else:
+        model = models[0]
+    if workers is None:
+        workers = 2 if dev.type == "cpu" and torch.get_num_threads() >= 2 else 1
+    return Translator(model, tok, cfg, dev, paths[0], precision, workers, tuple(paths))
+
+
+def ready_model(ckpt: dict, cfg: Config, tok: Tokenizer, dev: torch.device, precision: str) -> nn.Module:
+    """The checkpoint's model on `dev`, in eval mode, with the weights `precision` asks for."""
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
     model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
@@ -70,9 +103,7 @@ def load_translator(
             model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     if hasattr(model, "row_multiple"):
         model.row_multiple = decode_row_multiple(dev, precision)
-    if workers is None:
-        workers = 2 if dev.type == "cpu" and torch.get_num_threads() >= 2 else 1
-    return Translator(model, tok, cfg, dev, ckpt["path"], precision, workers)
+    return model
 
 
 def encode_lines(tr: Translator, lines: list[str]) -> list[list[int]]:
@@ -128,7 +159,7 @@ def translate_with(tr: Translator, lines: list[str] | list[list[int]], d: Decode
 
 
 def translate(
-    checkpoint: str, input: Optional[str], output: Optional[str], device: Optional[str] = None,
+    checkpoint: str | Sequence[str], input: Optional[str], output: Optional[str], device: Optional[str] = None,
     attention_dir: Optional[str] = None, attention_layer: Optional[int] = None, precision: str = "auto",
     workers: Optional[int] = None, **options: Any,
 ) -> None:
@@ -141,6 +172,8 @@ def translate(
     if attention_dir:
         from nmt.plot import pyplot
 
+        if len(tr.paths) > 1:
+            raise NmtError("--attention-dir shows one model's attention: give one --checkpoint (the ensemble's members attend differently)")
         if tr.cfg.model.arch == "rnn" and tr.cfg.model.attention == "none":
             raise NmtError(f"{tr.path}: a seq2seq model without attention (model.attention: none) has no attention to plot")
         m = tr.cfg.model

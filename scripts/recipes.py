@@ -11,6 +11,9 @@ resumed, a finished one is not trained again. After training:
 2. `nmt sweep` decodes valid for each candidate over --beam x --alpha (valid.sweep.<candidate>.json);
 3. the best (candidate, beam, alpha) on valid translates test_2016_flickr, once (test.json): cased sacreBLEU,
    paper-style BLEU (lowercased, Moses-tokenized), chrF.
+With --ensemble (and two or more seeds), the first recipe's seeds are also decoded as one ensemble (`nmt translate
+--checkpoint A --checkpoint B ...`), each member the checkpoint its run chose on valid: beam and alpha are swept on valid
+for the ensemble (RUNS/<config>-ensemble<N>/valid.sweep.json), then test is translated once (test.json there).
 Test is never read before the choice is made.
 """
 
@@ -78,6 +81,42 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
     return row(config, seed, run_dir, json.loads(scored.read_text()))
 
 
+def ensemble_dir(config: str, seeds: int, args: argparse.Namespace) -> Path:
+    return Path(args.runs) / f"{Path(config).stem}-ensemble{seeds}"
+
+
+def run_ensemble(config: str, rows: list[dict], args: argparse.Namespace) -> dict:
+    """Decode the seeds' runs of `config` (their `rows`) as one ensemble: choose beam and alpha on valid, score test once."""
+    out_dir = ensemble_dir(config, len(rows), args)
+    members = [str(Path(r["run_dir"]) / r["checkpoint"]) for r in rows]
+    scored = out_dir / "test.json"
+    if not scored.exists():
+        log, swept = out_dir / "log.txt", out_dir / "valid.sweep.json"
+        given = [x for m in members for x in ("--checkpoint", m)]
+        if not swept.exists():
+            nmt("sweep", *given, "--beam", args.beam, "--alpha", args.alpha, "-o", str(swept), log=log)
+        choice = json.loads(swept.read_text())["best"]
+        best = {"checkpoint": " + ".join(str(Path(m).relative_to(args.runs)) for m in members), "beam": choice["beam"],
+                "alpha": choice["alpha"], "valid_bleu": choice["bleu"]}
+        print(f"{out_dir}: chosen on valid: {best}; translating test", flush=True)
+        result = json.loads(nmt("evaluate", *given, "--split", "test", "--beam", str(best["beam"]), "--alpha", str(best["alpha"]),
+                                "--json", log=log))
+        scored.write_text(json.dumps({"chosen_on_valid": best, "members": members, "test": result}, indent=2) + "\n")
+    return ensemble_row(config, rows, json.loads(scored.read_text()))
+
+
+def ensemble_row(config: str, rows: list[dict], scored: dict) -> dict:
+    """The ensemble's row: steps, training minutes and parameters are its members' sums."""
+    m, best = scored["test"]["metrics"], scored["chosen_on_valid"]
+    return {
+        "recipe": f"{Path(config).stem} ensemble", "seed": "+".join(str(r["seed"]) for r in rows), "members": scored["members"],
+        "steps": sum(r["steps"] for r in rows), "train_minutes": sum(r["train_minutes"] for r in rows), "tgt_tokens_per_s": None,
+        "curve": [], "parameters": sum(r["parameters"] for r in rows), **best,
+        "bleu": m["bleu"]["score"], "bleu_signature": m["bleu"]["signature"],
+        "bleu_paper": m.get("bleu_paper", {}).get("score"), "chrf": m["chrf"]["score"], "target": TARGETS.get(Path(config).stem),
+    }
+
+
 def row(config: str, seed: int, run_dir: Path, scored: dict) -> dict:
     m, best = scored["test"]["metrics"], scored["chosen_on_valid"]
     return {
@@ -110,7 +149,8 @@ def markdown(rows: list[dict]) -> str:
     lines.append("")
     lines.append("valid BLEU (greedy, during training) against training minutes:")
     for r in rows:
-        lines.append(f"- {r['recipe']} seed {r['seed']}: " + ", ".join(f"{m:.1f} min {b:.2f}" for m, b in r["curve"]))
+        if r["curve"]:
+            lines.append(f"- {r['recipe']} seed {r['seed']}: " + ", ".join(f"{m:.1f} min {b:.2f}" for m, b in r["curve"]))
     lines.append("")
     lines.append(f"BLEU signature: {rows[0]['bleu_signature']}")
     return "\n".join(lines)
@@ -126,6 +166,7 @@ def main() -> None:
     ap.add_argument("--beam", default="1,5", help="beam sizes to sweep on valid")
     ap.add_argument("--alpha", default="0.6,1.0", help="length penalties to sweep on valid")
     ap.add_argument("--average", default="", help="also try the average of the last N step checkpoints, e.g. 3,5")
+    ap.add_argument("--ensemble", action="store_true", help="also decode the first recipe's seeds as one ensemble (two or more seeds)")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run's config")
     ap.add_argument("--only", action="append", default=[], help="only this recipe (e.g. multi30k_en_fr); repeatable")
     ap.add_argument("--config", action="append", default=[], help="run these configs instead of the four recipes (the seeds go to the first)")
@@ -140,15 +181,23 @@ def main() -> None:
 
     configs = [c for c in (args.config or RECIPES) if not args.only or Path(c).stem in args.only]
     runs = [(c, s) for c in configs for s in range(1, (args.seeds if c == configs[0] else 1) + 1)]
+    if args.ensemble and args.seeds < 2:
+        raise SystemExit("--ensemble needs two or more --seeds")
     if args.only_table:
         dirs = [(c, s, Path(args.runs) / f"{Path(c).stem}-seed{s}") for c, s in runs]
         rows = [row(c, s, d, json.loads((d / "test.json").read_text())) for c, s, d in dirs if (d / "test.json").exists()]
+        scored = ensemble_dir(configs[0], args.seeds, args) / "test.json"
+        seeds = [r for r in rows if r["recipe"] == Path(configs[0]).stem]
+        if args.ensemble and scored.exists() and len(seeds) == args.seeds:
+            rows.append(ensemble_row(configs[0], seeds, json.loads(scored.read_text())))
     else:
         for config in configs:
             nmt("prepare", "--config", config, *(["--source", args.source] if args.source else []),
                 *[x for s in args.set for x in ("--set", s)], log=Path(args.runs) / f"prepare.{Path(config).stem}.log")
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             rows = list(pool.map(lambda cs: run_one(*cs, args), runs))
+        if args.ensemble:
+            rows.append(run_ensemble(configs[0], rows[:args.seeds], args))
     if not rows:
         raise SystemExit("no finished runs")
     print(markdown(rows))

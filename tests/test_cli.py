@@ -786,3 +786,49 @@ def test_translate_on_a_device_that_is_not_there(cli, smoke: SmokeRun, device: s
         pytest.skip("this machine has CUDA")
     code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "--device", device, stdin=b"a\n")
     assert_one_error_line(code, err, f"--device {device}")
+
+
+def test_translate_sweep_and_evaluate_with_an_ensemble(cli, smoke: SmokeRun, run_copy: Path, tmp_path: Path) -> None:
+    """--checkpoint twice: the ensemble of two checkpoints of the run translates every line; evaluate names its
+    members and keeps its results apart from a single checkpoint's; sweep decodes valid with it."""
+    from nmt.retention import step_files
+
+    a, b = step_files(run_copy)[100], step_files(run_copy)[200]
+    lines = (smoke.prepared / "valid.src.txt").read_text(encoding="utf-8").splitlines()[:12]
+    code, out, err = cli("translate", "--checkpoint", a, "--checkpoint", b, "--beam", "2", stdin="\n".join(lines).encode() + b"\n")
+    assert code in (0, None), err
+    assert len(out.splitlines()) == 12 and any(out.splitlines())
+    code, out, err = cli("evaluate", "--checkpoint", a, "--checkpoint", b, "--split", "valid", "--beam", "1", "--json")
+    assert code in (0, None), err
+    ensemble = json.loads(out)
+    assert ensemble["ensemble"] == [str(a), str(b)] and ".ensemble2-" in ensemble["hyp"] and Path(ensemble["hyp"]).is_file()
+    code, out, err = cli("evaluate", "--checkpoint", b, "--split", "valid", "--beam", "1", "--json")
+    assert code in (0, None), err
+    single = json.loads(out)
+    assert "ensemble" not in single and single["hyp"] != ensemble["hyp"] and Path(ensemble["hyp"]).is_file()
+    code, out, err = cli("sweep", "--checkpoint", a, "--checkpoint", b, "--beam", "1", "--alpha", "0.6", "-o", tmp_path / "s.json")
+    assert code in (0, None), err
+    swept = json.loads((tmp_path / "s.json").read_text())
+    assert swept["ensemble"] == [str(a), str(b)] and swept["best"]["bleu"] == round(ensemble["metrics"]["bleu"]["score"], 2)
+
+
+def test_ensemble_of_checkpoints_that_do_not_fit_together(cli, smoke: SmokeRun, other_prepared: Path, tmp_path: Path) -> None:
+    """Another tokenizer, or the other direction: one error line naming the checkpoint; --attention-dir wants one model."""
+    from nmt.checkpoint import load_checkpoint, save_checkpoint
+    from nmt.retention import step_files
+    from nmt.tokenizer import Tokenizer
+
+    good = step_files(smoke.run)[200]
+    ckpt = load_checkpoint(good)
+    del ckpt["path"]
+    other_tok = tmp_path / "other_tok.pt"
+    save_checkpoint(other_tok, {**ckpt, "tokenizer": Tokenizer.load(other_prepared).to_state()})
+    data = dict(ckpt["config"]["data"], src_lang=ckpt["config"]["data"]["tgt_lang"], tgt_lang=ckpt["config"]["data"]["src_lang"])
+    reversed_ = tmp_path / "reversed.pt"
+    save_checkpoint(reversed_, {**ckpt, "config": {**ckpt["config"], "data": data}})
+    code, _, err = cli("translate", "--checkpoint", good, "--checkpoint", other_tok, stdin=b"a dog\n")
+    assert_one_error_line(code, err, other_tok, "tokenizer")
+    code, _, err = cli("evaluate", "--checkpoint", good, "--checkpoint", reversed_, "--split", "valid")
+    assert_one_error_line(code, err, reversed_, "direction")
+    code, _, err = cli("translate", "--checkpoint", good, "--checkpoint", good, "--attention-dir", tmp_path / "attn", stdin=b"a dog\n")
+    assert_one_error_line(code, err, "--attention-dir", "one --checkpoint")

@@ -1,5 +1,6 @@
 """scripts/recipes.py runs the protocol end to end on the smoke model and a toy corpus: the choice is made on valid, test is
-scored once with it, the table reports it, and a finished run is not trained again."""
+scored once with it, the table reports it, and a finished run is not trained again; the seeds' ensemble is chosen and
+scored the same way."""
 
 import json
 import subprocess
@@ -12,11 +13,12 @@ def test_recipes_chooses_on_valid_scores_test_once_and_does_not_retrain(repo_roo
            "--source", str(corpus), "--set", f"data.prepared_dir={tmp_path / 'prepared'}", "--set", "data.corpus=files",
            "--set", "data.vocab_size=60",
            "--set", "train.save_every=20", "--set", "train.valid_every=20", "--steps", "40", "--seeds", "2",
-           "--average", "2", "--beam", "1,2", "--alpha", "0.6", "--runs", str(runs), "--json", str(tmp_path / "rows.json")]
+           "--average", "2", "--ensemble", "--beam", "1,2", "--alpha", "0.6", "--runs", str(runs), "--json", str(tmp_path / "rows.json")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = json.loads((tmp_path / "rows.json").read_text())
-    assert [(r["recipe"], r["seed"]) for r in rows] == [("smoke", 1), ("smoke", 2)]
+    assert [(r["recipe"], r["seed"]) for r in rows] == [("smoke", 1), ("smoke", 2), ("smoke ensemble", "1+2")]
+    rows, ensemble = rows[:2], rows[2]
 
     for r in rows:
         run = runs / f"smoke-seed{r['seed']}"
@@ -34,11 +36,19 @@ def test_recipes_chooses_on_valid_scores_test_once_and_does_not_retrain(repo_roo
         logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert r["curve"] == [[v["time"] / 60, v["valid_bleu"]] for v in logged if "valid_bleu" in v]
         assert len(r["curve"]) == 2 and r["steps"] == 40
+    # the ensemble: each seed's chosen checkpoint, beam and alpha chosen on valid for it, test decoded once with them
+    scored = json.loads((runs / "smoke-ensemble2" / "test.json").read_text())
+    members = [str(runs / f"smoke-seed{r['seed']}" / r["checkpoint"]) for r in rows]
+    swept = json.loads((runs / "smoke-ensemble2" / "valid.sweep.json").read_text())
+    assert scored["members"] == members == scored["test"]["ensemble"] == swept["ensemble"] == ensemble["members"]
+    assert ensemble["valid_bleu"] == swept["best"]["bleu"] and ensemble["beam"] == scored["test"]["beam"] == swept["best"]["beam"]
+    assert ensemble["bleu"] == scored["test"]["metrics"]["bleu"]["score"] and ensemble["steps"] == 80
+    assert "| smoke ensemble | 1+2 |" in done.stdout
     assert "smoke, 2 seeds: test BLEU mean" in done.stdout
     assert "smoke seed 2: " in done.stdout and " min " in done.stdout
 
     # a finished run is neither trained nor decoded again: nothing in its folder changes
-    before = {f: f.stat().st_mtime_ns for f in runs.rglob("*") if f.is_file() and "seed" in str(f.parent)}
+    before = {f: f.stat().st_mtime_ns for f in runs.rglob("*") if f.is_file() and f.parent != runs}  # runs/: prepare's logs
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert {f: f.stat().st_mtime_ns for f in before} == before

@@ -1,0 +1,38 @@
+"""Decode with several models at once (fairseq's `--path a.pt:b.pt`, OpenNMT-py's `-model a.pt b.pt`).
+
+At every step each member predicts the next token from its own state, and the ensemble's distribution is the
+mean of the members' probabilities: log p(y) = logsumexp_i log p_i(y) - log n. The members must share the target
+vocabulary (nmt.translate checks that they share the tokenizer and the direction); they may differ in everything
+else: seeds, sizes, architectures (a Transformer beside an RNN).
+
+The ensemble offers the same `start`/`step` interface as one model, so greedy and beam search use it unchanged. Its
+state is {"members": [each member's state]}: search.select_beams reorders each member's state by that member's own
+rules (its "static" and "deferred" entries), and select_state, which treats every entry alike, goes through the list.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class Ensemble(nn.Module):
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs two or more models")
+        self.members = nn.ModuleList(members)
+
+    def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> dict:
+        if record:  # each member attends in its own way: there is no one set of weights to show
+            raise ValueError("an ensemble does not record attention weights; decode with one model for that")
+        return {"members": [m.start(src, src_pad_mask) for m in self.members]}
+
+    def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
+        """prev (B,) -> the log of the members' mean next-token probabilities (B, V) in fp32, and the new state."""
+        outputs = [m.step(prev, s) for m, s in zip(self.members, state["members"])]
+        log_probs = torch.stack([torch.log_softmax(logits, dim=-1, dtype=torch.float32) for logits, _ in outputs])
+        mean = torch.logsumexp(log_probs, dim=0) - math.log(len(outputs))
+        return mean, {"members": [s for _, s in outputs]}
