@@ -121,11 +121,15 @@ def block_size(v: int) -> Optional[int]:
 
 
 def next_log_probs(
-    logits: Tensor, bos: int, eos: int, force_eos: Tensor, prefix: Optional[Tensor] = None, no_repeat_ngram: int = 0
+    logits: Tensor, bos: int, eos: int, force_eos: Tensor, prefix: Optional[Tensor] = None, no_repeat_ngram: int = 0,
+    normalised: bool = False,
 ) -> Tensor:
     """(R, V) fp32 log-probabilities of the next token: the model's (normalised over the whole vocabulary, in fp32
-    also for bf16 weights), then `restrict` and `block_repeats` rule tokens out (-inf)."""
-    if logits.dtype == torch.float32 or logits.device.type != "cpu":
+    also for bf16 weights), then `restrict` and `block_repeats` rule tokens out (-inf). `normalised`: the model's
+    `step` already gave fp32 log-probabilities in a tensor of its own (an ensemble's, `returns_log_probs`), used as they are."""
+    if normalised:
+        lp = logits
+    elif logits.dtype == torch.float32 or logits.device.type != "cpu":
         lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # a new tensor: the model's logits stay as they are
     else:  # the fp32 copy is ours: normalised in place, one pass less (torch's CPU kernel reads a row whole before writing it)
         lp = logits.float()
@@ -141,6 +145,7 @@ def greedy_search(
 ) -> list[Hypothesis]:
     """Pick the most probable token at each step until EOS or `max_len` (B,) tokens."""
     state = model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
+    normalised = getattr(model, "returns_log_probs", False)
     b = src.size(0)
     src_len = (~src_pad_mask).sum(1).tolist()
     attention: list[Optional[dict]] = [None] * b
@@ -153,7 +158,7 @@ def greedy_search(
     max_len = max_len.to(src.device)
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
-        lp = next_log_probs(logits, bos, eos, max_len[alive] <= t + 1)
+        lp = next_log_probs(logits, bos, eos, max_len[alive] <= t + 1, normalised=normalised)
         best, prev, _ = top_continuations(lp.new_zeros(len(alive), 1), lp, 1)  # one beam per sentence
         best, prev = best[:, 0], prev[:, 0]
         log_prob.index_add_(0, alive, best)
@@ -222,6 +227,7 @@ def beam_search(
     k = beam
     width = 1  # beams (rows) per live sentence: the k beams would start identical, so the first step decodes one row
     state = model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
+    normalised = getattr(model, "returns_log_probs", False)
     src_len = (~src_pad_mask).sum(1).tolist()
     sent = torch.arange(n, device=dev)  # original sentence of each live sentence
     max_len = max_len.to(dev)
@@ -233,7 +239,7 @@ def beam_search(
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
         force = max_len[sent] <= t + 1  # last allowed position: must be EOS
-        lp = next_log_probs(logits, bos, eos, force.repeat_interleave(width), prefix, no_repeat_ngram)
+        lp = next_log_probs(logits, bos, eos, force.repeat_interleave(width), prefix, no_repeat_ngram, normalised)
         cand, tok, parent = top_continuations(scores, lp, 2 * k)  # at most k of them end in EOS: k continue
         is_eos = tok == eos
         # finished: EOS among the top k candidates (beyond rank k they would not have been kept)

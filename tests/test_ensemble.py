@@ -88,6 +88,18 @@ def test_members_keep_one_encoder_row_per_sentence_under_beam_search() -> None:
     assert all(rows == 4 * sentences for rows, sentences in seen[1:]) and len(seen) > 2
 
 
+@pytest.mark.parametrize("beam", [1, 4])
+def test_search_uses_the_ensembles_log_probabilities_as_they_are(beam: int, monkeypatch) -> None:
+    """`returns_log_probs`: search skips normalising the ensemble's output again; normalising it anyway changes nothing."""
+    ens, src = Ensemble([transformer(3), rnn(4)]), sources()
+    fast = decode_corpus(ens, src, beam=beam, **KW)
+    monkeypatch.setattr(Ensemble, "returns_log_probs", False)
+    plain = decode_corpus(ens, src, beam=beam, **KW)
+    assert [h[0].tokens for h in fast] == [h[0].tokens for h in plain]
+    for a, b in zip(fast, plain):
+        assert math.isclose(a[0].score, b[0].score, rel_tol=1e-5, abs_tol=1e-5)
+
+
 def test_the_ensemble_differs_from_each_member() -> None:
     """Not a member in disguise: on these random models, the ensemble's beam output is neither member's."""
     a, b, src = transformer(3), transformer(4), sources(12)
