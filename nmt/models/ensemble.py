@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 
 class Ensemble(nn.Module):
+    returns_log_probs = True  # `step` gives normalised log-probabilities: search need not normalise them again
+
     def __init__(self, members: list[nn.Module]):
         super().__init__()
         if len(members) < 2:
@@ -27,8 +29,6 @@ class Ensemble(nn.Module):
         if record:  # each member attends in its own way: there is no one set of weights to show
             raise ValueError("an ensemble does not record attention weights; decode with one model for that")
         return {"members": [m.start(src, src_pad_mask) for m in self.members]}
-
-    returns_log_probs = True  # `step` gives normalised log-probabilities: search need not normalise them again
 
     def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
         """prev (B,) -> the log of the members' mean next-token probabilities (B, V) in fp32, and the new state.
