@@ -21,6 +21,7 @@ from nmt.translate import (
     decode_settings,
     format_output,
     load_translator,
+    members,
     translate_with,
 )
 
@@ -62,7 +63,7 @@ def evaluate_checkpoint(
     out_dir = Path(tr.path).parent
     stem = f"{split}.{checkpoint_tag(tr)}.{settings_tag(d, tr.cfg.decode, tr.precision, decode_precision(tr.device, 'auto'))}"
     result = {
-        "checkpoint": tr.path, **({"ensemble": list(tr.paths)} if len(tr.paths) > 1 else {}), "split": split, "prepared_dir": str(pdir), "beam": d.beam, "alpha": d.alpha,
+        "checkpoint": tr.path, **members(tr), "split": split, "prepared_dir": str(pdir), "beam": d.beam, "alpha": d.alpha,
         "precision": tr.precision, "decode": asdict(d), "hyp": str(out_dir / f"{stem}.hyp.txt"), "metrics": score_all(text.splitlines(), refs, tr.cfg.data.tgt_lang),
         "bleu_by_source_length": bleu_by_length(src, text.splitlines(), refs),
     }

@@ -18,7 +18,7 @@ from sacrebleu.metrics import BLEU
 from nmt.checkpoint import atomic_write_text
 from nmt.errors import NmtError
 from nmt.evaluate import load_split
-from nmt.translate import decode_settings, load_translator, translate_with
+from nmt.translate import decode_settings, load_translator, members, translate_with
 
 
 def grid(
@@ -59,7 +59,7 @@ def sweep(
         log(f"beam {beam:>2}  alpha {alpha:<4}  no_repeat_ngram {n}{rule}  BLEU {bleu.score:6.2f}  "
             f"length ratio {rows[-1]['length_ratio']:.3f}  {seconds:.1f} s")
     best = max(rows, key=lambda r: r["bleu"])  # max keeps the first of equal scores
-    result = {"checkpoint": tr.path, **({"ensemble": list(tr.paths)} if len(tr.paths) > 1 else {}), "split": "valid", "precision": tr.precision, "signature": str(metric.get_signature()), "rows": rows, "best": best}
+    result = {"checkpoint": tr.path, **members(tr), "split": "valid", "precision": tr.precision, "signature": str(metric.get_signature()), "rows": rows, "best": best}
     if output:
         try:
             atomic_write_text(Path(output), json.dumps(result, indent=2) + "\n")

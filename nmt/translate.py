@@ -88,6 +88,11 @@ def load_translator(
     return Translator(model, tok, cfg, dev, paths[0], precision, workers, tuple(paths))
 
 
+def members(tr: Translator) -> dict[str, list[str]]:
+    """{"ensemble": [checkpoints]} for an ensemble, {} for one model: what evaluate's and sweep's results add."""
+    return {"ensemble": list(tr.paths)} if len(tr.paths) > 1 else {}
+
+
 def ready_model(ckpt: dict, cfg: Config, tok: Tokenizer, dev: torch.device, precision: str) -> nn.Module:
     """The checkpoint's model on `dev`, in eval mode, with the weights `precision` asks for."""
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)

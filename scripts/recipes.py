@@ -74,11 +74,16 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
             choice = json.loads(out.read_text())["best"]
             if best is None or choice["bleu"] > best["valid_bleu"]:
                 best = {"checkpoint": ckpt.name, "beam": choice["beam"], "alpha": choice["alpha"], "valid_bleu": choice["bleu"]}
-        print(f"{run_dir}: chosen on valid: {best}; translating test", flush=True)
-        result = json.loads(nmt("evaluate", "--checkpoint", str(run_dir / best["checkpoint"]), "--split", "test",
-                                "--beam", str(best["beam"]), "--alpha", str(best["alpha"]), "--json", log=log))
-        scored.write_text(json.dumps({"chosen_on_valid": best, "test": result}, indent=2) + "\n")
+        score_test(scored, ["--checkpoint", str(run_dir / best["checkpoint"])], best, log)
     return row(config, seed, run_dir, json.loads(scored.read_text()))
+
+
+def score_test(scored: Path, given: list[str], best: dict, log: Path, **extra: object) -> None:
+    """Translate test once with the checkpoint(s) `given` and the beam and alpha chosen on valid (`best`); write `scored`."""
+    print(f"{scored.parent}: chosen on valid: {best}; translating test", flush=True)
+    result = json.loads(nmt("evaluate", *given, "--split", "test", "--beam", str(best["beam"]), "--alpha", str(best["alpha"]),
+                            "--json", log=log))
+    scored.write_text(json.dumps({"chosen_on_valid": best, **extra, "test": result}, indent=2) + "\n")
 
 
 def ensemble_dir(config: str, seeds: int, args: argparse.Namespace) -> Path:
@@ -98,33 +103,32 @@ def run_ensemble(config: str, rows: list[dict], args: argparse.Namespace) -> dic
         choice = json.loads(swept.read_text())["best"]
         best = {"checkpoint": " + ".join(str(Path(m).relative_to(args.runs)) for m in members), "beam": choice["beam"],
                 "alpha": choice["alpha"], "valid_bleu": choice["bleu"]}
-        print(f"{out_dir}: chosen on valid: {best}; translating test", flush=True)
-        result = json.loads(nmt("evaluate", *given, "--split", "test", "--beam", str(best["beam"]), "--alpha", str(best["alpha"]),
-                                "--json", log=log))
-        scored.write_text(json.dumps({"chosen_on_valid": best, "members": members, "test": result}, indent=2) + "\n")
+        score_test(scored, given, best, log, members=members)
     return ensemble_row(config, rows, json.loads(scored.read_text()))
 
 
 def ensemble_row(config: str, rows: list[dict], scored: dict) -> dict:
     """The ensemble's row: steps, training minutes and parameters are its members' sums."""
-    m, best = scored["test"]["metrics"], scored["chosen_on_valid"]
     return {
         "recipe": f"{Path(config).stem} ensemble", "seed": "+".join(str(r["seed"]) for r in rows), "members": scored["members"],
         "steps": sum(r["steps"] for r in rows), "train_minutes": sum(r["train_minutes"] for r in rows), "tgt_tokens_per_s": None,
-        "curve": [], "parameters": sum(r["parameters"] for r in rows), **best,
-        "bleu": m["bleu"]["score"], "bleu_signature": m["bleu"]["signature"],
-        "bleu_paper": m.get("bleu_paper", {}).get("score"), "chrf": m["chrf"]["score"], "target": TARGETS.get(Path(config).stem),
+        "curve": [], "parameters": sum(r["parameters"] for r in rows), **scores_of(config, scored),
     }
 
 
 def row(config: str, seed: int, run_dir: Path, scored: dict) -> dict:
-    m, best = scored["test"]["metrics"], scored["chosen_on_valid"]
     return {
         "recipe": Path(config).stem, "seed": seed, "run_dir": str(run_dir), **train_stats(run_dir),
-        "parameters": parameters(run_dir / best["checkpoint"]), **best,
-        "bleu": m["bleu"]["score"], "bleu_signature": m["bleu"]["signature"],
-        "bleu_paper": m.get("bleu_paper", {}).get("score"), "chrf": m["chrf"]["score"],
-        "target": TARGETS.get(Path(config).stem),
+        "parameters": parameters(run_dir / scored["chosen_on_valid"]["checkpoint"]), **scores_of(config, scored),
+    }
+
+
+def scores_of(config: str, scored: dict) -> dict:
+    """What a row takes from a test.json: the choice made on valid, and the test scores."""
+    m = scored["test"]["metrics"]
+    return {
+        **scored["chosen_on_valid"], "bleu": m["bleu"]["score"], "bleu_signature": m["bleu"]["signature"],
+        "bleu_paper": m.get("bleu_paper", {}).get("score"), "chrf": m["chrf"]["score"], "target": TARGETS.get(Path(config).stem),
     }
 
 
