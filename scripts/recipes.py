@@ -5,7 +5,7 @@
     python scripts/recipes.py --steps 500 --only-table                                              # finished runs only
 
 The four directions (en->de, de->en, en->fr, en->cs), or the --config files given; the first (en->de) is
-trained with seeds 1..N (--seeds) for the spread. Each run lives in RUNS/<config>-seed<S>: an existing run is
+trained with seeds 1..N (--seeds), or the --seed values given, for the spread. Each run lives in RUNS/<config>-seed<S>: an existing run is
 resumed, a finished one is not trained again. After training:
 1. candidates: best.pt (best valid BLEU), and with --average N, the average of the last N step checkpoints;
 2. `nmt sweep` decodes valid for each candidate over --beam x --alpha (valid.sweep.<candidate>.json);
@@ -166,6 +166,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=0.0, help="train.max_minutes for every run (validation excluded)")
     ap.add_argument("--threads", type=int, default=0, help="train.threads (0: torch's default)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 1..N for en->de (the other directions: seed 1)")
+    ap.add_argument("--seed", type=int, action="append", default=[],
+                    help="train en->de (the first recipe) with this seed instead of 1..N; repeatable (e.g. a later session's seed 2)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (on a CPU, with --threads 1, two use 2 cores best)")
     ap.add_argument("--beam", default="1,5", help="beam sizes to sweep on valid")
     ap.add_argument("--alpha", default="0.6,1.0,1.4,2.0", help="length penalties to sweep on valid (1.0, once the grid's edge, "
@@ -185,7 +187,9 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     configs = [c for c in (args.config or RECIPES) if not args.only or Path(c).stem in args.only]
-    runs = [(c, s) for c in configs for s in range(1, (args.seeds if c == configs[0] else 1) + 1)]
+    seed_list = args.seed or list(range(1, args.seeds + 1))
+    args.seeds = len(seed_list)
+    runs = [(c, s) for c in configs for s in (seed_list if c == configs[0] else [1])]
     if args.ensemble and args.seeds < 2:
         raise SystemExit("--ensemble needs two or more --seeds")
     if args.only_table:

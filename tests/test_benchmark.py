@@ -85,3 +85,16 @@ def test_ratios_compare_nmt_with_the_peers_under_the_same_stopping_rule(repo_roo
     assert decode["nmt_beam1"]["speed_vs_ct2"] == 1.5
     assert (decode["nmt_beam5"]["speed_vs_onmt"], decode["nmt_beam5_early"]["speed_vs_onmt"]) == (9.0 / 4.0, 9.0 / 3.0)
     assert "speed_vs_ct2" not in decode["ct2_beam5"]
+
+
+def test_attention_bench_times_both_paths_on_every_setting(repo_root):
+    done = subprocess.run([sys.executable, str(repo_root / "scripts" / "attention_bench.py"), "--d-model", "32", "--heads", "4",
+                           "--repeat", "1", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.strip("|").split("|") for line in done.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    settings = {tuple(c.strip() for c in r[:4]) for r in rows}
+    assert len(rows) == len(settings) == 3 * 2 * 2 * 2  # shapes x dtypes x dropout x causal, each once
+    for r in rows:
+        sdpa, written, ratio = (float(c) for c in r[4:])
+        rounding = ratio * (0.05 / sdpa + 0.05 / written) * 1.1 + 0.005  # the times are printed to 0.1 ms, the ratio to 0.01
+        assert sdpa > 0 and written > 0 and abs(ratio - sdpa / written) <= rounding

@@ -53,3 +53,11 @@ def test_recipes_chooses_on_valid_scores_test_once_and_does_not_retrain(repo_roo
     assert again.returncode == 0, again.stderr[-2000:]
     assert {f: f.stat().st_mtime_ns for f in before} == before
     assert again.stdout.split("| recipe")[1] == done.stdout.split("| recipe")[1]
+
+    # --seed picks seeds instead of 1..N (a later session adds seed 3 to seeds 1-2): here only seed 2's finished row
+    only = [a for a in cmd if a != "--ensemble"] + ["--only-table"]
+    only[only.index("--seeds")], only[only.index("--json") + 1] = "--seed", str(tmp_path / "seed2.json")
+    picked = subprocess.run(only, capture_output=True, text=True, timeout=600)
+    assert picked.returncode == 0, picked.stderr[-2000:]
+    assert json.loads((tmp_path / "seed2.json").read_text()) == [r for r in json.loads((tmp_path / "rows.json").read_text())
+                                                                    if r["seed"] == 2]

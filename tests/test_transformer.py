@@ -114,6 +114,55 @@ def test_cpu_dropout_drops_the_asked_share_and_keeps_the_mean(dtype):
     assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=1e-2 if dtype == torch.bfloat16 else 1e-4)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_training_on_a_cpu_attends_as_sdpa_does(monkeypatch, causal, autocast):
+    """Training on a CPU writes attention out (scores, softmax, weighted sum) where SDPA's CPU kernels are the slower:
+    in bf16 always, in fp32 with dropout. Its output and gradients are SDPA's, with or without autocast."""
+    from nmt.models.transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4, dropout=0.0).train()
+    x = torch.randn(3, 6, 32)
+    k, v = (torch.randn(3, 4, 6, 8) for _ in range(2))
+    mask = None if causal else torch.tensor([[True] * 6, [True] * 4 + [False] * 2, [True] * 6])[:, None, None, :]
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        q = attn._split(attn.q(x))
+        assert attn._explicit(q) == autocast  # fp32 without dropout: SDPA; bf16: written out
+        with torch.no_grad():
+            assert not attn._explicit(q)  # decoding and validation: SDPA
+
+    def run(explicit: bool):
+        monkeypatch.setattr(Attention, "_explicit", lambda self, q: explicit)
+        attn.zero_grad(set_to_none=True)
+        xs, ks, vs = (t.clone().requires_grad_() for t in (x, k, v))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = attn(xs, ks, vs, mask=mask, causal=causal)
+        (y.float() * torch.linspace(-1, 1, 32)).sum().backward()
+        return [y.float(), xs.grad, ks.grad, vs.grad, attn.q.weight.grad.clone()]
+
+    fast, sdpa = run(True), run(False)
+    tol = dict(atol=2e-2, rtol=2e-2) if autocast else dict(atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast, sdpa):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_attention_dropout_on_a_cpu_drops_weights_in_training_only():
+    from nmt.models.transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4, dropout=0.5)
+    x, k, v = torch.randn(2, 5, 32), torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)
+    torch.testing.assert_close(attn.eval()(x, k, v), attn(x, k, v))
+    attn.train()
+    assert attn._explicit(attn._split(attn.q(x))) and not torch.allclose(attn(x, k, v), attn(x, k, v))
+    torch.manual_seed(1)
+    first = attn(x, k, v)
+    torch.manual_seed(1)
+    torch.testing.assert_close(attn(x, k, v), first)  # the masks come from torch's generator: seeded runs repeat
+
+
 @pytest.mark.parametrize("pad", [0, 3])
 def test_a_decoding_step_where_beams_share_a_row_of_keys_attends_as_if_each_had_its_own_copy(pad):
     """Beam search keeps the encoder's keys/values once per sentence: f consecutive query rows share one row. The

@@ -58,11 +58,18 @@ class Dropout(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention; keys/values are projected separately so they can be cached."""
+    """Multi-head attention; keys/values are projected separately so they can be cached.
+
+    Training on a CPU computes it as written (scores, softmax in fp32, dropout, weighted sum) rather than with
+    scaled_dot_product_attention where SDPA's CPU kernels were the slower (scripts/attention_bench.py, torch 2.13,
+    2 threads, fwd + bwd of a call on Multi30k batch shapes): in bf16 without attention dropout (its flash kernel) 3.2-5.6x,
+    with dropout (its bernoulli masks) 1.1-1.6x; in fp32 with dropout 1.0-1.3x. In fp32 without dropout they were even
+    (0.8-1.15x), so that keeps SDPA, as do decoding and GPUs."""
 
     def __init__(self, d_model: int, heads: int, dropout: float):
         super().__init__()
         self.heads, self.dropout = heads, dropout
+        self.drop = Dropout(dropout)
         self.q = nn.Linear(d_model, d_model)
         self.kv = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
@@ -82,7 +89,7 @@ class Attention(nn.Module):
         """x (B, T, D) attends to k, v (B, H, S, D/H); mask (B, 1, 1, S) is True where allowed; `causal`: query
         i sees key i and those before it. With `need_weights`, also returns the weights (B, H, T, S) the output was made of."""
         q = self._split(self.q(x))
-        if need_weights:  # explicit, to have the weights: the same computation as SDPA's
+        if need_weights or self._explicit(q):  # the same computation as SDPA's, with the weights at hand
             a = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # scaling the queries is cheaper than the scores
             if mask is not None:
                 a.masked_fill_(~mask, -float("inf"))
@@ -90,13 +97,18 @@ class Attention(nn.Module):
                 t, s = a.shape[-2:]
                 a.masked_fill_(torch.ones(t, s, dtype=torch.bool, device=a.device).triu(1), -float("inf"))
             w = a.softmax(dim=-1, dtype=torch.float32)  # in fp32 also for bf16 weights, as SDPA does: rows sum to 1
-            y = F.dropout(w, self.dropout, self.training).to(v.dtype) @ v
+            y = self.drop(w).to(v.dtype) @ v
         else:
             p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         b, h, t, dh = y.shape
         out = self.out(y.transpose(1, 2).reshape(b, t, h * dh))
         return (out, w) if need_weights else out
+
+    def _explicit(self, q: Tensor) -> bool:
+        """Whether training on a CPU, where the written-out attention is the faster (see the class)."""
+        dropout = self.training and self.dropout > 0
+        return q.device.type == "cpu" and torch.is_grad_enabled() and (dropout or q.dtype != torch.float32)
 
     def step(self, x: Tensor, rows: int, k: Tensor, v: Tensor, bias: Optional[Tensor] = None, weights: Optional[list] = None) -> Tensor:
         """Decoding: one new position per row. x (R, D), of which the first `rows` are real (the rest pad the row count
