@@ -68,8 +68,7 @@ class Attention(nn.Module):
 
     def __init__(self, d_model: int, heads: int, dropout: float):
         super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.drop = Dropout(dropout)
+        self.heads, self.drop = heads, Dropout(dropout)  # the written-out path's dropout; its p also SDPA's
         self.q = nn.Linear(d_model, d_model)
         self.kv = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
@@ -99,7 +98,7 @@ class Attention(nn.Module):
             w = a.softmax(dim=-1, dtype=torch.float32)  # in fp32 also for bf16 weights, as SDPA does: rows sum to 1
             y = self.drop(w).to(v.dtype) @ v
         else:
-            p = self.dropout if self.training else 0.0
+            p = self.drop.p if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         b, h, t, dh = y.shape
         out = self.out(y.transpose(1, 2).reshape(b, t, h * dh))
@@ -107,7 +106,7 @@ class Attention(nn.Module):
 
     def _explicit(self, q: Tensor) -> bool:
         """Whether training on a CPU, where the written-out attention is the faster (see the class)."""
-        dropout = self.training and self.dropout > 0
+        dropout = self.training and self.drop.p > 0
         return q.device.type == "cpu" and torch.is_grad_enabled() and (dropout or q.dtype != torch.float32)
 
     def step(self, x: Tensor, rows: int, k: Tensor, v: Tensor, bias: Optional[Tensor] = None, weights: Optional[list] = None) -> Tensor:
