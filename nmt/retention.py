@@ -5,6 +5,7 @@ broken by validation loss) and `checkpoints/step-NNNNNNN.pt`: the last K saves a
 validated ones. Each save writes `last.pt` atomically, then hard-links it (no copy; a copy where
 links are unsupported) as the step file and, when validation improved, as `best.pt`; records its
 scores in `checkpoints/index.json`; and only then deletes the step files that fell out of both sets.
+A stop by signal writes `last.pt` only (its step is off the grid of valid_every/save_every).
 """
 
 from __future__ import annotations

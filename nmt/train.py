@@ -230,14 +230,17 @@ class Trainer:
                       f"{self.cfg.train.accum_steps} x {was}, and the random streams differ from an uninterrupted run")
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
 
-    def save(self, scores: Optional[dict] = None, best: bool = False) -> None:
+    def save(self, scores: Optional[dict] = None, best: bool = False, step_file: bool = True) -> None:
         """Write last.pt; keep it as checkpoints/step-N.pt (and best.pt); prune what falls out of keep_last/keep_best.
+        `step_file=False` (a stop by signal, off the save grid) writes last.pt only, so that the step files, which
+        `nmt average --last N` takes, stay on the grid of valid_every/save_every and keep_last keeps them all.
         Every rank calls it (their random states go into the checkpoint); rank 0 writes."""
         self.sync_counters()
         rngs = self.dist.gather(rng_state())
         if self.dist.main:
             save_checkpoint(self.run_dir / "last.pt", self.payload(rngs))
-            self.kept.record(self.state.step, scores, best)
+            if step_file:
+                self.kept.record(self.state.step, scores, best)
 
     def note(self, message: str) -> None:
         """A line on stderr, from rank 0 only."""
@@ -378,7 +381,7 @@ class Trainer:
             if signalled:
                 # a rank that heard nothing itself stops the same way, as interrupted
                 self.signal.requested = self.signal.requested or "a signal to another rank"
-                self.save()  # where we are; validation and best.pt wait for the resumed run
+                self.save(step_file=False)  # where we are, for --resume; validation and best.pt wait for it
                 return f"{self.signal.requested} at step {s.step}"
             if result is None:
                 continue

@@ -11,6 +11,7 @@ import pytest
 from nmt.checkpoint import load_checkpoint
 from nmt.config import load_config
 from nmt.prepare import prepare
+from nmt.retention import step_files
 
 
 def start_training(repo_root, multi30k_dir, tmp_path, script=None):
@@ -45,6 +46,7 @@ def test_signal_saves_last_checkpoint_and_says_how_to_resume(repo_root, multi30k
     state = load_checkpoint(run_dir / "last.pt")["train_state"]
     assert state["step"] >= 1
     assert not (run_dir / "best.pt").exists()  # no validation happened: nothing is called best
+    assert step_files(run_dir) == {}  # off the save grid: last.pt only, no step file for `nmt average --last N`
 
 
 # `nmt train` with every step slowed to 0.3 s, so that two signals surely arrive within one step
