@@ -317,15 +317,26 @@ def test_shipped_recipes_load(repo_root: Path, name: str) -> None:
     assert cfg.data.corpus == "multi30k"
 
 
-@pytest.mark.parametrize("name", [n for n in RECIPES if n.startswith("multi30k_en_de_rnn")])
-def test_rnn_recipes_share_the_transformer_recipes_prepared_data(repo_root: Path, name: str) -> None:
+VARIANTS = [n for n in RECIPES if n.startswith("multi30k_") and n.count("_") == 3]  # multi30k_<src>_<tgt>_<variant>.yaml
+
+
+def test_every_direction_has_its_recipe_and_a_smaller_model() -> None:
+    assert {f"multi30k_{pair}_tiny.yaml" for pair in ("en_de", "de_en", "en_fr", "en_cs")} <= set(VARIANTS)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_recipes_share_their_directions_prepared_data(repo_root: Path, name: str) -> None:
+    """A variant (the RNNs, the smaller Transformer) reads the prepared data of its direction's recipe, so
+    `nmt prepare --config <recipe>` serves it, and its models build for that vocabulary."""
     from nmt.data import data_settings
     from nmt.models import build_model
 
-    rnn, transformer = load_config(repo_root / "configs" / name), load_config(repo_root / "configs" / "multi30k_en_de.yaml")
-    assert rnn.prepared_dir == transformer.prepared_dir and data_settings(rnn) == data_settings(transformer)
-    assert rnn.model.arch == "rnn"
-    build_model(rnn.model, 8000, 8000)
+    base = "_".join(name.split("_")[:3]) + ".yaml"
+    variant, recipe = load_config(repo_root / "configs" / name), load_config(repo_root / "configs" / base)
+    assert variant.prepared_dir == recipe.prepared_dir and data_settings(variant) == data_settings(recipe)
+    assert (variant.data.src_lang, variant.data.tgt_lang) == (recipe.data.src_lang, recipe.data.tgt_lang)
+    assert variant.model.arch == ("rnn" if "_rnn_" in name else "transformer")
+    build_model(variant.model, 8000, 8000)
 
 
 def test_smoke_config_is_small(repo_root: Path) -> None:
