@@ -47,6 +47,7 @@ from nmt.interrupt import GracefulStop
 from nmt.loss import Objective
 from nmt.metrics import bleu_score
 from nmt.models import build_model, count_parameters
+from nmt.models.transformer import choose_attention_kernels
 from nmt.precision import autocast_for, describe
 from nmt.retention import STEP_DIR, Retention, has_checkpoint, load_for_resume
 from nmt.search import decode_corpus
@@ -169,6 +170,7 @@ class Trainer:
         self.dist = dist or Dist()
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
+        choose_attention_kernels(device)
         # DDP and the compiled module wrap model + loss and share the parameters; checkpoints and decoding use the plain model
         self.objective = Objective(self.model, cfg.train.label_smoothing)
         self.ddp = self.dist.wrap(self.objective, device)

@@ -18,6 +18,7 @@ from nmt.data import decode_lines, read_text
 from nmt.errors import NmtError
 from nmt.models import build_model
 from nmt.models.ensemble import Ensemble
+from nmt.models.transformer import choose_attention_kernels
 from nmt.precision import DECODE_CHOICES, decode_precision, decode_row_multiple, pack_linear_layers
 from nmt.search import Hypothesis, decode_corpus
 from nmt.tokenizer import BOS, EOS, Tokenizer
@@ -98,6 +99,7 @@ def ready_model(ckpt: dict, cfg: Config, tok: Tokenizer, dev: torch.device, prec
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
     model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
+    choose_attention_kernels(dev)
     if precision == "bf16":
         model.to(torch.bfloat16)
         if dev.type == "cpu":

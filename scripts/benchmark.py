@@ -85,17 +85,32 @@ def useful_flops(model, batch) -> float:
     return 3 * float(fwd)
 
 
-def bench_train(cfg, steps: int, warmup: int) -> dict:
+def step_groups(split, t, n: int) -> tuple[list, int]:
+    """The first n optimizer steps' batch groups in training's order, epoch after epoch; and the steps in an epoch."""
+    groups: list = []
+    epoch, per_epoch = 0, 0
+    while len(groups) < n:
+        order = bucket_batches(split.src_lens, split.tgt_lens, t.max_tokens, t.seed, epoch)
+        epoch_groups = [order[i : i + t.accum_steps] for i in range(0, len(order), t.accum_steps)]
+        per_epoch = per_epoch or len(epoch_groups)
+        groups += epoch_groups
+        epoch += 1
+    return groups[:n], per_epoch
+
+
+def bench_train(cfg, steps: int, warmup: int, cudnn_attention: bool = False) -> dict:
+    """Training steps as training takes them, epoch after epoch: on a GPU a warm-up of at least an epoch lets the
+    timed steps meet batch shapes already seen, as nearly all of a run's steps do (a shape's first step can cost
+    more: see choose_attention_kernels)."""
     device = pick_device(cfg.train.device)
     tok = Tokenizer.load(cfg.prepared_dir)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp), device, tok, load_split(cfg.prepared_dir, "train"),
                           load_split(cfg.prepared_dir, "valid"), [])
+        if cudnn_attention:  # the A/B of choose_attention_kernels: torch's own choice, cuDNN first where it prefers it
+            torch.backends.cuda.enable_cudnn_sdp(True)
         split, t = trainer.train_split, cfg.train
-        order = bucket_batches(split.src_lens, split.tgt_lens, t.max_tokens, t.seed, 0)
-        groups = [order[i : i + t.accum_steps] for i in range(0, len(order), t.accum_steps)][: warmup + steps]
-        if len(groups) < warmup + steps:
-            raise SystemExit(f"only {len(groups)} steps in an epoch; lower --train-steps/--warmup")
+        groups, per_epoch = step_groups(split, t, warmup + steps)
         pin = device.type == "cuda"
         times, warm, src_tok, tgt_tok, cells, real, flops = [], [], 0, 0, 0, 0, 0.0
         if device.type == "cuda":
@@ -130,6 +145,7 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
             "peak_matmul_tflops": peak_flops / 1e12, "peak_matmul_dtype": str(dtype).replace("torch.", ""),
             "mfu": flops / total / peak_flops,
             "warmup_steps": warmup, "warmup_seconds": sum(warm), "warmup_step_seconds": [round(x, 4) for x in warm],
+            "steps_per_epoch": per_epoch, "cudnn_attention": torch.backends.cuda.cudnn_sdp_enabled() if device.type == "cuda" else None,
         }
 
 
@@ -140,11 +156,14 @@ def timed(entry: dict, seconds: float, sentences: int, tokens: int, out: list[st
 
 
 def nmt_decoder(
-    checkpoint: str, device: str | None, beams: list[int], limit: int, precision: str = "auto", workers: int | None = None
+    checkpoint: str, device: str | None, beams: list[int], limit: int, precision: str = "auto", workers: int | None = None,
+    cudnn_attention: bool = False,
 ) -> tuple[Callable[[], dict], object, list[str], list[str]]:
     """A function that decodes the test split once per setting (greedy, beam 5 under both stopping rules) and returns
     the results by name; and the translator, sources and references it uses."""
     tr = load_translator(checkpoint, device, precision, workers)
+    if cudnn_attention:  # see --cudnn-attention
+        torch.backends.cuda.enable_cudnn_sdp(True)
     pdir = tr.cfg.prepared_dir
     src, refs = read_lines(pdir / "test.src.txt")[:limit], read_lines(pdir / "test.tgt.txt")[:limit]
     translate_lines(tr, src[:64], 1, 0.6)  # warm-up: allocator, kernels
@@ -424,6 +443,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, help="nmt's batches decoded side by side (nmt translate --workers; default: its own)")
     ap.add_argument("--repeat", type=int, default=1, help="decode this many rounds, every engine in turn, and report each "
                     "engine's fastest round (all are in the JSON)")
+    ap.add_argument("--cudnn-attention", action="store_true", help="on a GPU, let scaled_dot_product_attention pick "
+                    "cuDNN's kernels as torch would (nmt leaves them out: see nmt.models.transformer.choose_attention_kernels)")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
     if args.repeat < 1:
@@ -438,7 +459,7 @@ def main() -> None:
         "config": args.config, "sets": args.sets, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
     }
     if not args.no_train:
-        report["train"] = bench_train(cfg, args.train_steps, args.warmup)
+        report["train"] = bench_train(cfg, args.train_steps, args.warmup, args.cudnn_attention)
         if args.onmt:
             onmt = bench_onmt_train(cfg, args.train_steps, args.warmup, threads)
             onmt["nmt_speedup"] = report["train"]["tgt_tokens_per_s"] / onmt["tgt_tokens_per_s"]
@@ -446,11 +467,12 @@ def main() -> None:
     if args.checkpoint:
         beams = [1, 5]
         with ExitStack() as stack:
-            nmt_run, tr, src, refs = nmt_decoder(args.checkpoint, None, beams, args.limit, args.precision, args.workers)
+            nmt_run, tr, src, refs = nmt_decoder(args.checkpoint, None, beams, args.limit, args.precision, args.workers,
+                                                 args.cudnn_attention)
             engines = [nmt_run]
             if args.ct2:
                 sys.path.insert(0, str(Path(__file__).resolve().parent))
-                engines.append(ct2_decoder(tr, src, refs, beams, threads, stack))
+                engines.append(peer("CTranslate2", report, lambda: ct2_decoder(tr, src, refs, beams, threads, stack)))
             if args.onmt and tr.device.type == "cpu":
                 fp32 = load_translator(args.checkpoint, None, "fp32")  # the transplant reads float32 weights
                 engines.append(onmt_decoder(fp32, src, refs, beams, threads, stack))
@@ -464,6 +486,30 @@ def main() -> None:
     print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def peer(name: str, report: dict, build: Callable[[], Callable[[], dict]]) -> Callable[[], dict]:
+    """A peer's decoder that cannot stop the benchmark: if building or running it fails (a peer built for another
+    CUDA, a converter that rejects the model), the error is printed and kept in the report under `peer_errors`, and
+    nmt's own figures are still reported."""
+    def failed(e: Exception) -> dict:
+        message = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+        print(f"{name} failed, left out: {message}", file=sys.stderr)
+        report.setdefault("peer_errors", {})[name] = message
+        return {}
+
+    try:
+        run = build()
+    except Exception as e:  # noqa: BLE001 - any failure of a peer is reported, not raised
+        return lambda err=e: failed(err)  # bound now: `e` is unset after the except block
+
+    def guarded() -> dict:
+        try:
+            return run()
+        except Exception as e:  # noqa: BLE001
+            return failed(e)
+
+    return guarded
 
 
 def add_round(decode: dict, outputs: dict, results: dict) -> None:
@@ -500,20 +546,23 @@ def print_table(report: dict) -> None:
     print(f"machine: {m['cuda'] or m['processor'] or m['platform']}, {m['cpu_threads']} CPU threads, torch {m['torch']}")
     if "train" in report:
         t = report["train"]
-        print(f"training ({t['device']}, {t['precision']}, max_tokens {t['max_tokens']}, {t['steps']} steps):")
+        attention = {True: ", cuDNN attention allowed", False: ", cuDNN attention left out"}.get(t.get("cudnn_attention"), "")
+        print(f"training ({t['device']}, {t['precision']}{attention}, max_tokens {t['max_tokens']}, {t['steps']} steps):")
         print(f"  target tokens/s {t['tgt_tokens_per_s']:,.0f}   source tokens/s {t['src_tokens_per_s']:,.0f}   padding {t['padding_share']:.1%}")
         print(f"  step {t['step_seconds_mean'] * 1000:.1f} ms mean, {t['step_seconds_median'] * 1000:.1f} ms median   peak memory {t['peak_memory_mb']:,.0f} MB")
         if t.get("warmup_steps"):
             w = t["warmup_step_seconds"]
-            print(f"  {t['warmup_steps']} untimed warm-up steps took {t['warmup_seconds']:.2f} s (first {w[0] * 1000:.0f} ms, "
-                  f"last {w[-1] * 1000:.0f} ms; each in the JSON)")
+            print(f"  {t['warmup_steps']} untimed warm-up steps ({t['steps_per_epoch']} make an epoch) took {t['warmup_seconds']:.2f} s "
+                  f"(first {w[0] * 1000:.0f} ms, last {w[-1] * 1000:.0f} ms; each in the JSON)")
         if t["mfu"] == t["mfu"]:  # not NaN: FLOPs are counted for the Transformer only
             print(f"  model {t['model_tflops_per_s'] * 1000:.1f} GFLOP/s of a measured {t['peak_matmul_tflops'] * 1000:.0f} GFLOP/s "
-                  f"{t['peak_matmul_dtype']} matmul peak: MFU {t['mfu']:.1%}")
+                  f"{t['peak_matmul_dtype']} matmul peak: MFU {t['mfu']:.2%}")
     if "train_onmt" in report:
         o = report["train_onmt"]
         print(f"  OpenNMT-py, same data/model/batch/threads: target tokens/s {o['tgt_tokens_per_s']:,.0f}, "
               f"source {o['src_tokens_per_s']:,.0f}: nmt is {o['nmt_speedup']:.2f}x faster")
+    for name, message in report.get("peer_errors", {}).items():
+        print(f"{name}: failed, left out ({message})")
     for name, r in report.get("decode", {}).items():
         ratio = f"   {r['speed_vs_ct2']:.2f}x CTranslate2's speed (its faster layout, same rule)" if "speed_vs_ct2" in r else ""
         ratio += f", {r['speed_vs_onmt']:.2f}x OpenNMT-py's (early exit)" if "speed_vs_onmt" in r else ""

@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# The GPU figures of the speed issue in one command that fits a 10-minute call on a lent GPU machine (no network,
-# no pip there: run from the repository root with torch, sentencepiece, sacrebleu, typer, tqdm and pyyaml installed):
+# The GPU figures of the speed issue on a lent GPU machine (no network, no pip there: run from the repository root
+# with torch, sentencepiece, sacrebleu, typer, tqdm and pyyaml installed):
 #   DATA=data/multi30k OUT=$OUT bash scripts/gpu_session.sh
-# 1. prepare Multi30k from the local folder DATA (a copy of ../shared/data/multi30k, carried to the machine);
-# 2. training benchmark: tokens/s, step time, peak memory, MFU against a matmul timed in the same run
-#    (TRAIN_STEPS timed steps after WARMUP untimed ones: the first CUDA steps are slow);
-# 3. MINUTES of training of CONFIG (default en->de, 5 minutes): valid BLEU against time in metrics.jsonl;
-# 4. test BLEU of the best checkpoint (cased sacreBLEU, chrF, paper-style BLEU);
-# 5. decoding benchmark of that checkpoint, greedy and beam 5, with CTranslate2 beside it when it imports (the GPU
-#    image has none: `pip download ctranslate2` here, unzip the wheel into a carried folder, add it to PYTHONPATH).
-# OUT receives at most 8 files (the device tool's limit): log.txt, machine.txt, bench_train.json, metrics.jsonl,
-# test.json, bench_decode.json. Checkpoints stay in RUN (default runs/gpu_session). Knobs: CONFIG, MINUTES,
-# TRAIN_STEPS, WARMUP, SETS (extra --set flags for training, e.g. "--set train.seed=2"), SKIP_DECODE=1 (stop after 4).
-# Time: about MINUTES + 2 minutes of validation, data and start-up, + ~1 minute per benchmark on an H100 (the 5-minute
-# en->de run of 2026-11-23 took 6 min 51 s in all; test decoding then took 34 s): give the call 600 s, or SKIP_DECODE=1.
+# STEPS names what runs, in its order (default "prepare bench train test decode"). RUN stays on a warm machine between
+# calls, so one call can do some steps and the next the rest: STEPS="prepare train test", then STEPS="decode bench".
+#   prepare: Multi30k from the local folder DATA (a copy of ../shared/data/multi30k, carried to the machine);
+#   bench:   training benchmark: tokens/s, step time, peak memory, MFU against a matmul timed in the same run
+#            (TRAIN_STEPS timed steps after WARMUP untimed ones, more than en->de's 128 steps of an epoch: a batch
+#            shape's first step can be slow); on a GPU twice, the second with cuDNN's attention allowed (the A/B of
+#            nmt.models.transformer.choose_attention_kernels);
+#   train:   MINUTES of training of CONFIG (default en->de, 5 minutes): valid BLEU against time in metrics.jsonl;
+#   test:    test BLEU of the best checkpoint (cased sacreBLEU, chrF; paper-style BLEU when sacremoses imports) and
+#            its translation;
+#   decode:  decoding benchmark of that checkpoint, greedy and beam 5, with CTranslate2 beside it when it imports;
+#            on a GPU once more with cuDNN's attention allowed, nmt alone. A peer that fails is left out with one
+#            line; nmt's figures stay. CTranslate2 4.8.5's wheel loads libcublas.so.12 and a CUDA 13 image has only
+#            libcublas.so.13 (the cuBLAS 12 wheel, 581 MB, is over the device tool's 64 MiB), so this step gives that
+#            name to the image's cuBLAS 13 (CTranslate2 calls cublasGemmEx and the like, which both have) and says so
+#            in the log; the table gives CTranslate2's BLEU beside nmt's.
+# Wheels in .whl/ are installed into /tmp/site first: the GPU image has neither ctranslate2 nor sacremoses, so
+# `pip download --no-deps` them here for its Python (3.12; see the device tool's README) and carry .whl.
+# OUT receives at most 8 files (the device tool's limit): log.txt (the machine first), metrics.jsonl, test.json,
+# test.hyp.txt, bench_train.json, bench_train_cudnn.json, bench_decode.json, bench_decode_cudnn.json.
+# Checkpoints stay in RUN (default runs/gpu_session). Knobs: CONFIG, MINUTES, TRAIN_STEPS, WARMUP, LIMIT (test
+# sentences the decoding benchmark decodes), SETS (extra --set flags for training, e.g. "--set train.seed=2"), STEPS.
+# Time on an H200 (2026-12-04, before choose_attention_kernels): "prepare train test" 395 s in all; "decode" with
+# CTranslate2 43 s; "bench" 41 s (once; about 40 s more with cuDNN allowed). A call may run 600 s: split STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_session_out}
@@ -21,34 +33,92 @@ RUN=${RUN:-runs/gpu_session}
 DATA=${DATA:-data/multi30k}
 CONFIG=${CONFIG:-configs/multi30k_en_de.yaml}
 MINUTES=${MINUTES:-5}
-TRAIN_STEPS=${TRAIN_STEPS:-50}
+TRAIN_STEPS=${TRAIN_STEPS:-100}
 WARMUP=${WARMUP:-200}
+LIMIT=${LIMIT:-100000}
+STEPS=${STEPS:-prepare bench train test decode}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 PREP=(--set "data.prepared_dir=$RUN/prepared")
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/log.txt"; }
 
-{ nvidia-smi || true; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } > "$OUT/machine.txt" 2>&1
-log "prepare $CONFIG from $DATA"
-python3 -m nmt prepare --config "$CONFIG" --source "$DATA" "${PREP[@]}" >> "$OUT/log.txt" 2>&1
-log "training benchmark: $TRAIN_STEPS steps after $WARMUP warm-up steps"
-python3 scripts/benchmark.py --config "$CONFIG" "${PREP[@]}" --train-steps "$TRAIN_STEPS" --warmup "$WARMUP" \
-    --json "$OUT/bench_train.json" 2>&1 | tee -a "$OUT/log.txt"
-log "training for $MINUTES minutes"
-rm -rf "$RUN/run"
-# shellcheck disable=SC2086  # SETS is a list of flags
-python3 -m nmt train --config "$CONFIG" --run-dir "$RUN/run" "${PREP[@]}" --set "train.max_minutes=$MINUTES" \
-    --set train.progress=false ${SETS:-} > "$RUN/train.log" 2>&1 || { tail -20 "$RUN/train.log" | tee -a "$OUT/log.txt"; exit 1; }
-tail -15 "$RUN/train.log" | tee -a "$OUT/log.txt"
-cp "$RUN/run/metrics.jsonl" "$OUT/metrics.jsonl"
-log "test BLEU of the best checkpoint"
-python3 -m nmt evaluate --checkpoint "$RUN/run/best.pt" --split test --json > "$OUT/test.json"
-python3 -c "import json, sys; from nmt.evaluate import format_report; print(format_report(json.load(open(sys.argv[1]))))" \
-    "$OUT/test.json" | tee -a "$OUT/log.txt"
-[ -n "${SKIP_DECODE:-}" ] && { log "done (decoding benchmark skipped)"; exit 0; }
-CT2=()
-python3 -c "import ctranslate2" 2>/dev/null && CT2=(--ct2)
-log "decoding benchmark ${CT2[*]:-(no CTranslate2 here)}"
-python3 scripts/benchmark.py --config "$CONFIG" --checkpoint "$RUN/run/best.pt" --no-train "${CT2[@]}" \
-    --json "$OUT/bench_decode.json" 2>&1 | tee -a "$OUT/log.txt"
-log done
+prepare() {
+    log "prepare $CONFIG from $DATA"
+    python3 -m nmt prepare --config "$CONFIG" --source "$DATA" "${PREP[@]}" >> "$OUT/log.txt" 2>&1
+}
+
+on_gpu() { python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; }
+
+bench() {
+    log "training benchmark: $TRAIN_STEPS steps after $WARMUP warm-up steps"
+    python3 scripts/benchmark.py --config "$CONFIG" "${PREP[@]}" --train-steps "$TRAIN_STEPS" --warmup "$WARMUP" \
+        --json "$OUT/bench_train.json" 2>&1 | tee -a "$OUT/log.txt"
+    on_gpu || return 0
+    log "training benchmark with cuDNN's attention allowed"
+    python3 scripts/benchmark.py --config "$CONFIG" "${PREP[@]}" --train-steps "$TRAIN_STEPS" --warmup "$WARMUP" \
+        --cudnn-attention --json "$OUT/bench_train_cudnn.json" 2>&1 | tee -a "$OUT/log.txt"
+}
+
+train() {
+    log "training for $MINUTES minutes"
+    rm -rf "$RUN/run"
+    # shellcheck disable=SC2086  # SETS is a list of flags
+    python3 -m nmt train --config "$CONFIG" --run-dir "$RUN/run" "${PREP[@]}" --set "train.max_minutes=$MINUTES" \
+        --set train.progress=false ${SETS:-} > "$RUN/train.log" 2>&1 || { tail -20 "$RUN/train.log" | tee -a "$OUT/log.txt"; exit 1; }
+    tail -15 "$RUN/train.log" | tee -a "$OUT/log.txt"
+    cp "$RUN/run/metrics.jsonl" "$OUT/metrics.jsonl"
+}
+
+test_bleu() {
+    log "test BLEU of the best checkpoint"
+    python3 -m nmt evaluate --checkpoint "$RUN/run/best.pt" --split test --json > "$OUT/test.json"
+    python3 -c "import json, sys; from nmt.evaluate import format_report; print(format_report(json.load(open(sys.argv[1]))))" \
+        "$OUT/test.json" | tee -a "$OUT/log.txt"
+    cp "$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['hyp'])" "$OUT/test.json")" "$OUT/test.hyp.txt"
+}
+
+wheels() {  # carried wheels (see the header) into /tmp/site, on the path
+    compgen -G ".whl/*.whl" > /dev/null || return 0
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:/tmp/site" && log "installed: $(cd .whl && echo *.whl)" \
+        || log "the wheels in .whl/ did not install: going on without them"
+}
+
+ct2_setup() {  # whether CTranslate2 imports; on a CUDA 13 machine, its cuBLAS 12 name (see the header)
+    python3 -c "import ctranslate2" 2> /dev/null || return 1
+    on_gpu || return 0
+    python3 -c "import ctypes; ctypes.CDLL('libcublas.so.12')" 2> /dev/null && return 0
+    local lib
+    lib=$(python3 -c "import glob, sys; print(next(iter(sorted(p for d in sys.path + ['/usr/local/cuda/lib64'] for p in
+        glob.glob(d + '/nvidia/**/libcublas.so.1[3-9]', recursive=True) + glob.glob(d + '/libcublas.so.1[3-9]'))), ''))")
+    [ -n "$lib" ] || { log "no libcublas.so.12 or .13 here: CTranslate2 will fail on the GPU"; return 0; }
+    mkdir -p /tmp/cublas12
+    ln -sf "$lib" /tmp/cublas12/libcublas.so.12
+    export LD_LIBRARY_PATH="/tmp/cublas12:$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    log "CTranslate2 (built for CUDA 12) gets this machine's $lib as libcublas.so.12"
+}
+
+decode() {
+    local ct2=()
+    ct2_setup && ct2=(--ct2)
+    log "decoding benchmark ${ct2[*]:-(no CTranslate2 here)}"
+    python3 scripts/benchmark.py --config "$CONFIG" --checkpoint "$RUN/run/best.pt" --no-train "${ct2[@]}" --limit "$LIMIT" \
+        --json "$OUT/bench_decode.json" 2>&1 | tee -a "$OUT/log.txt"
+    on_gpu || return 0
+    log "decoding benchmark with cuDNN's attention allowed"
+    python3 scripts/benchmark.py --config "$CONFIG" --checkpoint "$RUN/run/best.pt" --no-train --cudnn-attention --limit "$LIMIT" \
+        --json "$OUT/bench_decode_cudnn.json" 2>&1 | tee -a "$OUT/log.txt"
+}
+
+for step in $STEPS; do
+    case $step in
+        prepare | bench | train | test | decode) ;;
+        *) log "STEPS: unknown step '$step' (prepare, bench, train, test, decode)"; exit 2 ;;
+    esac
+done
+{ nvidia-smi || true; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >> "$OUT/log.txt" 2>&1
+wheels
+for step in $STEPS; do
+    if [ "$step" = test ]; then test_bleu; else $step; fi
+done
+log "done ($STEPS)"

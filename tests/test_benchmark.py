@@ -29,7 +29,8 @@ def test_benchmark_reports_training_and_decoding(repo_root, multi30k_dir, tmp_pa
     report = json.loads(out.read_text())
 
     t = report["train"]
-    assert t["steps"] == 3 and len(t["warmup_step_seconds"]) == 2
+    assert t["steps"] == 3 and len(t["warmup_step_seconds"]) == 2 and t["steps_per_epoch"] > 0
+    assert t["cudnn_attention"] is None  # a CPU run: the GPU attention choice does not apply
     assert abs(t["warmup_seconds"] - sum(t["warmup_step_seconds"])) < 1e-3
     assert t["tgt_tokens_per_s"] > 0 and t["src_tokens_per_s"] > 0
     assert 0 <= t["padding_share"] < 1
@@ -98,3 +99,40 @@ def test_attention_bench_times_both_paths_on_every_setting(repo_root):
         sdpa, written, ratio = (float(c) for c in r[4:])
         rounding = ratio * (0.05 / sdpa + 0.05 / written) * 1.1 + 0.005  # the times are printed to 0.1 ms, the ratio to 0.01
         assert sdpa > 0 and written > 0 and abs(ratio - sdpa / written) <= rounding
+
+
+def test_a_failing_peer_is_reported_and_nmt_figures_are_kept(repo_root, capsys):
+    bench = load_benchmark(repo_root)
+    report: dict = {}
+
+    def broken_build():
+        raise OSError("libcublas.so.12: cannot open shared object file")
+
+    def broken_run():
+        raise RuntimeError("CUDA failed with error unknown\nsecond line")
+
+    assert bench.peer("CTranslate2", report, broken_build)() == {}  # building fails: a decoder that decodes nothing
+    assert bench.peer("OpenNMT-py", report, lambda: broken_run)() == {}  # running fails: the same
+    assert bench.peer("fine", report, lambda: lambda: {"x": 1})() == {"x": 1}
+    assert report["peer_errors"] == {"CTranslate2": "OSError: libcublas.so.12: cannot open shared object file",
+                                     "OpenNMT-py": "RuntimeError: CUDA failed with error unknown"}
+    assert "CTranslate2 failed, left out: OSError" in capsys.readouterr().err
+
+
+def test_benchmark_steps_follow_training_order_across_epochs(repo_root, multi30k_dir, tmp_path):
+    """Warm-up and timed steps are the batches training would take, epoch after epoch, so a warm-up longer than an
+    epoch leaves the timed steps on shapes already seen."""
+    from nmt.data import bucket_batches, load_split
+
+    bench = load_benchmark(repo_root)
+    cfg = load_config(repo_root / "configs" / "smoke.yaml", [f"data.source={multi30k_dir}",
+                                                              f"data.prepared_dir={tmp_path / 'prepared'}", "train.accum_steps=2"])
+    prepare(cfg, log=lambda m: None)
+    split, t = load_split(cfg.prepared_dir, "train"), cfg.train
+    orders = [bucket_batches(split.src_lens, split.tgt_lens, t.max_tokens, t.seed, e) for e in (0, 1, 2)]
+    per_epoch = (len(orders[0]) + 1) // 2
+    groups, reported = bench.step_groups(split, t, per_epoch + 3)
+    assert reported == per_epoch and len(groups) == per_epoch + 3
+    expected = [o[i : i + 2] for o in orders for i in range(0, len(o), 2)][: per_epoch + 3]  # accum_steps 2: pairs
+    assert [[list(b) for b in g] for g in groups] == [[list(b) for b in g] for g in expected]
+    assert any(len(g) == 2 for g in groups)

@@ -244,3 +244,18 @@ def test_under_autocast_decoding_keeps_the_caches_in_the_layers_dtype():
             logits, state = model.step(tgt[:, t], state)
             torch.testing.assert_close(logits.float(), full[:, t], atol=0.1, rtol=0.05)
         assert all(c.dtype == torch.bfloat16 for kv in state["self"] for c in kv)
+
+
+def test_attention_kernels_on_a_gpu_leave_cudnn_out_and_the_cpu_untouched():
+    from nmt.models.transformer import choose_attention_kernels
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        choose_attention_kernels(torch.device("cpu"))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        choose_attention_kernels(torch.device("cuda", 0))  # sets torch's flag; needs no GPU to do so
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

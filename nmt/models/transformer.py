@@ -20,6 +20,17 @@ from torch import Tensor, nn
 from nmt.precision import padded_rows
 
 
+def choose_attention_kernels(device: torch.device) -> None:
+    """On a GPU, leave cuDNN's attention out of what scaled_dot_product_attention may pick (it keeps flash,
+    memory-efficient and math). Recent torch puts cuDNN first on Hopper and Blackwell GPUs, and cuDNN builds an
+    execution graph for every new problem, keyed by batch size and lengths (torch's cudnn/MHA.cpp); bucketed batches
+    bring a new shape at almost every step of the first epoch. On an H200 (torch 2.11 cu130, 2026-12-04) those steps
+    took 0.2-0.4 s against 22 ms once their shapes had been seen: the first 150 steps of a 5-minute en->de run took 55 s.
+    A process-wide setting of torch's (torch.backends.cuda.enable_cudnn_sdp), set when a model is put on a GPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def sinusoid_table(n: int, d: int) -> Tensor:
     """(n, d) fixed sinusoidal position table: sin on even dims, cos on odd dims."""
     pos = torch.arange(n, dtype=torch.float32)[:, None]
