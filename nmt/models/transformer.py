@@ -25,7 +25,8 @@ def choose_attention_kernels(device: torch.device) -> None:
     memory-efficient and math). Recent torch puts cuDNN first on Hopper and Blackwell GPUs, and cuDNN builds an
     execution graph for every new problem, keyed by batch size and lengths (torch's cudnn/MHA.cpp); bucketed batches
     bring a new shape at almost every step of the first epoch. On an H200 (torch 2.11 cu130, 2026-12-04) those steps
-    took 0.2-0.4 s against 22 ms once their shapes had been seen: the first 150 steps of a 5-minute en->de run took 55 s.
+    took 0.2-0.4 s against 22 ms once their shapes had been seen: the first 150 steps of a 5-minute en->de run took 55 s,
+    with cuDNN allowed (this choice is yet to be timed on a GPU: scripts/gpu_session.sh does both).
     A process-wide setting of torch's (torch.backends.cuda.enable_cudnn_sdp), set when a model is put on a GPU."""
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
