@@ -92,6 +92,8 @@ def step_groups(split, t, n: int) -> tuple[list, int]:
     while len(groups) < n:
         order = bucket_batches(split.src_lens, split.tgt_lens, t.max_tokens, t.seed, epoch)
         epoch_groups = [order[i : i + t.accum_steps] for i in range(0, len(order), t.accum_steps)]
+        if not epoch_groups:
+            raise SystemExit("no training batches in the prepared data")
         per_epoch = per_epoch or len(epoch_groups)
         groups += epoch_groups
         epoch += 1
