@@ -477,7 +477,7 @@ def main() -> None:
                 engines.append(peer("CTranslate2", report, lambda: ct2_decoder(tr, src, refs, beams, threads, stack)))
             if args.onmt and tr.device.type == "cpu":
                 fp32 = load_translator(args.checkpoint, None, "fp32")  # the transplant reads float32 weights
-                engines.append(onmt_decoder(fp32, src, refs, beams, threads, stack))
+                engines.append(peer("OpenNMT-py", report, lambda: onmt_decoder(fp32, src, refs, beams, threads, stack)))
             decode: dict = {}
             outputs: dict = {}
             for _ in range(args.repeat):  # rounds of every engine in turn: a slow spell of the host hits them alike

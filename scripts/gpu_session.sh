@@ -47,7 +47,8 @@ prepare() {
     python3 -m nmt prepare --config "$CONFIG" --source "$DATA" "${PREP[@]}" >> "$OUT/log.txt" 2>&1
 }
 
-on_gpu() { python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; }
+GPU=$(python3 -c "import torch; print(int(torch.cuda.is_available()))")
+on_gpu() { [ "$GPU" = 1 ]; }
 
 bench() {
     log "training benchmark: $TRAIN_STEPS steps after $WARMUP warm-up steps"
