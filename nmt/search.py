@@ -120,19 +120,36 @@ def block_size(v: int) -> Optional[int]:
     return next((b for b in range(64, 15, -1) if v % b == 0), None)
 
 
+class Workspace:
+    """An fp32 buffer a search reuses from step to step for the (rows x vocabulary) next-token log-probabilities of
+    bf16 logits on a CPU (next_log_probs), instead of a new tensor each step. A new one of several MB comes from
+    the C allocator as fresh pages, which the kernel faults in and zeroes at first touch (glibc maps blocks that large
+    afresh; decoding test_2016_flickr at beam 5 faulted in about 4,800 pages a step at 615 rows). It grows to
+    the largest row count asked for and is never shrunk; one per search call, so threads do not share it."""
+
+    def __init__(self) -> None:
+        self.buffer: Optional[Tensor] = None
+
+    def take(self, rows: int, cols: int) -> Tensor:
+        if self.buffer is None or self.buffer.size(0) < rows or self.buffer.size(1) != cols:
+            self.buffer = torch.empty(rows, cols)
+        return self.buffer[:rows]
+
+
 def next_log_probs(
     logits: Tensor, bos: int, eos: int, force_eos: Tensor, prefix: Optional[Tensor] = None, no_repeat_ngram: int = 0,
-    normalised: bool = False,
+    normalised: bool = False, workspace: Optional[Workspace] = None,
 ) -> Tensor:
     """(R, V) fp32 log-probabilities of the next token: the model's (normalised over the whole vocabulary, in fp32
     also for bf16 weights), then `restrict` and `block_repeats` rule tokens out (-inf). `normalised`: the model's
-    `step` already gave fp32 log-probabilities in a tensor of its own (an ensemble's, `returns_log_probs`), used as they are."""
+    `step` already gave fp32 log-probabilities in a tensor of its own (an ensemble's, `returns_log_probs`), used as they are.
+    `workspace`: where the fp32 copy of bf16 logits on a CPU goes (valid until the next call with it)."""
     if normalised:
         lp = logits
     elif logits.dtype == torch.float32 or logits.device.type != "cpu":
         lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # a new tensor: the model's logits stay as they are
     else:  # the fp32 copy is ours: normalised in place, one pass less (torch's CPU kernel reads a row whole before writing it)
-        lp = logits.float()
+        lp = logits.float() if workspace is None else workspace.take(*logits.shape).copy_(logits)
         torch.log_softmax(lp, dim=-1, out=lp)
     if prefix is not None:
         lp = block_repeats(lp, prefix, no_repeat_ngram)
@@ -156,9 +173,10 @@ def greedy_search(
     log_prob = torch.zeros(b, device=src.device)
     ended = torch.zeros(b, dtype=torch.long, device=src.device)  # output length incl. EOS
     max_len = max_len.to(src.device)
+    workspace = Workspace()
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
-        lp = next_log_probs(logits, bos, eos, max_len[alive] <= t + 1, normalised=normalised)
+        lp = next_log_probs(logits, bos, eos, max_len[alive] <= t + 1, normalised=normalised, workspace=workspace)
         best, prev, _ = top_continuations(lp.new_zeros(len(alive), 1), lp, 1)  # one beam per sentence
         best, prev = best[:, 0], prev[:, 0]
         log_prob.index_add_(0, alive, best)
@@ -236,10 +254,11 @@ def beam_search(
     prefix = torch.empty((n, 0), dtype=torch.long, device=dev)
     prev = torch.full((n,), bos, dtype=torch.long, device=dev)
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
+    workspace = Workspace()
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
         force = max_len[sent] <= t + 1  # last allowed position: must be EOS
-        lp = next_log_probs(logits, bos, eos, force.repeat_interleave(width), prefix, no_repeat_ngram, normalised)
+        lp = next_log_probs(logits, bos, eos, force.repeat_interleave(width), prefix, no_repeat_ngram, normalised, workspace)
         cand, tok, parent = top_continuations(scores, lp, 2 * k)  # at most k of them end in EOS: k continue
         is_eos = tok == eos
         # finished: EOS among the top k candidates (beyond rank k they would not have been kept)

@@ -9,6 +9,7 @@ import torch
 from nmt.data import bucket_batches
 from nmt.models.transformer import Transformer
 from nmt.search import (
+    Workspace,
     beam_search,
     block_repeats,
     decode_corpus,
@@ -167,6 +168,23 @@ def test_next_log_probs_are_the_models_log_probs_of_the_allowed_tokens():
         ref[:, [PAD, 7]] = -float("inf")
         ref[2, :EOS] = ref[2, EOS + 1 :] = -float("inf")  # a forced row may only end
         torch.testing.assert_close(lp, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_next_log_probs_in_a_workspace_equal_a_new_tensor_and_reuse_its_memory():
+    g = torch.Generator().manual_seed(3)
+    ws = Workspace()
+    big = (torch.randn(6, 640, generator=g) * 3).bfloat16()
+    force = torch.zeros(6, dtype=torch.bool)
+    first = next_log_probs(big, bos=7, eos=EOS, force_eos=force, workspace=ws)
+    assert torch.equal(first, next_log_probs(big, bos=7, eos=EOS, force_eos=force))
+    ptr = ws.buffer.data_ptr()
+    small = big[2:5]  # fewer rows (sentences left the batch): the same memory, no new tensor
+    lp = next_log_probs(small, bos=7, eos=EOS, force_eos=force[:3], workspace=ws)
+    assert lp.data_ptr() == ptr and torch.equal(lp, next_log_probs(small, bos=7, eos=EOS, force_eos=force[:3]))
+    more = torch.cat([big, big]).contiguous()  # more rows than it holds: it grows
+    assert torch.equal(next_log_probs(more, bos=7, eos=EOS, force_eos=torch.cat([force, force]), workspace=ws),
+                       next_log_probs(more, bos=7, eos=EOS, force_eos=torch.cat([force, force])))
+    assert ws.buffer.size(0) == 12
 
 
 def test_beam_search_with_blocked_top_tokens_equals_the_plain_topk(monkeypatch):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nmt.models.transformer import Transformer
+from nmt.models.transformer import Attention, Transformer
 from nmt.tokenizer import BOS, PAD
 
 V = 40
@@ -214,21 +214,44 @@ def test_encoder_keys_and_values_are_kept_contiguous_so_a_step_reads_them_withou
         assert torch.isfinite(logits).all()
 
 
-def test_a_bf16_model_decodes_on_the_cpu_with_fp32_attention_caches_and_matches_teacher_forcing():
-    """bf16 weights: the keys/values decoding keeps are fp32 on a CPU (MKL's products, not a oneDNN build per
-    shape); each step's logits are still those of the teacher-forced bf16 pass, within bf16 rounding."""
+def test_a_bf16_model_decodes_on_the_cpu_with_bf16_attention_caches_and_matches_teacher_forcing():
+    """bf16 weights: the keys/values decoding keeps are bf16 on a CPU too (read by scaled_dot_product_attention's CPU
+    kernel, half the bytes of fp32 caches); each step's logits are still those of the teacher-forced bf16 pass, within
+    bf16 rounding."""
     model = tiny().to(torch.bfloat16)
     src, mask, tgt = batch()
     full = model(src, mask, tgt).float()
     state = model.start(src, mask)
-    assert all(t.dtype == torch.float32 for kv in state["cross"] for t in kv)
+    assert all(t.dtype == torch.bfloat16 for kv in state["cross"] for t in kv)
     for t in range(tgt.size(1)):
         logits, state = model.step(tgt[:, t], state)
-        assert all(c.dtype == torch.float32 for kv in state["self"] for c in kv) and logits.dtype == torch.bfloat16
+        assert all(c.dtype == torch.bfloat16 for kv in state["self"] for c in kv) and logits.dtype == torch.bfloat16
         torch.testing.assert_close(logits.float(), full[:, t], atol=0.1, rtol=0.05)
     # the tolerance is meaningful: another target prefix gives logits well outside it
     other = model(src, mask, tgt.roll(1, dims=1)).float()
     assert (other[:, -1] - logits.float()).abs().max() > 0.5
+
+
+def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_do():
+    """Attention.step on bf16 keys on a CPU (scaled_dot_product_attention) gives what the written-out path gives (scores,
+    fp32 softmax, weighted sum; taken when the weights are asked for) within bf16 rounding: with padded rows, with the beams
+    of a sentence attending together (3 queries per key row) and with masked keys."""
+    torch.manual_seed(5)
+    att = Attention(32, 4, 0.0).eval().to(torch.bfloat16)
+    b, f, s = 4, 3, 7
+    x = torch.randn(b * f + 4, 32).bfloat16()  # 12 real rows, 4 of padding
+    k, v = torch.randn(b, 4, s, 8).bfloat16(), torch.randn(b, 4, s, 8).bfloat16()
+    bias = torch.zeros(b, 4, 1, s, dtype=torch.bfloat16)
+    bias[1, :, :, 4:] = -float("inf")  # sentence 1 has 4 source positions
+    with torch.inference_mode():
+        fast = att.step(x, b * f, k, v, bias)
+        plain = att.step(x, b * f, k, v, bias, weights=[])
+    assert fast.dtype == torch.bfloat16 and fast.shape == (b * f + 4, 32)
+    torch.testing.assert_close(fast.float(), plain.float(), atol=0.03, rtol=0.02)
+    k2 = k.clone()
+    k2[1, :, 4:] = 100.0  # what masked keys hold changes nothing
+    with torch.inference_mode():
+        assert torch.equal(att.step(x, b * f, k2, v, bias), fast)
 
 
 def test_under_autocast_decoding_keeps_the_caches_in_the_layers_dtype():

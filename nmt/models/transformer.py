@@ -127,33 +127,32 @@ class Attention(nn.Module):
         f = rows / B consecutive rows of x from b * f (the beams of a sentence: their queries attend together, as f
         queries of one row); `bias` (B, H, 1, S) is added to the scores (-inf: masked). Returns (R, D), pad rows
         zero before the output projection. `weights`: a list to append the weights (rows, H, S) to.
-        The products run in the keys' dtype (fp32 on a CPU: see cache_dtype), the softmax in fp32."""
+
+        bf16 keys on a CPU go through scaled_dot_product_attention: its CPU kernel reads bf16 keys and values (half the
+        bytes of fp32 ones, and decoding's attention is bound by reading them), computes the scores and the softmax in fp32,
+        and builds nothing per shape (torch's bf16 bmm would go to oneDNN, which builds a kernel for every new shape: the
+        keys grow at every step). Otherwise (fp32, a GPU, or with `weights`) the products run in the keys' dtype, the
+        softmax in fp32."""
         q = self.q(x)[:rows]
         dtype = q.dtype  # what the layers compute in
         b, h, s, dh = k.shape
         f = rows // b
-        scale = torch.full((1,), dh**-0.5, dtype=k.dtype, device=k.device)  # a 1-dim tensor: the product takes its dtype
-        q = (q.view(b, f, h, dh).transpose(1, 2) * scale).reshape(b * h, f, dh)
-        kt = k.reshape(b * h, s, dh).transpose(1, 2)
-        a = torch.bmm(q, kt) if bias is None else torch.baddbmm(bias.reshape(b * h, 1, s), q, kt)
-        w = a.softmax(dim=-1, dtype=torch.float32)
-        y = torch.bmm(w.to(v.dtype), v.reshape(b * h, s, dh))  # (B * H, f, D/H)
-        if weights is not None:
-            weights.append(w.view(b, h, f, s).transpose(1, 2).reshape(rows, h, s))
+        if weights is None and k.device.type == "cpu" and q.dtype == k.dtype == torch.bfloat16:
+            y = F.scaled_dot_product_attention(q.view(b, f, h, dh).transpose(1, 2), k, v, attn_mask=bias)  # (B, H, f, D/H)
+        else:
+            scale = torch.full((1,), dh**-0.5, dtype=k.dtype, device=k.device)  # a 1-dim tensor: the product takes its dtype
+            q = (q.view(b, f, h, dh).transpose(1, 2) * scale).reshape(b * h, f, dh)
+            kt = k.reshape(b * h, s, dh).transpose(1, 2)
+            a = torch.bmm(q, kt) if bias is None else torch.baddbmm(bias.reshape(b * h, 1, s), q, kt)
+            w = a.softmax(dim=-1, dtype=torch.float32)
+            y = torch.bmm(w.to(v.dtype), v.reshape(b * h, s, dh)).view(b, h, f, dh)
+            if weights is not None:
+                weights.append(w.view(b, h, f, s).transpose(1, 2).reshape(rows, h, s))
         out = x.new_empty(x.size(0), h * dh, dtype=dtype)
-        out[:rows].view(b, f, h, dh).copy_(y.view(b, h, f, dh).transpose(1, 2))
+        out[:rows].view(b, f, h, dh).copy_(y.transpose(1, 2))
         if x.size(0) > rows:
             out[rows:].zero_()
         return self.out(out)
-
-
-def cache_dtype(t: Tensor) -> torch.dtype:
-    """The dtype decoding keeps attention keys/values in: fp32 on a CPU, whatever the weights. There bf16 products
-    go to oneDNN, which builds a kernel for every new shape (and the keys grow by one each step: about 900 builds
-    for test_2016_flickr at beam 5), while fp32 ones go to MKL, which builds none; the layers' own products stay bf16.
-    Under autocast (validation during training) it would cast them back to bf16 at every product: left as they are."""
-    keep = t.device.type != "cpu" or torch.is_autocast_enabled("cpu")
-    return t.dtype if keep else torch.float32
 
 
 def extend(past: Tensor, new: Tensor, parents: Optional[Tensor]) -> Tensor:
@@ -344,7 +343,7 @@ class Transformer(nn.Module):
         enc_weights: Optional[list] = [] if record else None
         memory = self.encode(src, src_pad_mask, enc_weights)
         # contiguous: every step views them as (B * H, S, D/H), which the projection's strided split would make a copy each time
-        cross = [tuple(t.to(cache_dtype(t)).contiguous() for t in layer.cross_attn.project_kv(memory)) for layer in self.decoder]
+        cross = [tuple(t.contiguous() for t in layer.cross_attn.project_kv(memory)) for layer in self.decoder]
         k = cross[0][0]  # (B, H, S, D/H), in the dtype the products will run in
         mem_bias = torch.zeros(k.shape[:2] + (1, k.size(2)), dtype=k.dtype, device=k.device)
         mem_bias.masked_fill_(src_pad_mask[:, None, None, :], -float("inf"))  # (B, H, 1, S): added to the scores
