@@ -66,6 +66,20 @@ def test_recorded_attention_is_what_produced_the_returned_hypothesis(make, beam:
             np.testing.assert_allclose(hyp.attention[name], w, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("beam", [1, 4])
+def test_recording_changes_no_output_of_a_bf16_model_on_the_cpu(beam: int) -> None:
+    """bf16 weights on a CPU attend through scaled_dot_product_attention, which returns no weights: they are computed
+    beside it when recorded, and the hypotheses and scores are those of decoding without recording, bit for bit."""
+    model, src = transformer().to(torch.bfloat16), sources()
+    plain = decode_corpus(model, src, beam=beam, **KW)
+    recorded = decode_corpus(model, src, beam=beam, record=True, **KW)
+    assert [h[0].tokens for h in plain] == [h[0].tokens for h in recorded]
+    assert [h[0].score for h in plain] == [h[0].score for h in recorded]
+    for hyps in recorded:
+        w = hyps[0].attention["self"]
+        np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+
+
 @pytest.mark.parametrize("make", [transformer, rnn], ids=["transformer", "rnn"])
 def test_rows_are_distributions_over_real_positions_and_self_attention_is_masked(make) -> None:
     model, src = make(), sources(12, seed=8)

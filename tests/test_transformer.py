@@ -233,9 +233,10 @@ def test_a_bf16_model_decodes_on_the_cpu_with_bf16_attention_caches_and_matches_
 
 
 def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_do():
-    """Attention.step on bf16 keys on a CPU (scaled_dot_product_attention) gives what the written-out path gives (scores,
-    fp32 softmax, weighted sum; taken when the weights are asked for) within bf16 rounding: with padded rows, with the beams
-    of a sentence attending together (3 queries per key row) and with masked keys."""
+    """Attention.step on bf16 keys on a CPU (scaled_dot_product_attention) gives what the written-out products give
+    (scores, softmax, weighted sum, in fp32) within bf16 rounding: with padded rows, with
+    the beams of a sentence attending together (3 queries per key row) and with masked keys. Asking for the weights
+    changes nothing in the output."""
     torch.manual_seed(5)
     att = Attention(32, 4, 0.0).eval().to(torch.bfloat16)
     b, f, s = 4, 3, 7
@@ -245,9 +246,16 @@ def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_d
     bias[1, :, :, 4:] = -float("inf")  # sentence 1 has 4 source positions
     with torch.inference_mode():
         fast = att.step(x, b * f, k, v, bias)
-        plain = att.step(x, b * f, k, v, bias, weights=[])
+        weights: list = []
+        assert torch.equal(att.step(x, b * f, k, v, bias, weights=weights), fast)
+        q = att.q(x)[: b * f].float().view(b, f, 4, 8).transpose(1, 2)  # written out, in fp32
+        w = (q @ k.float().transpose(-1, -2) * 8**-0.5 + bias.float()).softmax(-1)
+        y = (w @ v.float()).transpose(1, 2).reshape(b * f, 32)
+        plain = att.out(torch.cat([y.bfloat16(), torch.zeros(4, 32).bfloat16()]))
     assert fast.dtype == torch.bfloat16 and fast.shape == (b * f + 4, 32)
     torch.testing.assert_close(fast.float(), plain.float(), atol=0.03, rtol=0.02)
+    assert torch.equal(fast[b * f :], plain[b * f :])  # pad rows: zero before the output projection
+    assert weights[0].shape == (b * f, 4, s) and torch.allclose(weights[0].sum(-1), torch.ones(b * f, 4))
     k2 = k.clone()
     k2[1, :, 4:] = 100.0  # what masked keys hold changes nothing
     with torch.inference_mode():

@@ -100,7 +100,11 @@ class Attention(nn.Module):
         """x (B, T, D) attends to k, v (B, H, S, D/H); mask (B, 1, 1, S) is True where allowed; `causal`: query
         i sees key i and those before it. With `need_weights`, also returns the weights (B, H, T, S) the output was made of."""
         q = self._split(self.q(x))
-        if need_weights or self._explicit(q):  # the same computation as SDPA's, with the weights at hand
+        explicit = self._explicit(q)
+        if not explicit:
+            p = self.drop.p if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        if explicit or need_weights:  # the same computation as SDPA's, with the weights at hand
             a = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # scaling the queries is cheaper than the scores
             if mask is not None:
                 a.masked_fill_(~mask, -float("inf"))
@@ -108,10 +112,8 @@ class Attention(nn.Module):
                 t, s = a.shape[-2:]
                 a.masked_fill_(torch.ones(t, s, dtype=torch.bool, device=a.device).triu(1), -float("inf"))
             w = a.softmax(dim=-1, dtype=torch.float32)  # in fp32 also for bf16 weights, as SDPA does: rows sum to 1
-            y = self.drop(w).to(v.dtype) @ v
-        else:
-            p = self.drop.p if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+            if explicit:  # else the weights are only recorded: the output is SDPA's, the same with or without them
+                y = self.drop(w).to(v.dtype) @ v
         b, h, t, dh = y.shape
         out = self.out(y.transpose(1, 2).reshape(b, t, h * dh))
         return (out, w) if need_weights else out
@@ -131,22 +133,24 @@ class Attention(nn.Module):
         bf16 keys on a CPU go through scaled_dot_product_attention: its CPU kernel reads bf16 keys and values (half the
         bytes of fp32 ones, and decoding's attention is bound by reading them), computes the scores and the softmax in fp32,
         and builds nothing per shape (torch's bf16 bmm would go to oneDNN, which builds a kernel for every new shape: the
-        keys grow at every step). Otherwise (fp32, a GPU, or with `weights`) the products run in the keys' dtype, the
-        softmax in fp32."""
+        keys grow at every step); the weights, when asked for, are computed beside it, so recording them changes no output.
+        Otherwise (fp32, a GPU) the products run in the keys' dtype, the softmax in fp32."""
         q = self.q(x)[:rows]
         dtype = q.dtype  # what the layers compute in
         b, h, s, dh = k.shape
         f = rows // b
-        if weights is None and k.device.type == "cpu" and q.dtype == k.dtype == torch.bfloat16:
+        sdpa = k.device.type == "cpu" and q.dtype == k.dtype == torch.bfloat16
+        if sdpa:
             y = F.scaled_dot_product_attention(q.view(b, f, h, dh).transpose(1, 2), k, v, attn_mask=bias)  # (B, H, f, D/H)
-        else:
+        if not sdpa or weights is not None:
             scale = torch.full((1,), dh**-0.5, dtype=k.dtype, device=k.device)  # a 1-dim tensor: the product takes its dtype
             q = (q.view(b, f, h, dh).transpose(1, 2) * scale).reshape(b * h, f, dh)
             kt = k.reshape(b * h, s, dh).transpose(1, 2)
             a = torch.bmm(q, kt) if bias is None else torch.baddbmm(bias.reshape(b * h, 1, s), q, kt)
             w = a.softmax(dim=-1, dtype=torch.float32)
-            y = torch.bmm(w.to(v.dtype), v.reshape(b * h, s, dh)).view(b, h, f, dh)
-            if weights is not None:
+            if not sdpa:
+                y = torch.bmm(w.to(v.dtype), v.reshape(b * h, s, dh)).view(b, h, f, dh)
+            if weights is not None:  # with SDPA, computed beside it for the record: the output is the same with or without
                 weights.append(w.view(b, h, f, s).transpose(1, 2).reshape(rows, h, s))
         out = x.new_empty(x.size(0), h * dh, dtype=dtype)
         out[:rows].view(b, f, h, dh).copy_(y.transpose(1, 2))
