@@ -234,9 +234,8 @@ def test_a_bf16_model_decodes_on_the_cpu_with_bf16_attention_caches_and_matches_
 
 def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_do():
     """Attention.step on bf16 keys on a CPU (scaled_dot_product_attention) gives what the written-out products give
-    (scores, softmax, weighted sum, in fp32) within bf16 rounding: with padded rows, with
-    the beams of a sentence attending together (3 queries per key row) and with masked keys. Asking for the weights
-    changes nothing in the output."""
+    (scores, softmax, weighted sum, in fp32) within bf16 rounding: with padded rows, with the beams of a sentence
+    attending together (3 queries per key row) and with masked keys. Asking for the weights changes nothing in the output."""
     torch.manual_seed(5)
     att = Attention(32, 4, 0.0).eval().to(torch.bfloat16)
     b, f, s = 4, 3, 7
@@ -263,8 +262,8 @@ def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_d
 
 
 def test_under_autocast_decoding_keeps_the_caches_in_the_layers_dtype():
-    """Validation during CPU training decodes under bf16 autocast, which would cast fp32 caches back to bf16 at
-    every product: there the caches stay as the projections make them, and greedy steps still match teacher forcing."""
+    """Validation during CPU training decodes under bf16 autocast: the caches stay in the dtype the projections make
+    them in (bf16, as with bf16 weights), and greedy steps still match teacher forcing."""
     model = tiny()
     src, mask, tgt = batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):

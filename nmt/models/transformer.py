@@ -161,7 +161,7 @@ class Attention(nn.Module):
 
 def extend(past: Tensor, new: Tensor, parents: Optional[Tensor]) -> Tensor:
     """past (B', H, t, X) rows picked by `parents` (all, in order, when None), then new (B, H, X) appended as
-    position t, cast to past's dtype: one copy of the cache per decoding step (an index_select and a cat would make two)."""
+    position t: one copy of the cache per decoding step (an index_select and a cat would make two)."""
     t = past.size(2)
     out = past.new_empty(new.size(0), new.size(1), t + 1, new.size(2))
     if parents is None:
