@@ -1,16 +1,20 @@
-"""Attention heatmaps of translations: the weights the model used when it produced each output token.
+"""Attention heatmaps of translations: the weights the model used when it produced each output
+token.
 
-`nmt translate --attention-dir DIR` decodes with `record=True` (see search.py), so every hypothesis carries
-the attention of its own beam history, and writes for input line N (numbered from 1):
+`nmt translate --attention-dir DIR` decodes with `record=True` (see search.py), so every hypothesis
+carries the attention of its own beam history, and writes for input line N (numbered from 1):
 
 - `N.json`: source and translation, the subword labels of every axis, the score, the files written;
-- `N.npz`: the weights, float32: `cross` (layers, heads, target, source), `self` (layers, heads, target,
-  target; zero above the diagonal) and `encoder` (layers, heads, source, source); an RNN has only `cross`;
-- PNGs (needs matplotlib): `N.cross.layerL.png` for every layer (mean over heads), `N.cross.layerL.heads.png`
-  (every head of the chosen layer), `N.encoder.layerL.png` and `N.self.layerL.png` (mean over heads).
+- `N.npz`: the weights, float32: `cross` (layers, heads, target, source), `self` (layers, heads,
+  target, target; zero above the diagonal) and `encoder` (layers, heads, source, source); an RNN has
+  only `cross`;
+- PNGs (needs matplotlib): `N.cross.layerL.png` for every layer (mean over heads),
+  `N.cross.layerL.heads.png` (every head of the chosen layer), `N.encoder.layerL.png` and
+  `N.self.layerL.png` (mean over heads).
 
-Cross-attention rows are the output tokens (EOS last), columns the source pieces (EOS last). Self-attention
-axes are the decoder's inputs (BOS, then the output tokens): row t is the step that produced output t.
+Cross-attention rows are the output tokens (EOS last), columns the source pieces (EOS last).
+Self-attention axes are the decoder's inputs (BOS, then the output tokens): row t is the step that
+produced output t.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from nmt.plot import pyplot
 from nmt.search import Hypothesis
 
 DPI = 100
-CELL, LEFT, BOTTOM, TOP, RIGHT = 28, 110, 110, 50, 70  # pixels: one matrix cell, and the margins around the matrix
+# pixels: one matrix cell, and the margins around the matrix
+CELL, LEFT, BOTTOM, TOP, RIGHT = 28, 110, 110, 50, 70
 HEADS_PER_ROW = 4
 
 
@@ -44,21 +49,36 @@ def grid_pixels(heads: int, rows: int, cols: int) -> tuple[int, int]:
     return min(heads, HEADS_PER_ROW) * w, math.ceil(heads / HEADS_PER_ROW) * h
 
 
-def _draw(fig, box: tuple[int, int, int, int], weights: np.ndarray, ylabels: list[str], xlabels: list[str], title: str) -> None:
+def _draw(
+    fig,
+    box: tuple[int, int, int, int],
+    weights: np.ndarray,
+    ylabels: list[str],
+    xlabels: list[str],
+    title: str,
+) -> None:
     """One heatmap in the pixel box (x0, y0 from the bottom left, width, height) of the figure."""
     x0, y0, w, h = box
     fw, fh = fig.get_size_inches() * DPI
     rows, cols = weights.shape
     ax = fig.add_axes(((x0 + LEFT) / fw, (y0 + BOTTOM) / fh, cols * CELL / fw, rows * CELL / fh))
-    image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    image = ax.imshow(
+        weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest"
+    )
     ax.set_xticks(range(cols), xlabels, rotation=90, fontsize=8)
     ax.set_yticks(range(rows), ylabels, fontsize=8)
     ax.set_title(title, fontsize=8)
-    bar = fig.add_axes(((x0 + LEFT + cols * CELL + 10) / fw, (y0 + BOTTOM) / fh, 10 / fw, rows * CELL / fh))
+    bar = fig.add_axes(
+        ((x0 + LEFT + cols * CELL + 10) / fw, (y0 + BOTTOM) / fh, 10 / fw, rows * CELL / fh)
+    )
     fig.colorbar(image, cax=bar).ax.tick_params(labelsize=7)
 
 
-def _png(plt, size: tuple[int, int], panels: list[tuple[tuple[int, int, int, int], np.ndarray, list[str], list[str], str]]) -> bytes:
+def _png(
+    plt,
+    size: tuple[int, int],
+    panels: list[tuple[tuple[int, int, int, int], np.ndarray, list[str], list[str], str]],
+) -> bytes:
     # half a pixel more than asked for: the canvas truncates width x dpi to whole pixels
     fig = plt.figure(figsize=((size[0] + 0.5) / DPI, (size[1] + 0.5) / DPI), dpi=DPI)
     for panel in panels:
@@ -69,35 +89,61 @@ def _png(plt, size: tuple[int, int], panels: list[tuple[tuple[int, int, int, int
     return buf.getvalue()
 
 
-def heatmaps(weights: dict[str, np.ndarray], src: list[str], out: list[str], dec_in: list[str], layer: int) -> dict[str, bytes]:
-    """PNG bytes by file suffix for one sentence's weights (see the module docstring); `layer` counts from 1."""
+def heatmaps(
+    weights: dict[str, np.ndarray], src: list[str], out: list[str], dec_in: list[str], layer: int
+) -> dict[str, bytes]:
+    """PNG bytes by file suffix for one sentence's weights (see the module docstring); `layer`
+    counts from 1."""
     plt = pyplot()
     axes = {"cross": (out, src), "encoder": (src, src), "self": (dec_in, dec_in)}
-    names = {"cross": "decoder cross-attention", "encoder": "encoder self-attention", "self": "decoder masked self-attention"}
+    names = {
+        "cross": "decoder cross-attention",
+        "encoder": "encoder self-attention",
+        "self": "decoder masked self-attention",
+    }
     files = {}
     for kind, w in weights.items():
         ylabels, xlabels = axes[kind]
         layers, heads, rows, cols = w.shape
         size = panel_pixels(rows, cols)
         for n in range(layers):
-            title = f"{names[kind]}\nlayer {n + 1}" + (f", mean of {heads} heads" if heads > 1 else "")
-            files[f"{kind}.layer{n + 1}.png"] = _png(plt, size, [((0, 0, *size), w[n].mean(0), ylabels, xlabels, title)])
+            title = f"{names[kind]}\nlayer {n + 1}" + (
+                f", mean of {heads} heads" if heads > 1 else ""
+            )
+            files[f"{kind}.layer{n + 1}.png"] = _png(
+                plt, size, [((0, 0, *size), w[n].mean(0), ylabels, xlabels, title)]
+            )
         if kind == "cross" and heads > 1:
             grid = grid_pixels(heads, rows, cols)
             panels = []
             for h in range(heads):
                 x0, top = (h % HEADS_PER_ROW) * size[0], (h // HEADS_PER_ROW + 1) * size[1]
-                panels.append(((x0, grid[1] - top, *size), w[layer - 1, h], ylabels, xlabels, f"layer {layer}, head {h + 1}"))
+                panels.append(
+                    (
+                        (x0, grid[1] - top, *size),
+                        w[layer - 1, h],
+                        ylabels,
+                        xlabels,
+                        f"layer {layer}, head {h + 1}",
+                    )
+                )
             files[f"cross.layer{layer}.heads.png"] = _png(plt, grid, panels)
     return files
 
 
 def write_attention(
-    out_dir: Path, sources: list[str], hyps: list[Hypothesis], translations: list[str],
-    src_ids: list[list[int]], src_pieces, tgt_pieces, layer: Optional[int] = None,
+    out_dir: Path,
+    sources: list[str],
+    hyps: list[Hypothesis],
+    translations: list[str],
+    src_ids: list[list[int]],
+    src_pieces,
+    tgt_pieces,
+    layer: Optional[int] = None,
 ) -> int:
-    """Write JSON, NPZ and PNGs for every sentence with a translation; returns how many sentences were written.
-    `src_pieces`/`tgt_pieces`: id lists -> subword strings; `layer`: the layer whose heads get a grid (default last)."""
+    """Write JSON, NPZ and PNGs for every sentence with a translation; returns how many sentences
+    were written. `src_pieces`/`tgt_pieces`: id lists -> subword strings; `layer`: the layer whose
+    heads get a grid (default last)."""
     out_dir = Path(out_dir)
     width = max(4, len(str(len(sources))))
     written = 0
@@ -119,11 +165,18 @@ def write_attention(
         for suffix, data in pngs.items():
             atomic_write_bytes(out_dir / f"{stem}.{suffix}", data)
         meta = {
-            "line": i, "source": source, "translation": text, "score": hyp.score,
-            "source_tokens": src, "target_tokens": out, "decoder_inputs": dec_in,
+            "line": i,
+            "source": source,
+            "translation": text,
+            "score": hyp.score,
+            "source_tokens": src,
+            "target_tokens": out,
+            "decoder_inputs": dec_in,
             "weights": {k: list(v.shape) for k, v in hyp.attention.items()},
             "files": [f"{stem}.npz", *(f"{stem}.{s}" for s in pngs)],
         }
-        atomic_write_text(out_dir / f"{stem}.json", json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+        atomic_write_text(
+            out_dir / f"{stem}.json", json.dumps(meta, ensure_ascii=False, indent=1) + "\n"
+        )
         written += 1
     return written

@@ -1,4 +1,5 @@
-"""Atomic file writes and self-describing, checksummed checkpoints (config + tokenizer + weights + train state).
+"""Atomic file writes and self-describing, checksummed checkpoints (config + tokenizer + weights +
+train state).
 
 Every file the program produces goes through `atomic_write_*`: written to a temporary file in the
 same directory, flushed and fsynced, then renamed over the target, so a crash leaves either the old
@@ -27,7 +28,8 @@ from nmt.errors import NmtError
 FORMAT = "nmt-checkpoint"
 VERSION = 2  # 2: sealed with a sha256 in the zip comment; 1 (unsealed) still loads, with a warning
 TMP_SUFFIX = ".tmp"
-_EOCD = b"PK\x05\x06"  # zip end-of-central-directory record: 22 bytes, the last 2 are the comment length
+# zip end-of-central-directory record: 22 bytes, the last 2 are the comment length
+_EOCD = b"PK\x05\x06"
 _SEAL = b"nmt-sha256:"
 _SEAL_LEN = len(_SEAL) + 64
 
@@ -48,7 +50,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        # mkstemp creates 0600; give the file the usual permissions
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -69,7 +72,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_link(src: Path, dst: Path) -> None:
-    """Make `dst` the same file as `src` atomically: a hard link (no copy), or a copy where links are unsupported."""
+    """Make `dst` the same file as `src` atomically: a hard link (no copy), or a copy where links
+    are unsupported."""
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.{os.getpid()}{TMP_SUFFIX}"
@@ -109,17 +113,24 @@ def seal(data: bytes) -> bytes:
 
 
 def verify(path: Path, data: bytes) -> bool:
-    """False if `data` carries no seal; True if its seal matches its content; CorruptCheckpoint if not."""
+    """False if `data` carries no seal; True if its seal matches its content; CorruptCheckpoint if
+    not."""
     n = len(data) - _SEAL_LEN
-    if n < 22 or data[n - 22 : n - 18] != _EOCD or data[n - 2 : n] != struct.pack("<H", _SEAL_LEN) or data[n:n + len(_SEAL)] != _SEAL:
+    if (
+        n < 22
+        or data[n - 22 : n - 18] != _EOCD
+        or data[n - 2 : n] != struct.pack("<H", _SEAL_LEN)
+        or data[n : n + len(_SEAL)] != _SEAL
+    ):
         return False
-    if hashlib.sha256(data[:n - 2]).hexdigest().encode() != data[n + len(_SEAL):]:
+    if hashlib.sha256(data[: n - 2]).hexdigest().encode() != data[n + len(_SEAL) :]:
         raise CorruptCheckpoint(f"{path}: checksum mismatch, the file is corrupt")
     return True
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Serialize a checkpoint payload (see `Trainer.payload` in train.py), seal it, write it atomically."""
+    """Serialize a checkpoint payload (see `Trainer.payload` in train.py), seal it, write it
+    atomically."""
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buf)
     atomic_write_bytes(path, seal(buf.getvalue()))
@@ -145,14 +156,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise CorruptCheckpoint(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(e).__name__}") from None
+        raise CorruptCheckpoint(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {type(e).__name__}"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CorruptCheckpoint(f"{path}: not an nmt checkpoint")
     if not sealed and ckpt.get("version") != 1:
         raise CorruptCheckpoint(f"{path}: checksum missing, the file is damaged")
     if not sealed:
-        print(f"warning: {path}: written by an older nmt without a checksum; cannot verify it", file=sys.stderr)
+        print(
+            f"warning: {path}: written by an older nmt without a checksum; cannot verify it",
+            file=sys.stderr,
+        )
     if ckpt.get("version") not in (1, VERSION):
-        raise NmtError(f"{path}: checkpoint format version {ckpt.get('version')} is not supported (expected {VERSION})")
+        raise NmtError(
+            f"{path}: checkpoint format version {ckpt.get('version')} is not supported (expected "
+            f"{VERSION})"
+        )
     ckpt["path"] = str(path)
     return ckpt

@@ -1,4 +1,5 @@
-"""Frozen config dataclasses and the one strict loader (unknown keys, types, ranges, cross-field rules).
+"""Frozen config dataclasses and the one strict loader (unknown keys, types, ranges, cross-field
+rules).
 
 Every key is documented in configs/base.yaml. `load_config(path, overrides)` is the only way a
 config enters the program; `config_from_dict` rebuilds one from a checkpoint with the same checks.
@@ -139,12 +140,17 @@ def _fail(origin: str, key: str, msg: str) -> NmtError:
 
 def _unknown(origin: str, key: str, valid: list[str]) -> NmtError:
     close = difflib.get_close_matches(key.split(".")[-1], valid, n=1)
-    hint = f" (did you mean '{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}'?)" if close else ""
+    hint = (
+        f" (did you mean '{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}'?)"
+        if close
+        else ""
+    )
     return _fail(origin, key, f"unknown key{hint}; valid keys: {', '.join(valid)}")
 
 
 def _check_value(origin: str, key: str, value: Any, typ: Any, rules: dict[str, Any]) -> Any:
-    """Check one value against its annotated type and rules; return it converted (int->float, list->tuple)."""
+    """Check one value against its annotated type and rules; return it converted (int->float,
+    list->tuple)."""
     if typing.get_origin(typ) is typing.Union:  # Optional[X]
         if value is None:
             return None
@@ -156,7 +162,12 @@ def _check_value(origin: str, key: str, value: Any, typ: Any, rules: dict[str, A
         return tuple(_check_value(origin, key, v, a, {}) for v, a in zip(value, args))
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if typ is bool and not isinstance(value, bool) or typ is int and (not isinstance(value, int) or isinstance(value, bool)):
+    if (
+        typ is bool
+        and not isinstance(value, bool)
+        or typ is int
+        and (not isinstance(value, int) or isinstance(value, bool))
+    ):
         raise _fail(origin, key, f"expected {typ.__name__}, got {value!r}")
     if not isinstance(value, typ):
         raise _fail(origin, key, f"expected {typ.__name__}, got {value!r}")
@@ -183,7 +194,9 @@ def _build_section(origin: str, section: str, raw: Any) -> Any:
     for key, value in raw.items():
         if key not in fields:
             raise _unknown(origin, f"{section}.{key}", list(fields))
-        values[key] = _check_value(origin, f"{section}.{key}", value, hints[key], dict(fields[key].metadata))
+        values[key] = _check_value(
+            origin, f"{section}.{key}", value, hints[key], dict(fields[key].metadata)
+        )
     return cls(**values)
 
 
@@ -191,21 +204,47 @@ def _cross_checks(origin: str, cfg: Config) -> None:
     m, d = cfg.model, cfg.data
     if m.arch == "rnn":
         if m.bidirectional and m.hidden_size % 2:
-            raise _fail(origin, "model.hidden_size", f"a bidirectional encoder splits it in two halves: must be even, got {m.hidden_size}")
+            raise _fail(
+                origin,
+                "model.hidden_size",
+                "a bidirectional encoder splits it in two halves: must be even, got "
+                f"{m.hidden_size}",
+            )
         if m.tie_output and m.hidden_size != m.d_model:
-            raise _fail(origin, "model.tie_output", f"needs model.hidden_size == model.d_model (got {m.hidden_size} and {m.d_model})")
+            raise _fail(
+                origin,
+                "model.tie_output",
+                f"needs model.hidden_size == model.d_model (got {m.hidden_size} and {m.d_model})",
+            )
         if m.dec_layers not in (None, m.layers):
-            raise _fail(origin, "model.dec_layers", "an RNN decoder starts from the encoder's state: it needs as many layers (leave it null)")
+            raise _fail(
+                origin,
+                "model.dec_layers",
+                "an RNN decoder starts from the encoder's state: it needs as many layers (leave it "
+                "null)",
+            )
     elif m.d_model % m.heads:
-        raise _fail(origin, "model.heads", f"{m.heads} heads do not divide model.d_model={m.d_model}")
+        raise _fail(
+            origin, "model.heads", f"{m.heads} heads do not divide model.d_model={m.d_model}"
+        )
     if m.positions == "sinusoidal" and m.d_model % 2:
-        raise _fail(origin, "model.d_model", f"sinusoidal positions need an even d_model, got {m.d_model}")
+        raise _fail(
+            origin, "model.d_model", f"sinusoidal positions need an even d_model, got {m.d_model}"
+        )
     if m.share_embeddings and not d.joint_vocab:
-        raise _fail(origin, "model.share_embeddings", "needs data.joint_vocab: true (one vocabulary for both sides)")
+        raise _fail(
+            origin,
+            "model.share_embeddings",
+            "needs data.joint_vocab: true (one vocabulary for both sides)",
+        )
     if d.src_lang == d.tgt_lang:
         raise _fail(origin, "data.tgt_lang", f"source and target language are both {d.src_lang!r}")
     if d.corpus == "files" and not d.source:
-        raise _fail(origin, "data.source", "corpus 'files' needs data.source: the folder holding {split}.{lang}[.gz]")
+        raise _fail(
+            origin,
+            "data.source",
+            "corpus 'files' needs data.source: the folder holding {split}.{lang}[.gz]",
+        )
     if d.max_len + 2 > m.max_positions:
         raise _fail(origin, "model.max_positions", f"must be >= data.max_len + 2 = {d.max_len + 2}")
 
@@ -238,13 +277,17 @@ class _Loader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
 )
 
 
@@ -269,7 +312,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def read_yaml(path: Path) -> Any:
-    """Read a YAML file; a missing file or a syntax error is a one-line NmtError with the line number."""
+    """Read a YAML file; a missing file or a syntax error is a one-line NmtError with the line
+    number."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -1,4 +1,5 @@
-"""Encoded splits, the Batch (the one place that builds tgt_in / tgt_out and masks), token-budget buckets.
+"""Encoded splits, the Batch (the one place that builds tgt_in / tgt_out and masks), token-budget
+buckets.
 
 Conventions: the source gets EOS appended; `tgt_in` = BOS + target, `tgt_out` = target + EOS;
 `*_pad_mask` is True at padding. Batches of one epoch are a pure function of (seed, epoch), so a
@@ -59,7 +60,9 @@ def load_split(prepared_dir: Path, role: str) -> Split:
         try:
             arrays.append(np.load(path, allow_pickle=False))
         except (OSError, ValueError) as e:
-            raise NmtError(f"{path}: cannot read encoded split ({e}); run `nmt prepare` again") from None
+            raise NmtError(
+                f"{path}: cannot read encoded split ({e}); run `nmt prepare` again"
+            ) from None
     return Split(*arrays)
 
 
@@ -75,7 +78,8 @@ class TextFile:
 
 
 def decode_lines(data: bytes, name: str) -> TextFile:
-    """Split UTF-8 bytes into lines; strip BOM, CR and surrounding whitespace; name file:line on bad UTF-8."""
+    """Split UTF-8 bytes into lines; strip BOM, CR and surrounding whitespace; name file:line on bad
+    UTF-8."""
     raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
@@ -94,7 +98,8 @@ def decode_lines(data: bytes, name: str) -> TextFile:
 
 
 def read_text(path: Path) -> TextFile:
-    """Read and clean a UTF-8 text file, plain or gzipped; `sha256` is that of the file as stored."""
+    """Read and clean a UTF-8 text file, plain or gzipped; `sha256` is that of the file as
+    stored."""
     try:
         stored = path.read_bytes()
         data = gzip.decompress(stored) if path.suffix == ".gz" else stored
@@ -125,7 +130,15 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         nb = device.type == "cuda"
         move = lambda t: None if t is None else t.to(device, non_blocking=nb)  # noqa: E731
-        return Batch(move(self.src), move(self.src_pad_mask), move(self.tgt_in), move(self.tgt_out), self.index, self.n_src, self.n_tgt)
+        return Batch(
+            move(self.src),
+            move(self.src_pad_mask),
+            move(self.tgt_in),
+            move(self.tgt_out),
+            self.index,
+            self.n_src,
+            self.n_tgt,
+        )
 
 
 def _pad(seqs: list[np.ndarray], prefix: Optional[int], suffix: Optional[int]) -> torch.Tensor:
@@ -142,7 +155,9 @@ def _pad(seqs: list[np.ndarray], prefix: Optional[int], suffix: Optional[int]) -
     return torch.from_numpy(out)
 
 
-def make_batch(src: list[np.ndarray], tgt: Optional[list[np.ndarray]], index: np.ndarray, pin: bool = False) -> Batch:
+def make_batch(
+    src: list[np.ndarray], tgt: Optional[list[np.ndarray]], index: np.ndarray, pin: bool = False
+) -> Batch:
     """Pad a list of sentences into a Batch; `tgt=None` for translation input."""
     s = _pad(src, None, EOS)
     tgt_in = tgt_out = None
@@ -151,7 +166,9 @@ def make_batch(src: list[np.ndarray], tgt: Optional[list[np.ndarray]], index: np
         tgt_in, tgt_out = _pad(tgt, BOS, None), _pad(tgt, None, EOS)
         n_tgt = sum(len(t) + 1 for t in tgt)
     if pin:
-        s, tgt_in, tgt_out = (t.pin_memory() if t is not None else None for t in (s, tgt_in, tgt_out))
+        s, tgt_in, tgt_out = (
+            t.pin_memory() if t is not None else None for t in (s, tgt_in, tgt_out)
+        )
     return Batch(s, s == PAD, tgt_in, tgt_out, index, sum(len(x) + 1 for x in src), n_tgt)
 
 
@@ -160,7 +177,11 @@ def split_batch(split: Split, index: np.ndarray, pin: bool = False) -> Batch:
 
 
 def bucket_batches(
-    src_lens: np.ndarray, tgt_lens: Optional[np.ndarray], max_tokens: int, seed: Optional[int] = None, epoch: int = 0
+    src_lens: np.ndarray,
+    tgt_lens: Optional[np.ndarray],
+    max_tokens: int,
+    seed: Optional[int] = None,
+    epoch: int = 0,
 ) -> list[np.ndarray]:
     """Group sentence indices into batches of at most `max_tokens` padded tokens each.
 
@@ -191,6 +212,7 @@ def bucket_batches(
 
 # --- the prepared directory's manifest (written by `nmt prepare`, read by every later stage) ---
 
+
 def data_settings(cfg: Config) -> dict:
     """The data settings that determine a prepared dir's contents (where it came from excluded)."""
     d = asdict(cfg.data)
@@ -200,7 +222,8 @@ def data_settings(cfg: Config) -> dict:
 
 
 def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
-    """Read and check a prepared dir's manifest (format version; settings match `cfg` when given)."""
+    """Read and check a prepared dir's manifest (format version; settings match `cfg` when
+    given)."""
     path = prepared_dir / "manifest.json"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -210,11 +233,19 @@ def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
         raise NmtError(f"{path}: unreadable manifest: {e}") from None
     if manifest.get("format") != PREPARED_FORMAT or manifest.get("version") != PREPARED_VERSION:
         raise NmtError(
-            f"{path}: prepared-data format {manifest.get('format')} v{manifest.get('version')} is not "
+            f"{path}: prepared-data format {manifest.get('format')} v{manifest.get('version')} is "
+            "not "
             f"{PREPARED_FORMAT} v{PREPARED_VERSION}; run `nmt prepare` again"
         )
     wanted = data_settings(cfg) if cfg is not None else manifest["data"]
     if manifest["data"] != wanted:
-        diff = sorted(k for k in manifest["data"].keys() | wanted.keys() if manifest["data"].get(k) != wanted.get(k))
-        raise NmtError(f"{prepared_dir}: prepared with different data settings ({', '.join('data.' + k for k in diff)}); run `nmt prepare` again")
+        diff = sorted(
+            k
+            for k in manifest["data"].keys() | wanted.keys()
+            if manifest["data"].get(k) != wanted.get(k)
+        )
+        raise NmtError(
+            f"{prepared_dir}: prepared with different data settings "
+            f"({', '.join('data.' + k for k in diff)}); run `nmt prepare` again"
+        )
     return manifest

@@ -1,17 +1,21 @@
-"""More than one process: torch.distributed (torchrun) with DistributedDataParallel; everything DDP lives here.
+"""More than one process: torch.distributed (torchrun) with DistributedDataParallel; everything DDP
+lives here.
 
-    torchrun --nproc_per_node N -m nmt train --config C                       # one machine, N GPUs (or CPU processes)
-    torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m nmt train --config C
+    # one machine, N GPUs (or CPU processes)
+    torchrun --nproc_per_node N -m nmt train --config C
+    torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT \
+        -m nmt train --config C
 
-torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them (`nmt train` alone) nothing here does anything.
-NCCL on GPUs, gloo on CPUs. A second gloo group carries the small per-step control messages (stop now?)
-so they never wait for the GPU.
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them (`nmt train` alone) nothing here does
+anything. NCCL on GPUs, gloo on CPUs. A second gloo group carries the small per-step control
+messages (stop now?) so they never wait for the GPU.
 
-How training shares the work (see Trainer.run_epoch): every rank builds the same token-budget batches
-(a pure function of seed and epoch); one optimizer step takes `accum_steps` x world batches and rank r
-takes every world-th of them, so the ranks see disjoint batches and the same number of steps. The loss
-is divided by the target tokens of the whole step (all ranks), times world because DDP averages, so N
-ranks give the gradient one process would get from the same batches with N x accum_steps accumulation.
+How training shares the work (see Trainer.run_epoch): every rank builds the same token-budget
+batches (a pure function of seed and epoch); one optimizer step takes `accum_steps` x world batches
+and rank r takes every world-th of them, so the ranks see disjoint batches and the same number of
+steps. The loss is divided by the target tokens of the whole step (all ranks), times world because
+DDP averages, so N ranks give the gradient one process would get from the same batches with N x
+accum_steps accumulation.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from nmt.errors import NmtError
 
 
 class Dist:
-    """Rank, world size and the few collective operations training needs; a no-op for a single process."""
+    """Rank, world size and the few collective operations training needs; a no-op for a single
+    process."""
 
     def __init__(self) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -51,21 +56,29 @@ class Dist:
             return device
         if device.type == "cuda":
             if self.local_rank >= torch.cuda.device_count():
-                raise NmtError(f"LOCAL_RANK {self.local_rank} but only {torch.cuda.device_count()} GPU(s) on this machine")
+                raise NmtError(
+                    f"LOCAL_RANK {self.local_rank} but only {torch.cuda.device_count()} GPU(s) on "
+                    "this machine"
+                )
             torch.cuda.set_device(self.local_rank)
             device = torch.device("cuda", self.local_rank)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
+            dist.init_process_group(
+                "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30)
+            )
         self.control = dist.new_group(backend="gloo")
         return device
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         if not self.enabled:
             return model
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     def any(self, *flags: bool) -> list[bool]:
-        """Each flag OR-ed over all ranks (one small CPU message): decisions every rank must take together."""
+        """Each flag OR-ed over all ranks (one small CPU message): decisions every rank must take
+        together."""
         if not self.enabled:
             return list(flags)
         t = torch.tensor([float(f) for f in flags])

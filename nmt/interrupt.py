@@ -1,4 +1,5 @@
-"""Graceful stop: the first SIGINT/SIGTERM asks training to stop after the current step; a second one stops at once."""
+"""Graceful stop: the first SIGINT/SIGTERM asks training to stop after the current step; a second
+one stops at once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Optional
 
 
 class GracefulStop:
-    """Context manager that records the first SIGINT/SIGTERM instead of dying; `requested` names it."""
+    """Context manager that records the first SIGINT/SIGTERM instead of dying; `requested` names
+    it."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -17,13 +19,22 @@ class GracefulStop:
         self._previous: dict = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if self.requested is not None:  # second signal: stop now (typer turns KeyboardInterrupt into exit 130)
+        # second signal: stop now (typer turns KeyboardInterrupt into exit 130)
+        if self.requested is not None:
             self.__exit__()
-            print(f"{signal.Signals(signum).name} again: stopping at once; the run's checkpoints are as they were "
-                  "(continue with --resume)", file=sys.stderr)
+            print(
+                f"{signal.Signals(signum).name} again: stopping at once; the run's checkpoints are "
+                "as they were "
+                "(continue with --resume)",
+                file=sys.stderr,
+            )
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
-        print(f"\n{self.requested}: finishing the current step and saving last.pt (press Ctrl-C again to stop at once)", file=sys.stderr)
+        print(
+            f"\n{self.requested}: finishing the current step and saving last.pt (press Ctrl-C "
+            "again to stop at once)",
+            file=sys.stderr,
+        )
 
     def __enter__(self) -> GracefulStop:
         for sig in self.SIGNALS:

@@ -1,4 +1,5 @@
-"""Pictures of a run: learning curves from metrics.jsonl. Needs the optional matplotlib (`pip install 'nmt[plot]'`)."""
+"""Pictures of a run: learning curves from metrics.jsonl. Needs the optional matplotlib (`pip
+install 'nmt[plot]'`)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ FIGSIZE, DPI = (15.0, 8.0), 100  # the PNG is 1500 x 800 pixels
 
 
 def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, or a one-line error saying how to install it."""
+    """matplotlib.pyplot on the file-only Agg backend, or a one-line error saying how to install
+    it."""
     try:
         import matplotlib
     except ImportError:
-        raise NmtError("plotting needs matplotlib, an optional extra: pip install 'nmt[plot]' (or pip install matplotlib)") from None
+        raise NmtError(
+            "plotting needs matplotlib, an optional extra: pip install 'nmt[plot]' (or pip install "
+            "matplotlib)"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -46,7 +51,9 @@ def plot_curves(run_dir: Path, output: Optional[Path] = None) -> Path:
     train = [r for r in records if "train_loss" in r]
     valid = [r for r in records if "valid_loss" in r]
     if not train and not valid:
-        raise NmtError(f"{run_dir / 'metrics.jsonl'}: no training or validation records to plot yet")
+        raise NmtError(
+            f"{run_dir / 'metrics.jsonl'}: no training or validation records to plot yet"
+        )
     plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=FIGSIZE, dpi=DPI)
 
@@ -59,10 +66,33 @@ def plot_curves(run_dir: Path, output: Optional[Path] = None) -> Path:
 
     panel(axes[0, 0], train, "step", "train_loss", "train loss (label-smoothed, per token)", "step")
     panel(axes[0, 1], valid, "step", "valid_loss", "valid loss (NLL per token)", "step", marker="o")
-    panel(axes[0, 2], valid, "step", "valid_bleu", "valid BLEU (greedy, sacreBLEU)", "step", marker="o")
+    panel(
+        axes[0, 2],
+        valid,
+        "step",
+        "valid_bleu",
+        "valid BLEU (greedy, sacreBLEU)",
+        "step",
+        marker="o",
+    )
     panel(axes[1, 0], train, "step", "lr", "learning rate", "step")
-    panel(axes[1, 1], train, "time", "train_loss", "train loss against training time", "minutes (validation excluded)")
-    panel(axes[1, 2], valid, "time", "valid_bleu", "valid BLEU against training time", "minutes (validation excluded)", marker="o")
+    panel(
+        axes[1, 1],
+        train,
+        "time",
+        "train_loss",
+        "train loss against training time",
+        "minutes (validation excluded)",
+    )
+    panel(
+        axes[1, 2],
+        valid,
+        "time",
+        "valid_bleu",
+        "valid BLEU against training time",
+        "minutes (validation excluded)",
+        marker="o",
+    )
     fig.suptitle(str(run_dir))
     fig.tight_layout()
     buf = io.BytesIO()

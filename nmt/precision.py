@@ -1,8 +1,9 @@
 """Number formats: which one training and decoding use on a device.
 
-`auto` means bf16 where the hardware multiplies bf16 matrices natively (CUDA GPUs; CPUs with AVX512-BF16
-or AMX, where a bf16 matmul runs several times faster than fp32) and fp32 elsewhere (a CPU without them
-would emulate bf16, slower than fp32). Training autocasts (weights stay fp32); decoding casts the weights.
+`auto` means bf16 where the hardware multiplies bf16 matrices natively (CUDA GPUs; CPUs with
+AVX512-BF16 or AMX, where a bf16 matmul runs several times faster than fp32) and fp32 elsewhere (a
+CPU without them would emulate bf16, slower than fp32). Training autocasts (weights stay fp32);
+decoding casts the weights.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ DECODE_CHOICES = ("auto", "fp32", "bf16", "int8")
 def cpu_has_bf16() -> bool:
     """True when this CPU has bf16 matrix instructions (AVX512-BF16 or AMX tiles)."""
     cpu = torch.cpu
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence the getattr: absent means no
+    # private, hence the getattr: absent means no
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
@@ -53,48 +55,58 @@ def decode_precision(device: torch.device, asked: str) -> str:
     return asked
 
 
-ROW_MULTIPLE = 64  # bf16 decoding on a CPU pads its rows by this (see padded_rows; Transformer.step)
+# bf16 decoding on a CPU pads its rows by this (see padded_rows; Transformer.step)
+ROW_MULTIPLE = 64
 
 
 def padded_rows(n: int, multiple: int) -> int:
-    """`n` rows rounded up for oneDNN's kernels (one built per row count, see decode_row_multiple): to a multiple of
-    multiple/4 up to 2 x multiple rows, of multiple/2 up to 4 x multiple, then of multiple. Decoding test_2016_flickr
-    at beam 5 then computes 10% more rows than it needs (greedy: 12%), with 20 row counts; rounding every count
-    up to 64 wasted 17% (greedy: 34%) with 12. `multiple` 1: no padding."""
+    """`n` rows rounded up for oneDNN's kernels (one built per row count, see decode_row_multiple):
+    to a multiple of multiple/4 up to 2 x multiple rows, of multiple/2 up to 4 x multiple, then of
+    multiple. Decoding test_2016_flickr at beam 5 then computes 10% more rows than it needs (greedy:
+    12%), with 20 row counts; rounding every count up to 64 wasted 17% (greedy: 34%) with 12.
+    `multiple` 1: no padding."""
     if multiple <= 1:
         return n
-    step = max(multiple // 4 if n <= 2 * multiple else multiple // 2 if n <= 4 * multiple else multiple, 1)
+    step = max(
+        multiple // 4 if n <= 2 * multiple else multiple // 2 if n <= 4 * multiple else multiple, 1
+    )
     return -(-n // step) * step
 
 
 def decode_row_multiple(device: torch.device, precision: str) -> int:
-    """The row multiple decoding pads by (padded_rows): 64 for bf16 on a CPU, where torch hands the products to oneDNN, which
-    builds a kernel for every new shape (about 2 ms for a 256 x 1024 layer; decoding test_2016_flickr at beam 5
-    built 471 layer kernels with the row count beam search left, 72 with rows in steps of 64: oneDNN's verbose log);
-    1 (no padding) elsewhere: fp32 products go to MKL and int8 ones to fbgemm, which build nothing per shape."""
+    """The row multiple decoding pads by (padded_rows): 64 for bf16 on a CPU, where torch hands the
+    products to oneDNN, which builds a kernel for every new shape (about 2 ms for a 256 x 1024
+    layer; decoding test_2016_flickr at beam 5 built 471 layer kernels with the row count beam
+    search left, 72 with rows in steps of 64: oneDNN's verbose log); 1 (no padding) elsewhere: fp32
+    products go to MKL and int8 ones to fbgemm, which build nothing per shape."""
     return ROW_MULTIPLE if device.type == "cpu" and precision == "bf16" else 1
 
 
 class PackedLinear(nn.Module):
-    """A bf16 nn.Linear for decoding on a CPU, its weight packed once into the blocked layout oneDNN multiplies in.
+    """A bf16 nn.Linear for decoding on a CPU, its weight packed once into the blocked layout oneDNN
+    multiplies in.
 
-    torch's bf16 products on a CPU go to oneDNN, which otherwise repacks the weight at every call: for the 5 to
-    1000 rows of a decoding step that is 10-30% of a layer's time (measured 1.1-1.5x per call; the outputs are
-    bit-identical). Uses the operators torch's own compiler emits for CPU inference (torch.ops.mkldnn).
+    torch's bf16 products on a CPU go to oneDNN, which otherwise repacks the weight at every call:
+    for the 5 to 1000 rows of a decoding step that is 10-30% of a layer's time (measured 1.1-1.5x
+    per call; the outputs are bit-identical). Uses the operators torch's own compiler emits for CPU
+    inference (torch.ops.mkldnn).
 
-    oneDNN also builds a kernel for every new number of rows (1-40 ms each for this project's layers), so the rows
-    are padded (padded_rows with `rows`): a decoding step pads them once for all its layers (Transformer.step); the
-    encoder's batches (sentences x positions rows, a new count nearly every batch) are padded here.
+    oneDNN also builds a kernel for every new number of rows (1-40 ms each for this project's
+    layers), so the rows are padded (padded_rows with `rows`): a decoding step pads them once for
+    all its layers (Transformer.step); the encoder's batches (sentences x positions rows, a new
+    count nearly every batch) are padded here.
 
-    `relu`: the layer applies ReLU to its output, in the same kernel (oneDNN's post-op: one pass less over the
-    output; ReLU commutes with the rounding to bf16, so the result is the same)."""
+    `relu`: the layer applies ReLU to its output, in the same kernel (oneDNN's post-op: one pass
+    less over the output; ReLU commutes with the rounding to bf16, so the result is the same)."""
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], rows: int, relu: bool = False):
-        """weight (out, in) and bias (out,) of an nn.Linear, bf16; `rows`: the row count the packing is tuned for,
-        and what the rows are padded by (padded_rows)."""
+        """weight (out, in) and bias (out,) of an nn.Linear, bf16; `rows`: the row count the packing
+        is tuned for, and what the rows are padded by (padded_rows)."""
         super().__init__()
         self.out_features, self.rows, self.attr = weight.size(0), rows, "relu" if relu else "none"
-        self.weight = nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows), requires_grad=False)
+        self.weight = nn.Parameter(
+            torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows), requires_grad=False
+        )
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -108,30 +120,39 @@ class PackedLinear(nn.Module):
 
 
 def can_pack(rows: int = ROW_MULTIPLE) -> bool:
-    """Whether this torch build packs bf16 weights for oneDNN and the packed product equals the plain one (checked
-    on fixed numbers: the global random generator is left alone)."""
+    """Whether this torch build packs bf16 weights for oneDNN and the packed product equals the
+    plain one (checked on fixed numbers: the global random generator is left alone)."""
     w = ((torch.arange(48 * 32).view(48, 32) % 7 - 3) / 8).to(torch.bfloat16)
     x = ((torch.arange(5 * 32).view(5, 32) % 5 - 2) / 4).to(torch.bfloat16)
     try:
         return torch.equal(PackedLinear(w, None, rows)(x), F.linear(x, w)) and torch.equal(
-            PackedLinear(w, None, rows, relu=True)(x), F.relu(F.linear(x, w)))
+            PackedLinear(w, None, rows, relu=True)(x), F.relu(F.linear(x, w))
+        )
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
 
 def pack_linear_layers(module: nn.Module, rows: int = ROW_MULTIPLE) -> nn.Module:
-    """Swap every bf16 nn.Linear inside `module` on a CPU for a PackedLinear (in place, as torch's quantize_dynamic
-    swaps modules; for inference only); returns `module`. A Linear followed by an nn.ReLU in an nn.Sequential takes the
-    ReLU into its kernel (the ReLU becomes an nn.Identity). Where this torch build cannot pack (`can_pack`), the layers
-    stay as they are."""
+    """Swap every bf16 nn.Linear inside `module` on a CPU for a PackedLinear (in place, as torch's
+    quantize_dynamic swaps modules; for inference only); returns `module`. A Linear followed by an
+    nn.ReLU in an nn.Sequential takes the ReLU into its kernel (the ReLU becomes an nn.Identity).
+    Where this torch build cannot pack (`can_pack`), the layers stay as they are."""
     if not can_pack(rows):
         return module
 
     def swap(parent: nn.Module) -> None:
         children = list(parent.named_children())
         for i, (name, child) in enumerate(children):
-            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu":
-                relu = isinstance(parent, nn.Sequential) and i + 1 < len(children) and type(children[i + 1][1]) is nn.ReLU
+            if (
+                type(child) is nn.Linear
+                and child.weight.dtype == torch.bfloat16
+                and child.weight.device.type == "cpu"
+            ):
+                relu = (
+                    isinstance(parent, nn.Sequential)
+                    and i + 1 < len(children)
+                    and type(children[i + 1][1]) is nn.ReLU
+                )
                 setattr(parent, name, PackedLinear(child.weight, child.bias, rows, relu))
                 if relu:
                     setattr(parent, children[i + 1][0], nn.Identity())

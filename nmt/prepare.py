@@ -71,7 +71,8 @@ def read_parallel(src_path: Path, tgt_path: Path) -> tuple[TextFile, TextFile]:
     src, tgt = read_text(src_path), read_text(tgt_path)
     if len(src.lines) != len(tgt.lines):
         raise NmtError(
-            f"{src_path} has {len(src.lines)} lines but {tgt_path} has {len(tgt.lines)}: parallel files must be aligned line by line"
+            f"{src_path} has {len(src.lines)} lines but {tgt_path} has {len(tgt.lines)}: parallel "
+            "files must be aligned line by line"
         )
     return src, tgt
 
@@ -81,7 +82,8 @@ def sha256_file(path: Path) -> str:
 
 
 def fetch_multi30k(folder: Path, names: list[str]) -> None:
-    """Download the named Multi30k files into `folder` (unless already there) and verify checksums."""
+    """Download the named Multi30k files into `folder` (unless already there) and verify
+    checksums."""
     for name in names:
         dest = folder / name
         if dest.is_file() and sha256_file(dest) == MULTI30K_SHA256[name]:
@@ -94,17 +96,21 @@ def fetch_multi30k(folder: Path, names: list[str]) -> None:
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise NmtError(
-                f"cannot download {url} ({reason}); with no network, point at a local copy of Multi30k: "
+                f"cannot download {url} ({reason}); with no network, point at a local copy of "
+                "Multi30k: "
                 f"nmt prepare --config C --source DIR (or data.source: DIR), DIR holding {name}"
             ) from None
         got = hashlib.sha256(data).hexdigest()
         if got != MULTI30K_SHA256[name]:
-            raise NmtError(f"{url}: sha256 {got} does not match the expected {MULTI30K_SHA256[name]}")
+            raise NmtError(
+                f"{url}: sha256 {got} does not match the expected {MULTI30K_SHA256[name]}"
+            )
         atomic_write_bytes(dest, data)
 
 
 def corpus_files(cfg: Config, source: Optional[str]) -> dict[str, tuple[Path, Path]]:
-    """Resolve (src_path, tgt_path) for each role; fetch/verify Multi30k when that corpus is named."""
+    """Resolve (src_path, tgt_path) for each role; fetch/verify Multi30k when that corpus is
+    named."""
     d = cfg.data
     folder = Path(source or d.source or MULTI30K_CACHE)
     stems = {"train": d.train, "valid": d.valid, "test": d.test}
@@ -112,22 +118,33 @@ def corpus_files(cfg: Config, source: Optional[str]) -> dict[str, tuple[Path, Pa
         names = [f"{stems[r]}.{lang}.gz" for r in ROLES for lang in (d.src_lang, d.tgt_lang)]
         unknown = [n for n in names if n not in MULTI30K_SHA256]
         if unknown:
-            raise NmtError(f"data: multi30k has no file {unknown[0]} (languages: en de fr cs; splits: train val test_2016_flickr)")
+            raise NmtError(
+                f"data: multi30k has no file {unknown[0]} (languages: en de fr cs; splits: train "
+                "val test_2016_flickr)"
+            )
         if source or d.source:
             for name in names:
                 path = folder / name
                 if not path.is_file():
-                    raise NmtError(f"{path}: file not found (the local Multi30k folder must hold {', '.join(names)})")
+                    raise NmtError(
+                        f"{path}: file not found (the local Multi30k folder must hold "
+                        f"{', '.join(names)})"
+                    )
                 if sha256_file(path) != MULTI30K_SHA256[name]:
                     raise NmtError(f"{path}: sha256 does not match the upstream Multi30k file")
         else:
             fetch_multi30k(folder, names)
     elif not folder.is_dir():
         raise NmtError(f"{folder}: corpus folder not found (data.source)")
-    return {r: (find_file(folder, stems[r], d.src_lang), find_file(folder, stems[r], d.tgt_lang)) for r in ROLES}
+    return {
+        r: (find_file(folder, stems[r], d.src_lang), find_file(folder, stems[r], d.tgt_lang))
+        for r in ROLES
+    }
 
 
-def filter_train(src_ids: list[list[int]], tgt_ids: list[list[int]], max_len: int, max_ratio: float) -> tuple[list[int], TrainFilter]:
+def filter_train(
+    src_ids: list[list[int]], tgt_ids: list[list[int]], max_len: int, max_ratio: float
+) -> tuple[list[int], TrainFilter]:
     """Indices of training pairs to keep, and how many were dropped for each reason."""
     stats = TrainFilter(read=len(src_ids))
     keep = []
@@ -150,7 +167,14 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_split(out: Path, role: str, src_lines: list[str], tgt_lines: list[str], src_ids: list[list[int]], tgt_ids: list[list[int]]) -> None:
+def write_split(
+    out: Path,
+    role: str,
+    src_lines: list[str],
+    tgt_lines: list[str],
+    src_ids: list[list[int]],
+    tgt_ids: list[list[int]],
+) -> None:
     for side, lines, ids in (("src", src_lines, src_ids), ("tgt", tgt_lines, tgt_ids)):
         atomic_write_text(out / f"{role}.{side}.txt", "".join(line + "\n" for line in lines))
         lengths = np.array([len(x) for x in ids], dtype=np.int64)
@@ -172,7 +196,8 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
     """Run stage 1 for `cfg`; return the manifest written to `<prepared_dir>/manifest.json`."""
     files = corpus_files(cfg, source)
     texts = {role: read_parallel(*files[role]) for role in ROLES}
-    input_lines = {f.path: len(f.lines) for pair in texts.values() for f in pair}  # before max_train_pairs
+    # before max_train_pairs
+    input_lines = {f.path: len(f.lines) for pair in texts.values() for f in pair}
     train_src, train_tgt = texts["train"]
     if cfg.data.max_train_pairs:
         train_src.lines = train_src.lines[: cfg.data.max_train_pairs]
@@ -184,7 +209,11 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
 
     out = cfg.prepared_dir
     out.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION, "data": data_settings(cfg)}
+    manifest: dict = {
+        "format": PREPARED_FORMAT,
+        "version": PREPARED_VERSION,
+        "data": data_settings(cfg),
+    }
     manifest["inputs"] = {}
     manifest["counts"] = {}
     manifest["warnings"] = {}
@@ -195,7 +224,11 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
         if role == "train":
             keep, stats = filter_train(src_ids, tgt_ids, cfg.data.max_len, cfg.data.max_len_ratio)
             if not keep:
-                raise NmtError(f"{src.path}: no training pairs left after filtering (data.max_len={cfg.data.max_len}, data.max_len_ratio={cfg.data.max_len_ratio})")
+                raise NmtError(
+                    f"{src.path}: no training pairs left after filtering "
+                    f"(data.max_len={cfg.data.max_len}, "
+                    f"data.max_len_ratio={cfg.data.max_len_ratio})"
+                )
             src_lines, tgt_lines = [src_lines[i] for i in keep], [tgt_lines[i] for i in keep]
             src_ids, tgt_ids = [src_ids[i] for i in keep], [tgt_ids[i] for i in keep]
             stats.duplicates = len(src_lines) - len(set(zip(src_lines, tgt_lines)))
@@ -204,7 +237,8 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
             manifest["counts"][role] = {"read": len(src_lines), "kept": len(src_lines)}
         write_split(out, role, src_lines, tgt_lines, src_ids, tgt_ids)
         manifest["inputs"][role] = {
-            side: {"path": f.path, "sha256": f.sha256, "lines": input_lines[f.path]} for side, f in (("src", src), ("tgt", tgt))
+            side: {"path": f.path, "sha256": f.sha256, "lines": input_lines[f.path]}
+            for side, f in (("src", src), ("tgt", tgt))
         }
         for f in (src, tgt):
             if f.crlf or f.bom:
@@ -224,12 +258,21 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
 def report(manifest: dict, out: Path, log) -> None:
     c = manifest["counts"]
     t = c["train"]
-    log(f"train: {t['read']} pairs read, {t['kept']} kept; dropped: " + ", ".join(f"{k} {v}" for k, v in t["dropped"].items()))
+    log(
+        f"train: {t['read']} pairs read, {t['kept']} kept; dropped: "
+        + ", ".join(f"{k} {v}" for k, v in t["dropped"].items())
+    )
     log(f"valid: {c['valid']['kept']} pairs, test: {c['test']['kept']} pairs (never filtered)")
     for path, w in manifest["warnings"].items():
-        log(f"warning: {path}: {w['crlf_lines']} lines ended in CR (stripped), {w['bom_lines']} byte-order marks (stripped)")
+        log(
+            f"warning: {path}: {w['crlf_lines']} lines ended in CR (stripped), {w['bom_lines']} "
+            "byte-order marks (stripped)"
+        )
     if t["duplicates"]:
         log(f"warning: train has {t['duplicates']} duplicated pairs (kept)")
     tk = manifest["tokenizer"]
-    log(f"vocabulary: {tk['src_vocab_size']} source / {tk['tgt_vocab_size']} target pieces ({', '.join(tk['files'])})")
+    log(
+        f"vocabulary: {tk['src_vocab_size']} source / {tk['tgt_vocab_size']} target pieces "
+        f"({', '.join(tk['files'])})"
+    )
     log(f"wrote {out}")

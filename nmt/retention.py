@@ -46,12 +46,17 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def best_first(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Validated saves ranked best first: higher valid BLEU, then lower valid loss, then the earlier step."""
-    return sorted(records, key=lambda r: (-r.get("valid_bleu", 0.0), r.get("valid_loss", float("inf")), r["step"]))
+    """Validated saves ranked best first: higher valid BLEU, then lower valid loss, then the earlier
+    step."""
+    return sorted(
+        records,
+        key=lambda r: (-r.get("valid_bleu", 0.0), r.get("valid_loss", float("inf")), r["step"]),
+    )
 
 
 class Retention:
-    """Records each save and prunes old step files: keeps the last `keep_last` and the best `keep_best`."""
+    """Records each save and prunes old step files: keeps the last `keep_last` and the best
+    `keep_best`."""
 
     def __init__(self, run_dir: Path, keep_last: int, keep_best: int):
         self.run_dir, self.keep_last, self.keep_best = Path(run_dir), keep_last, keep_best
@@ -61,22 +66,28 @@ class Retention:
         try:
             index = json.loads((self.folder / INDEX).read_text(encoding="utf-8"))
             return index if isinstance(index, dict) else {}
-        except (OSError, ValueError):  # missing, or damaged: scores are then unknown, files are kept by age
+        # missing, or damaged: scores are then unknown, files are kept by age
+        except (OSError, ValueError):
             return {}
 
     def record(self, step: int, scores: Optional[dict[str, float]], best: bool) -> None:
-        """Call after last.pt holds step `step`; `scores` (valid_bleu, valid_loss) when it was validated."""
+        """Call after last.pt holds step `step`; `scores` (valid_bleu, valid_loss) when it was
+        validated."""
         last = self.run_dir / "last.pt"
         name = step_name(step)
         atomic_link(last, self.folder / name)
         if best:
             atomic_link(last, self.run_dir / "best.pt")
         files = step_files(self.run_dir)
-        index = {k: v for k, v in self.read_index().items() if isinstance(v, dict) and v.get("step") in files}
+        index = {
+            k: v
+            for k, v in self.read_index().items()
+            if isinstance(v, dict) and v.get("step") in files
+        }
         if scores is not None:
             index[name] = {"step": step, **scores}
         atomic_write_text(self.folder / INDEX, json.dumps(index, indent=1, sort_keys=True) + "\n")
-        keep = set(sorted(files)[-self.keep_last:] if self.keep_last else [])
+        keep = set(sorted(files)[-self.keep_last :] if self.keep_last else [])
         keep |= {r["step"] for r in best_first(index.values())[: self.keep_best]}
         keep.add(step)  # the save just made, whatever the settings (it is also last.pt)
         for s, f in files.items():
@@ -91,8 +102,11 @@ def resume_candidates(run_dir: Path) -> list[Path]:
     return found + [f for _, f in sorted(step_files(run_dir).items(), reverse=True)]
 
 
-def load_for_resume(run_dir: Path, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
-    """Load the newest checkpoint of the run that is intact; set aside (rename to *.corrupt) the damaged ones."""
+def load_for_resume(
+    run_dir: Path, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+) -> dict:
+    """Load the newest checkpoint of the run that is intact; set aside (rename to *.corrupt) the
+    damaged ones."""
     bad = []
     for path in resume_candidates(run_dir):
         try:
@@ -103,8 +117,14 @@ def load_for_resume(run_dir: Path, warn: Callable[[str], None] = lambda m: print
             bad.append(path)
             continue
         if bad:
-            warn(f"warning: resuming from {path} (step {ckpt['train_state']['step']}), the newest intact checkpoint")
+            warn(
+                f"warning: resuming from {path} (step {ckpt['train_state']['step']}), the newest "
+                "intact checkpoint"
+            )
         return ckpt
     if bad:
-        raise NmtError(f"{run_dir}: every checkpoint is corrupt ({len(bad)} found); cannot resume, start a new run")
+        raise NmtError(
+            f"{run_dir}: every checkpoint is corrupt ({len(bad)} found); cannot resume, start a "
+            "new run"
+        )
     raise NmtError(f"{run_dir}: no checkpoint to resume from")

@@ -1,5 +1,5 @@
-"""Choose decoding settings on the valid split: score a grid of beam sizes, length penalties, n-gram blocking and
-beam search stopping rules.
+"""Choose decoding settings on the valid split: score a grid of beam sizes, length penalties, n-gram
+blocking and beam search stopping rules.
 
 Only the valid split: choosing settings on test and then reporting test would overstate the result.
 """
@@ -22,10 +22,13 @@ from nmt.translate import decode_settings, load_translator, members, translate_w
 
 
 def grid(
-    beams: Sequence[int], alphas: Sequence[float], ngrams: Sequence[int], early_exits: Sequence[bool] = (False,)
+    beams: Sequence[int],
+    alphas: Sequence[float],
+    ngrams: Sequence[int],
+    early_exits: Sequence[bool] = (False,),
 ) -> list[tuple[int, float, int, bool]]:
-    """Every (beam, alpha, no_repeat_ngram, early_exit); the length penalty and the stopping rule only matter to beam
-    search, so beam 1 gets the first alpha and the first rule only."""
+    """Every (beam, alpha, no_repeat_ngram, early_exit); the length penalty and the stopping rule
+    only matter to beam search, so beam 1 gets the first alpha and the first rule only."""
     out = []
     for beam, alpha, n, early in itertools.product(beams, alphas, ngrams, early_exits):
         if beam == 1 and (alpha != alphas[0] or early != early_exits[0]):
@@ -35,31 +38,61 @@ def grid(
 
 
 def sweep(
-    checkpoint: str | Sequence[str], beams: Sequence[int], alphas: Sequence[float], ngrams: Sequence[int],
-    prepared_dir: Optional[str] = None, device: Optional[str] = None, output: Optional[str] = None,
-    log: Callable[[str], None] = print, precision: str = "auto", workers: Optional[int] = None,
+    checkpoint: str | Sequence[str],
+    beams: Sequence[int],
+    alphas: Sequence[float],
+    ngrams: Sequence[int],
+    prepared_dir: Optional[str] = None,
+    device: Optional[str] = None,
+    output: Optional[str] = None,
+    log: Callable[[str], None] = print,
+    precision: str = "auto",
+    workers: Optional[int] = None,
     early_exits: Sequence[bool] = (False,),
 ) -> dict:
-    """Decode the valid split once per setting; return every score and the best setting (ties: the earlier one).
-    Several checkpoints: their ensemble (see translate.load_translator)."""
+    """Decode the valid split once per setting; return every score and the best setting (ties: the
+    earlier one). Several checkpoints: their ensemble (see translate.load_translator)."""
     if not beams or not alphas or not ngrams or not early_exits:
-        raise NmtError("give at least one value each for --beam, --alpha, --no-repeat-ngram and --early-exit")
+        raise NmtError(
+            "give at least one value each for --beam, --alpha, --no-repeat-ngram and --early-exit"
+        )
     tr = load_translator(checkpoint, device, precision, workers)
     _, src, refs = load_split(tr, "valid", prepared_dir)
     rows, metric = [], BLEU()
     for beam, alpha, n, early in grid(beams, alphas, ngrams, early_exits):
-        d = decode_settings(tr, beam=beam, alpha=alpha, no_repeat_ngram=n, early_exit=early, nbest=1)
+        d = decode_settings(
+            tr, beam=beam, alpha=alpha, no_repeat_ngram=n, early_exit=early, nbest=1
+        )
         start = time.perf_counter()
         hyps = tr.tok.decode_tgt([h[0].tokens for h in translate_with(tr, src, d)])
         seconds = time.perf_counter() - start
         bleu = metric.corpus_score(hyps, [refs])
-        rows.append({"beam": beam, "alpha": alpha, "no_repeat_ngram": n, "early_exit": early, "bleu": round(bleu.score, 2),
-                     "length_ratio": round(bleu.sys_len / max(bleu.ref_len, 1), 3), "seconds": round(seconds, 2)})
+        rows.append(
+            {
+                "beam": beam,
+                "alpha": alpha,
+                "no_repeat_ngram": n,
+                "early_exit": early,
+                "bleu": round(bleu.score, 2),
+                "length_ratio": round(bleu.sys_len / max(bleu.ref_len, 1), 3),
+                "seconds": round(seconds, 2),
+            }
+        )
         rule = "  early exit" if early and beam > 1 else ""
-        log(f"beam {beam:>2}  alpha {alpha:<4}  no_repeat_ngram {n}{rule}  BLEU {bleu.score:6.2f}  "
-            f"length ratio {rows[-1]['length_ratio']:.3f}  {seconds:.1f} s")
+        log(
+            f"beam {beam:>2}  alpha {alpha:<4}  no_repeat_ngram {n}{rule}  BLEU {bleu.score:6.2f}  "
+            f"length ratio {rows[-1]['length_ratio']:.3f}  {seconds:.1f} s"
+        )
     best = max(rows, key=lambda r: r["bleu"])  # max keeps the first of equal scores
-    result = {"checkpoint": tr.path, **members(tr), "split": "valid", "precision": tr.precision, "signature": str(metric.get_signature()), "rows": rows, "best": best}
+    result = {
+        "checkpoint": tr.path,
+        **members(tr),
+        "split": "valid",
+        "precision": tr.precision,
+        "signature": str(metric.get_signature()),
+        "rows": rows,
+        "best": best,
+    }
     if output:
         try:
             atomic_write_text(Path(output), json.dumps(result, indent=2) + "\n")

@@ -23,7 +23,8 @@ PAD, UNK, BOS, EOS = 0, 1, 2, 3
 def train_spm(
     lines: Iterable[str], vocab_size: int, model_type: str, character_coverage: float, seed: int
 ) -> bytes:
-    """Train a SentencePiece model on `lines` and return it serialized (deterministic for a seed)."""
+    """Train a SentencePiece model on `lines` and return it serialized (deterministic for a
+    seed)."""
     spm.set_random_generator_seed(seed)
     buf = io.BytesIO()
     try:
@@ -55,14 +56,18 @@ def _load(proto: bytes, what: str) -> spm.SentencePieceProcessor:
     except (RuntimeError, TypeError):
         raise NmtError(f"{what}: not a valid SentencePiece model") from None
     if (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) != (PAD, UNK, BOS, EOS):
-        raise NmtError(f"{what}: SentencePiece model has special ids other than pad=0 unk=1 bos=2 eos=3")
+        raise NmtError(
+            f"{what}: SentencePiece model has special ids other than pad=0 unk=1 bos=2 eos=3"
+        )
     return sp
 
 
 class Tokenizer:
     """Source and target subword models; `tgt_proto=None` means one joint vocabulary."""
 
-    def __init__(self, src_proto: bytes, tgt_proto: Optional[bytes] = None, what: str = "tokenizer"):
+    def __init__(
+        self, src_proto: bytes, tgt_proto: Optional[bytes] = None, what: str = "tokenizer"
+    ):
         self.src_proto = src_proto
         self.tgt_proto = tgt_proto
         self.src = _load(src_proto, what)
@@ -96,7 +101,10 @@ class Tokenizer:
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         """Detokenize target ids; special ids are dropped and whitespace runs collapsed."""
-        return [" ".join(t.split()) for t in self.tgt.decode([[i for i in seq if i > EOS] for seq in ids])]
+        return [
+            " ".join(t.split())
+            for t in self.tgt.decode([[i for i in seq if i > EOS] for seq in ids])
+        ]
 
     def src_pieces(self, ids: list[int]) -> list[str]:
         return [self.src.id_to_piece(i) for i in ids]
@@ -123,7 +131,9 @@ class Tokenizer:
             src, tgt = directory / "spm.src.model", directory / "spm.tgt.model"
             return cls(src.read_bytes(), tgt.read_bytes(), what=str(src))
         except FileNotFoundError:
-            raise NmtError(f"{directory}: no spm.model (or spm.src.model + spm.tgt.model); run `nmt prepare`") from None
+            raise NmtError(
+                f"{directory}: no spm.model (or spm.src.model + spm.tgt.model); run `nmt prepare`"
+            ) from None
 
     def to_state(self) -> dict[str, Optional[bytes]]:
         return {"src": self.src_proto, "tgt": self.tgt_proto}

@@ -1,4 +1,5 @@
-"""Stage 2: the training loop, its state, the learning-rate schedule, the loss, validation, checkpoints.
+"""Stage 2: the training loop, its state, the learning-rate schedule, the loss, validation,
+checkpoints.
 
 One optimizer step = `accum_steps` token-budget batches; the loss is summed over real target
 tokens and divided by their total, so accumulation gives the same gradient as one big batch.
@@ -76,7 +77,8 @@ class TrainState:
 
 
 def lr_at(step: int, peak: float, warmup: int) -> float:
-    """Linear warmup to `peak` over `warmup` steps, then inverse-square-root decay (constant if warmup=0)."""
+    """Linear warmup to `peak` over `warmup` steps, then inverse-square-root decay (constant if
+    warmup=0)."""
     if warmup == 0:
         return peak
     step = max(step, 1)
@@ -86,7 +88,9 @@ def lr_at(step: int, peak: float, warmup: int) -> float:
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise NmtError("train.device: cuda requested but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+    return torch.device(
+        "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
+    )
 
 
 def rng_state() -> dict:
@@ -116,9 +120,17 @@ def environment() -> dict:
     """Versions, git commit and command line: recorded in the run directory for reproducibility."""
     try:
         here = Path(__file__).resolve().parent
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         commit = r.stdout.strip() if r.returncode == 0 else ""
-        r = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        r = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         dirty = bool(r.stdout.strip()) if commit and r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", None
@@ -128,7 +140,8 @@ def environment() -> dict:
         "sentencepiece": sentencepiece.__version__,
         "sacrebleu": sacrebleu.__version__,
         "git_commit": commit or None,
-        "git_dirty": dirty,  # uncommitted changes to tracked files: the commit alone does not describe the code
+        # uncommitted changes to tracked files: the commit alone does not describe the code
+        "git_dirty": dirty,
         "command": sys.argv,
         "machine": platform.machine(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -136,13 +149,19 @@ def environment() -> dict:
 
 
 class DeviceCounters:
-    """Per-step bookkeeping kept on the device, so that a step never waits for the GPU; read on logging steps."""
+    """Per-step bookkeeping kept on the device, so that a step never waits for the GPU; read on
+    logging steps."""
 
     def __init__(self, device: torch.device, skipped: int, in_row: int):
         def scalar(v: float) -> torch.Tensor:
             return torch.tensor(float(v), device=device)
 
-        self.loss, self.skipped, self.in_row, self.max_in_row = scalar(0), scalar(skipped), scalar(in_row), scalar(in_row)
+        self.loss, self.skipped, self.in_row, self.max_in_row = (
+            scalar(0),
+            scalar(skipped),
+            scalar(in_row),
+            scalar(in_row),
+        )
 
     def add(self, loss_sum: torch.Tensor, skipped: torch.Tensor) -> None:
         """`skipped` is 1.0 when this step's update was skipped (non-finite gradient), else 0.0."""
@@ -152,8 +171,11 @@ class DeviceCounters:
         torch.maximum(self.max_in_row, self.in_row, out=self.max_in_row)
 
     def read(self) -> tuple[float, int, int, int]:
-        """(loss summed since the last reset, skipped updates, in a row now, most in a row since the last read)."""
-        loss, skipped, in_row, max_in_row = torch.stack([self.loss, self.skipped, self.in_row, self.max_in_row]).tolist()
+        """(loss summed since the last reset, skipped updates, in a row now, most in a row since the
+        last read)."""
+        loss, skipped, in_row, max_in_row = torch.stack(
+            [self.loss, self.skipped, self.in_row, self.max_in_row]
+        ).tolist()
         self.max_in_row.copy_(self.in_row)
         return loss, int(skipped), int(in_row), int(max_in_row)
 
@@ -162,8 +184,15 @@ class Trainer:
     """Holds what one run needs; `run()` is the loop. Created only through `train()`."""
 
     def __init__(
-        self, cfg: Config, run_dir: Path, device: torch.device, tok: Tokenizer, train_split: Split, valid_split: Split,
-        valid_refs: list[str], dist: Optional[Dist] = None,
+        self,
+        cfg: Config,
+        run_dir: Path,
+        device: torch.device,
+        tok: Tokenizer,
+        train_split: Split,
+        valid_split: Split,
+        valid_refs: list[str],
+        dist: Optional[Dist] = None,
     ):
         self.cfg, self.run_dir, self.device, self.tok = cfg, run_dir, device, tok
         self.train_split, self.valid_split, self.valid_refs = train_split, valid_split, valid_refs
@@ -171,24 +200,35 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
         choose_attention_kernels(device)
-        # DDP and the compiled module wrap model + loss and share the parameters; checkpoints and decoding use the plain model
+        # DDP and the compiled module wrap model + loss and share the parameters; checkpoints and
+        # decoding use the plain model
         self.objective = Objective(self.model, cfg.train.label_smoothing)
         self.ddp = self.dist.wrap(self.objective, device)
         self.forward = torch.compile(self.ddp, dynamic=True) if cfg.train.compile else self.ddp
         t = cfg.train
-        # fused: one kernel for all parameters (CPU and CUDA), and it can skip an update without a host sync
+        # fused: one kernel for all parameters (CPU and CUDA), and it can skip an update without a
+        # host sync
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=t.lr, betas=t.betas, eps=t.adam_eps, weight_decay=t.weight_decay, fused=True,
+            self.model.parameters(),
+            lr=t.lr,
+            betas=t.betas,
+            eps=t.adam_eps,
+            weight_decay=t.weight_decay,
+            fused=True,
         )
-        # loss scaling only for fp16 (bf16 has fp32's range); disabled, the scaler passes everything through
-        self.scaler = torch.amp.GradScaler(device.type, init_scale=FP16_INIT_SCALE, enabled=t.precision == "fp16")
+        # loss scaling only for fp16 (bf16 has fp32's range); disabled, the scaler passes everything
+        # through
+        self.scaler = torch.amp.GradScaler(
+            device.type, init_scale=FP16_INIT_SCALE, enabled=t.precision == "fp16"
+        )
         self.state = TrainState()
         self.metrics_path = run_dir / "metrics.jsonl"
         self.kept = Retention(run_dir, t.keep_last, t.keep_best)
 
     # --- checkpoints ---
     def payload(self, rngs: list) -> dict:
-        """Everything a resumed run needs; `rngs`: the random states of every rank, in rank order."""
+        """Everything a resumed run needs; `rngs`: the random states of every rank, in rank
+        order."""
         return {
             "config": self.cfg.to_dict(),
             "tokenizer": self.tok.to_state(),
@@ -205,15 +245,26 @@ class Trainer:
     def check_compatible(self, ckpt: dict, what: str, sections: tuple[str, ...]) -> None:
         """Refuse a checkpoint trained with another tokenizer or other settings in `sections`."""
         if ckpt["tokenizer_sha256"] != self.tok.sha256:
-            raise NmtError(f"{ckpt['path']}: trained with a different tokenizer (sha256 {ckpt['tokenizer_sha256'][:12]}) than the one in "
-                           f"{self.cfg.prepared_dir} ({self.tok.sha256[:12]}); refusing to {what}")
+            raise NmtError(
+                f"{ckpt['path']}: trained with a different tokenizer (sha256 "
+                f"{ckpt['tokenizer_sha256'][:12]}) than the one in "
+                f"{self.cfg.prepared_dir} ({self.tok.sha256[:12]}); refusing to {what}"
+            )
         for section in sections:
             if ckpt["config"][section] != self.cfg.to_dict()[section]:
-                changed = sorted(k for k, v in self.cfg.to_dict()[section].items() if ckpt["config"][section].get(k) != v)
-                raise NmtError(f"{ckpt['path']}: cannot {what} with a changed {section} config ({', '.join(f'{section}.{k}' for k in changed)})")
+                changed = sorted(
+                    k
+                    for k, v in self.cfg.to_dict()[section].items()
+                    if ckpt["config"][section].get(k) != v
+                )
+                raise NmtError(
+                    f"{ckpt['path']}: cannot {what} with a changed {section} config "
+                    f"({', '.join(f'{section}.{k}' for k in changed)})"
+                )
 
     def init_from(self, ckpt: dict) -> None:
-        """Fine-tuning: start from a checkpoint's weights, with a fresh optimizer, schedule and state."""
+        """Fine-tuning: start from a checkpoint's weights, with a fresh optimizer, schedule and
+        state."""
         self.check_compatible(ckpt, "fine-tune from it", ("model",))
         self.model.load_state_dict(ckpt["model"])
 
@@ -227,16 +278,24 @@ class Trainer:
         rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
         was = ckpt.get("world_size", 1)
         if was != self.dist.world:
-            self.note(f"note: {ckpt['path']} was trained by {was} process(es), this run has {self.dist.world}: weights, optimizer and "
-                      f"data position carry over; a step now takes {self.cfg.train.accum_steps} x {self.dist.world} batches instead of "
-                      f"{self.cfg.train.accum_steps} x {was}, and the random streams differ from an uninterrupted run")
+            self.note(
+                f"note: {ckpt['path']} was trained by {was} process(es), this run has "
+                f"{self.dist.world}: weights, optimizer and "
+                f"data position carry over; a step now takes {self.cfg.train.accum_steps} x "
+                f"{self.dist.world} batches instead of "
+                f"{self.cfg.train.accum_steps} x {was}, and the random streams differ from an "
+                "uninterrupted run"
+            )
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
 
-    def save(self, scores: Optional[dict] = None, best: bool = False, step_file: bool = True) -> None:
-        """Write last.pt; keep it as checkpoints/step-N.pt (and best.pt); prune what falls out of keep_last/keep_best.
-        `step_file=False` (a stop by signal, off the save grid) writes last.pt only, so that the step files, which
-        `nmt average --last N` takes, stay on the grid of valid_every/save_every and keep_last keeps them all.
-        Every rank calls it (their random states go into the checkpoint); rank 0 writes."""
+    def save(
+        self, scores: Optional[dict] = None, best: bool = False, step_file: bool = True
+    ) -> None:
+        """Write last.pt; keep it as checkpoints/step-N.pt (and best.pt); prune what falls out of
+        keep_last/keep_best. `step_file=False` (a stop by signal, off the save grid) writes last.pt
+        only, so that the step files, which `nmt average --last N` takes, stay on the grid of
+        valid_every/save_every and keep_last keeps them all. Every rank calls it (their random
+        states go into the checkpoint); rank 0 writes."""
         self.sync_counters()
         rngs = self.dist.gather(rng_state())
         if self.dist.main:
@@ -250,12 +309,15 @@ class Trainer:
             tqdm.write(message, file=sys.stderr)
 
     # --- one step ---
-    def train_step(self, batches: list[Batch], n_tgt: int) -> Optional[tuple[torch.Tensor, int, torch.Tensor]]:
-        """Forward/backward over the micro-batches, then one update. Returns (summed loss, target tokens, 1.0 if
-        the update was skipped for a non-finite gradient else 0.0) with the tensors left on the device; or None
-        when the device ran out of memory (the gradients are dropped and memory freed). `batches` are this rank's,
-        `n_tgt` the target tokens of the whole step over all ranks. With more than one process an OOM stops the
-        run: the other ranks would wait for this one's gradients."""
+    def train_step(
+        self, batches: list[Batch], n_tgt: int
+    ) -> Optional[tuple[torch.Tensor, int, torch.Tensor]]:
+        """Forward/backward over the micro-batches, then one update. Returns (summed loss, target
+        tokens, 1.0 if the update was skipped for a non-finite gradient else 0.0) with the tensors
+        left on the device; or None when the device ran out of memory (the gradients are dropped and
+        memory freed). `batches` are this rank's, `n_tgt` the target tokens of the whole step over
+        all ranks. With more than one process an OOM stops the run: the other ranks would wait for
+        this one's gradients."""
         self.model.train()
         if self.dist.enabled:
             return self._train_step(batches, n_tgt)
@@ -268,13 +330,20 @@ class Trainer:
             torch.cuda.empty_cache()
         return None
 
-    def _train_step(self, batches: list[Batch], n_tgt: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def _train_step(
+        self, batches: list[Batch], n_tgt: int
+    ) -> tuple[torch.Tensor, int, torch.Tensor]:
         total = torch.zeros((), device=self.device)
-        scale = self.dist.world / n_tgt  # DDP averages the ranks' gradients: this makes it a sum over all tokens / n_tgt
+        # DDP averages the ranks' gradients: this makes it a sum over all tokens / n_tgt
+        scale = self.dist.world / n_tgt
         for i, b in enumerate(batches):
             b = b.to(self.device)
             # accumulation: gradients are exchanged between ranks only on the last micro-batch
-            sync = nullcontext() if i == len(batches) - 1 or not self.dist.enabled else self.ddp.no_sync()
+            sync = (
+                nullcontext()
+                if i == len(batches) - 1 or not self.dist.enabled
+                else self.ddp.no_sync()
+            )
             with sync:
                 with autocast_for(self.device, self.cfg.train.precision):
                     loss, _ = self.forward(b.src, b.src_pad_mask, b.tgt_in, b.tgt_out)
@@ -290,7 +359,8 @@ class Trainer:
         if self.scaler.is_enabled():  # fp16: the scaler skips on overflow and halves the scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:  # the fused optimizer skips the update itself when found_inf is 1, without a host sync
+        # the fused optimizer skips the update itself when found_inf is 1, without a host sync
+        else:
             self.optimizer.grad_scale, self.optimizer.found_inf = None, skipped
             try:
                 self.optimizer.step()
@@ -302,13 +372,17 @@ class Trainer:
     # --- validation ---
     @torch.no_grad()
     def validate(self) -> dict:
-        """Valid loss/perplexity (teacher forced, no smoothing) and greedy sacreBLEU against the raw references."""
+        """Valid loss/perplexity (teacher forced, no smoothing) and greedy sacreBLEU against the raw
+        references."""
         self.model.eval()
         nll_sum, n = 0.0, 0
-        for index in bucket_batches(self.valid_split.src_lens, self.valid_split.tgt_lens, self.cfg.train.max_tokens):
+        for index in bucket_batches(
+            self.valid_split.src_lens, self.valid_split.tgt_lens, self.cfg.train.max_tokens
+        ):
             b = split_batch(self.valid_split, index).to(self.device)
             with autocast_for(self.device, self.cfg.train.precision):
-                nll_sum += float(self.objective(b.src, b.src_pad_mask, b.tgt_in, b.tgt_out)[1])  # plain NLL, no smoothing
+                # plain NLL, no smoothing
+                nll_sum += float(self.objective(b.src, b.src_pad_mask, b.tgt_in, b.tgt_out)[1])
             n += b.n_tgt
         out = {"valid_loss": nll_sum / n, "valid_ppl": math.exp(min(nll_sum / n, 50.0))}
         if self.cfg.train.valid_bleu:
@@ -321,7 +395,17 @@ class Trainer:
         src_ids = [split.src(i).tolist() for i in range(len(split))]
         with autocast_for(self.device, self.cfg.train.precision):
             hyps = decode_corpus(
-                self.model, src_ids, self.device, d.max_tokens, beam, d.alpha, d.max_len_a, d.max_len_b, m.max_positions, BOS, EOS
+                self.model,
+                src_ids,
+                self.device,
+                d.max_tokens,
+                beam,
+                d.alpha,
+                d.max_len_a,
+                d.max_len_b,
+                m.max_positions,
+                BOS,
+                EOS,
             )
         return self.tok.decode_tgt([h[0].tokens for h in hyps])
 
@@ -344,10 +428,19 @@ class Trainer:
         return t.patience > 0 and s.bad_evals >= t.patience
 
     def run(self) -> Optional[str]:
-        """Train until a stopping rule fires; return the signal name if a SIGINT/SIGTERM stopped it."""
+        """Train until a stopping rule fires; return the signal name if a SIGINT/SIGTERM stopped
+        it."""
         s, t = self.state, self.cfg.train
-        bar = tqdm(total=t.max_steps, initial=s.step, disable=not (t.progress and self.dist.main), unit="step", dynamic_ncols=True, file=sys.stderr)
-        self.window = [0, time.perf_counter()]  # target tokens and start time of the tokens/s window
+        bar = tqdm(
+            total=t.max_steps,
+            initial=s.step,
+            disable=not (t.progress and self.dist.main),
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        # target tokens and start time of the tokens/s window
+        self.window = [0, time.perf_counter()]
         self.counters = DeviceCounters(self.device, s.skipped_steps, s.nonfinite_in_row)
         self.loss_tokens = 0  # target tokens behind counters.loss
         self.last_valid_step = s.step if s.step > 0 else -1
@@ -358,20 +451,28 @@ class Trainer:
         bar.close()
         if self.signal.requested:
             return self.signal.requested
-        self.note(f"stopped: {stop}; best valid BLEU {s.best_bleu:.2f} at step {s.best_step}; checkpoints in {self.run_dir}")
+        self.note(
+            f"stopped: {stop}; best valid BLEU {s.best_bleu:.2f} at step {s.best_step}; "
+            f"checkpoints in {self.run_dir}"
+        )
         return None
 
     def run_epoch(self, bar) -> Optional[str]:
-        """Train from the current position to the end of the epoch; return why training stops, if it does."""
+        """Train from the current position to the end of the epoch; return why training stops, if it
+        does."""
         s, t = self.state, self.cfg.train
-        batches = bucket_batches(self.train_split.src_lens, self.train_split.tgt_lens, t.max_tokens, t.seed, s.epoch)
+        batches = bucket_batches(
+            self.train_split.src_lens, self.train_split.tgt_lens, t.max_tokens, t.seed, s.epoch
+        )
         pin = self.device.type == "cuda"
         per_step = t.accum_steps * self.dist.world
-        # with several ranks, a last group too small to give each rank a batch is left out: equal steps on every rank
+        # with several ranks, a last group too small to give each rank a batch is left out: equal
+        # steps on every rank
         while len(batches) - s.batch_in_epoch >= self.dist.world:
             indices = batches[s.batch_in_epoch : s.batch_in_epoch + per_step]
             group = [split_batch(self.train_split, ix, pin) for ix in my_share(indices, self.dist)]
-            n_tgt = sum(int(self.train_split.tgt_lens[ix].sum()) + len(ix) for ix in indices)  # + EOS per sentence
+            # + EOS per sentence
+            n_tgt = sum(int(self.train_split.tgt_lens[ix].sum()) + len(ix) for ix in indices)
             start = time.perf_counter()
             result = self.train_step(group, n_tgt)
             s.batch_in_epoch += len(indices)
@@ -379,11 +480,14 @@ class Trainer:
                 self.check_oom(group)
             else:
                 self.count_step(*result, time.perf_counter() - start, bar)
-            signalled, out_of_time = self.dist.any(self.signal.requested is not None, self.out_of_time())
+            signalled, out_of_time = self.dist.any(
+                self.signal.requested is not None, self.out_of_time()
+            )
             if signalled:
                 # a rank that heard nothing itself stops the same way, as interrupted
                 self.signal.requested = self.signal.requested or "a signal to another rank"
-                self.save(step_file=False)  # where we are, for --resume; validation and best.pt wait for it
+                # where we are, for --resume; validation and best.pt wait for it
+                self.save(step_file=False)
                 return f"{self.signal.requested} at step {s.step}"
             if result is None:
                 continue
@@ -401,7 +505,9 @@ class Trainer:
             return f"reached train.max_epochs={t.max_epochs}"
         return None
 
-    def count_step(self, loss_sum: torch.Tensor, n_tgt: int, skipped: torch.Tensor, seconds: float, bar) -> None:
+    def count_step(
+        self, loss_sum: torch.Tensor, n_tgt: int, skipped: torch.Tensor, seconds: float, bar
+    ) -> None:
         s = self.state
         s.step += 1
         s.oom_in_row = 0
@@ -415,45 +521,79 @@ class Trainer:
             self.log_progress(bar)
 
     def check_oom(self, group: list[Batch]) -> None:
-        """Log a batch skipped for lack of memory; stop when it keeps happening (the budget is too big)."""
+        """Log a batch skipped for lack of memory; stop when it keeps happening (the budget is too
+        big)."""
         s, t = self.state, self.cfg.train
         s.oom_skipped += 1
         s.oom_in_row += 1
-        shapes = ", ".join(f"{b.src.shape[0]} sentences x {b.src.shape[1]} source / {b.tgt_in.shape[1]} target tokens" for b in group)
-        tqdm.write(f"warning: out of memory after step {s.step} on a batch of {shapes}; batch skipped ({s.oom_skipped} so far)", file=sys.stderr)
-        self.log({"step": s.step, "epoch": s.epoch, "oom_skipped": s.oom_skipped, "batch_shapes": [[*b.src.shape, b.tgt_in.shape[1]] for b in group]})
+        shapes = ", ".join(
+            f"{b.src.shape[0]} sentences x {b.src.shape[1]} source / {b.tgt_in.shape[1]} target "
+            "tokens"
+            for b in group
+        )
+        tqdm.write(
+            f"warning: out of memory after step {s.step} on a batch of {shapes}; batch skipped "
+            f"({s.oom_skipped} so far)",
+            file=sys.stderr,
+        )
+        self.log(
+            {
+                "step": s.step,
+                "epoch": s.epoch,
+                "oom_skipped": s.oom_skipped,
+                "batch_shapes": [[*b.src.shape, b.tgt_in.shape[1]] for b in group],
+            }
+        )
         if s.oom_in_row >= MAX_OOM_IN_ROW:
             raise NmtError(
-                f"out of memory on {s.oom_in_row} batches in a row (after step {s.step}): lower train.max_tokens "
-                f"(now {t.max_tokens}) and raise train.accum_steps (now {t.accum_steps}) to keep the same batch size"
+                f"out of memory on {s.oom_in_row} batches in a row (after step {s.step}): lower "
+                "train.max_tokens "
+                f"(now {t.max_tokens}) and raise train.accum_steps (now {t.accum_steps}) to keep "
+                "the same batch size"
             )
 
     def log_progress(self, bar) -> None:
         """Log the mean training loss per target token since the last log, the lr and tokens/s."""
         s = self.state
-        loss_sum, tokens = self.dist.sum([self.sync_counters(), self.loss_tokens / self.dist.world])  # n_tgt counts every rank
+        # n_tgt counts every rank
+        loss_sum, tokens = self.dist.sum([self.sync_counters(), self.loss_tokens / self.dist.world])
         loss = loss_sum / max(tokens, 1)
         self.counters.loss.zero_()
         self.loss_tokens = 0
         tps = self.window[0] / max(time.perf_counter() - self.window[1], 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-        self.log({"step": s.step, "epoch": s.epoch, "train_loss": loss, "lr": lr, "tgt_tokens_per_s": tps, "time": s.train_seconds})
+        self.log(
+            {
+                "step": s.step,
+                "epoch": s.epoch,
+                "train_loss": loss,
+                "lr": lr,
+                "tgt_tokens_per_s": tps,
+                "time": s.train_seconds,
+            }
+        )
         self.window = [0, time.perf_counter()]
 
     def sync_counters(self) -> float:
-        """Bring the device counters into the train state (one sync); warn about skipped updates, and stop the
-        run when too many came in a row (something is wrong, not noise). Returns the loss sum of the window."""
+        """Bring the device counters into the train state (one sync); warn about skipped updates,
+        and stop the run when too many came in a row (something is wrong, not noise). Returns the
+        loss sum of the window."""
         s, t = self.state, self.cfg.train
         loss, skipped, in_row, max_in_row = self.counters.read()
         if skipped > s.skipped_steps:
-            self.note(f"warning: {skipped - s.skipped_steps} update(s) skipped for a non-finite loss or gradient by step "
-                      f"{s.step} ({skipped} so far)")
+            self.note(
+                f"warning: {skipped - s.skipped_steps} update(s) skipped for a non-finite loss or "
+                "gradient by step "
+                f"{s.step} ({skipped} so far)"
+            )
         s.skipped_steps, s.nonfinite_in_row = skipped, in_row
         if max_in_row >= MAX_NONFINITE_IN_ROW:
             raise NmtError(
-                f"{max_in_row} updates in a row had a non-finite loss or gradient (by step {s.step}): the learning "
-                f"rate is likely too high (train.lr={t.lr:g}) or the precision too low (train.precision={t.precision}); "
+                f"{max_in_row} updates in a row had a non-finite loss or gradient (by step "
+                f"{s.step}): the learning "
+                f"rate is likely too high (train.lr={t.lr:g}) or the precision too low "
+                f"(train.precision={t.precision}); "
                 "lower train.lr, raise train.warmup_steps or set train.precision=fp32"
             )
         return loss
@@ -463,7 +603,8 @@ class Trainer:
         return bool(t.max_minutes) and self.state.train_seconds >= 60 * t.max_minutes
 
     def stop_reason(self, out_of_time: Optional[bool] = None) -> Optional[str]:
-        """Why training stops now, if it does; `out_of_time` as agreed by all ranks (default: this one's clock)."""
+        """Why training stops now, if it does; `out_of_time` as agreed by all ranks (default: this
+        one's clock)."""
         s, t = self.state, self.cfg.train
         if s.step >= t.max_steps:
             return f"reached train.max_steps={t.max_steps}"
@@ -473,14 +614,23 @@ class Trainer:
 
     def validate_and_save(self, bar) -> Optional[str]:
         start = time.perf_counter()
-        metrics = self.dist.share(self.validate() if self.dist.main else None)  # rank 0 validates, every rank decides
+        # rank 0 validates, every rank decides
+        metrics = self.dist.share(self.validate() if self.dist.main else None)
         stop = self.after_validation(metrics)
-        record = {"step": self.state.step, "epoch": self.state.epoch, "time": self.state.train_seconds, **metrics,
-                  "valid_seconds": time.perf_counter() - start, "skipped_steps": self.state.skipped_steps}
+        record = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "time": self.state.train_seconds,
+            **metrics,
+            "valid_seconds": time.perf_counter() - start,
+            "skipped_steps": self.state.skipped_steps,
+        }
         self.log(record)
         self.last_valid_step = self.state.step
         self.window = [0, time.perf_counter()]  # tokens/s excludes validation
-        shown = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        shown = " ".join(
+            f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+        )
         self.note(f"valid: {shown}")
         bar.refresh()
         if stop:
@@ -489,18 +639,29 @@ class Trainer:
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> bool:
-    """Check the run directory and clear what a killed run left half-written; return whether to resume."""
+    """Check the run directory and clear what a killed run left half-written; return whether to
+    resume."""
     if not resume and has_checkpoint(run_dir):
-        raise NmtError(f"{run_dir} already holds a run (last.pt); pass --resume to continue it or --run-dir to start another")
+        raise NmtError(
+            f"{run_dir} already holds a run (last.pt); pass --resume to continue it or --run-dir "
+            "to start another"
+        )
     if resume and not has_checkpoint(run_dir):
         if not (run_dir / "config.yaml").exists():
             raise NmtError(f"{run_dir / 'last.pt'}: nothing to resume")
-        tqdm.write(f"warning: {run_dir} stopped before its first checkpoint; starting it again from step 0", file=sys.stderr)
+        tqdm.write(
+            f"warning: {run_dir} stopped before its first checkpoint; "
+            "starting it again from step 0",
+            file=sys.stderr,
+        )
         resume = False
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temp_files(run_dir) + remove_stale_temp_files(run_dir / STEP_DIR)
     if stale:
-        tqdm.write(f"removed {len(stale)} partly written file(s) a killed run left in {run_dir}", file=sys.stderr)
+        tqdm.write(
+            f"removed {len(stale)} partly written file(s) a killed run left in {run_dir}",
+            file=sys.stderr,
+        )
     return resume
 
 
@@ -511,14 +672,20 @@ def record_session(run_dir: Path, step: int, init: Optional[str], world: int = 1
         sessions = json.loads(path.read_text(encoding="utf-8"))["sessions"] if step > 0 else []
     except (OSError, ValueError, KeyError, TypeError):
         sessions = []
-    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": step, "processes": world, **environment()}
+    session = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "start_step": step,
+        "processes": world,
+        **environment(),
+    }
     if init:
         session["init_from"] = init
     atomic_write_text(path, json.dumps({"sessions": [*sessions, session]}, indent=2) + "\n")
 
 
 def trim_log(path: Path, step: int) -> None:
-    """Drop metrics recorded after `step`: a resumed run writes them again, so the curves have no repeats."""
+    """Drop metrics recorded after `step`: a resumed run writes them again, so the curves have no
+    repeats."""
     if not path.exists():
         return
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -534,16 +701,24 @@ def trim_log(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(kept))
 
 
-def train(cfg: Config, run_dir: Optional[Path] = None, resume: bool = False, init: Optional[str] = None) -> Path:
-    """Run stage 2 for `cfg` (from the weights of checkpoint `init` when given); return the run directory.
-    Under torchrun, every rank runs this; rank 0 alone reads checkpoints and writes the run directory."""
+def train(
+    cfg: Config, run_dir: Optional[Path] = None, resume: bool = False, init: Optional[str] = None
+) -> Path:
+    """Run stage 2 for `cfg` (from the weights of checkpoint `init` when given); return the run
+    directory. Under torchrun, every rank runs this; rank 0 alone reads checkpoints and writes the
+    run directory."""
     run_dir = Path(run_dir or f"runs/{cfg.name}")
     if init and resume:
-        raise NmtError("--init starts a new run from a checkpoint's weights; --resume continues a run: give one of them")
+        raise NmtError(
+            "--init starts a new run from a checkpoint's weights; --resume continues a run: give "
+            "one of them"
+        )
     manifest = read_manifest(cfg.prepared_dir, cfg)
     tok = Tokenizer.load(cfg.prepared_dir)
     if tok.sha256 != manifest["tokenizer"]["sha256"]:
-        raise NmtError(f"{cfg.prepared_dir}: tokenizer does not match its manifest; run `nmt prepare` again")
+        raise NmtError(
+            f"{cfg.prepared_dir}: tokenizer does not match its manifest; run `nmt prepare` again"
+        )
     dist = Dist()
     device = dist.setup(pick_device(cfg.train.device))
     try:
@@ -552,7 +727,15 @@ def train(cfg: Config, run_dir: Optional[Path] = None, resume: bool = False, ini
         dist.close()
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, init: Optional[str], tok: Tokenizer, device: torch.device, dist: Dist) -> Path:
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool,
+    init: Optional[str],
+    tok: Tokenizer,
+    device: torch.device,
+    dist: Dist,
+) -> Path:
     main = dist.main
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if main else (lambda m: None)
     if cfg.train.threads:
@@ -562,26 +745,43 @@ def _train(cfg: Config, run_dir: Path, resume: bool, init: Optional[str], tok: T
     init_ckpt = dist.share(load_checkpoint(init) if init and main else None)
     resume = dist.share(prepare_run_dir(run_dir, resume) if main else None)
     trainer = Trainer(
-        cfg, run_dir, device, tok, load_split(cfg.prepared_dir, "train"), load_split(cfg.prepared_dir, "valid"),
-        read_lines(cfg.prepared_dir / "valid.tgt.txt"), dist,
+        cfg,
+        run_dir,
+        device,
+        tok,
+        load_split(cfg.prepared_dir, "train"),
+        load_split(cfg.prepared_dir, "valid"),
+        read_lines(cfg.prepared_dir / "valid.tgt.txt"),
+        dist,
     )
     if resume:
         trainer.restore(dist.share(load_for_resume(run_dir, warn=say) if main else None))
-        say(f"resuming {run_dir} at step {trainer.state.step} (epoch {trainer.state.epoch}, batch {trainer.state.batch_in_epoch})")
+        say(
+            f"resuming {run_dir} at step {trainer.state.step} (epoch {trainer.state.epoch}, batch "
+            f"{trainer.state.batch_in_epoch})"
+        )
     elif init_ckpt:
         trainer.init_from(init_ckpt)
         say(f"fine-tuning from {init_ckpt['path']} (its step {init_ckpt['train_state']['step']})")
     if main:  # only now, with the checkpoint accepted, does anything in the run directory change
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         tok.save(run_dir)
-        trim_log(trainer.metrics_path, trainer.state.step)  # a fresh start, too, drops what a dead attempt logged
-        record_session(run_dir, trainer.state.step, init_ckpt["path"] if init_ckpt else None, dist.world)
+        # a fresh start, too, drops what a dead attempt logged
+        trim_log(trainer.metrics_path, trainer.state.step)
+        record_session(
+            run_dir, trainer.state.step, init_ckpt["path"] if init_ckpt else None, dist.world
+        )
     n = count_parameters(trainer.model)
     ranks = f" x {dist.world} processes" if dist.enabled else ""
-    say(f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters; device {device}{ranks}, {describe(device, cfg.train.precision)}; "
-        f"{len(trainer.train_split)} training pairs")
+    say(
+        f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters; device {device}{ranks}, "
+        f"{describe(device, cfg.train.precision)}; "
+        f"{len(trainer.train_split)} training pairs"
+    )
     interrupted = trainer.run()
     if interrupted:
-        raise NmtError(f"{interrupted}: stopped at step {trainer.state.step}, {run_dir / 'last.pt'} saved; "
-                       f"continue with: nmt train --config <config> --run-dir {run_dir} --resume")
+        raise NmtError(
+            f"{interrupted}: stopped at step {trainer.state.step}, {run_dir / 'last.pt'} saved; "
+            f"continue with: nmt train --config <config> --run-dir {run_dir} --resume"
+        )
     return run_dir

@@ -1,4 +1,5 @@
-"""Stage 3: load a checkpoint (or several, as an ensemble), read text, translate in length-sorted batches, write in input order."""
+"""Stage 3: load a checkpoint (or several, as an ensemble), read text, translate in length-sorted
+batches, write in input order."""
 
 from __future__ import annotations
 
@@ -33,18 +34,23 @@ class Translator:
     path: str
     precision: str = "fp32"  # the weights decoding uses: fp32, bf16 or int8
     workers: int = 1  # threads decoding batches side by side (see search.in_threads)
-    paths: tuple[str, ...] = ()  # every checkpoint; more than one: `model` is their Ensemble, `path` the first
+    # every checkpoint; more than one: `model` is their Ensemble, `path` the first
+    paths: tuple[str, ...] = ()
 
 
 def load_translator(
-    checkpoint: str | Path | Sequence[str | Path], device: Optional[str] = None, precision: str = "auto", workers: Optional[int] = None
+    checkpoint: str | Path | Sequence[str | Path],
+    device: Optional[str] = None,
+    precision: str = "auto",
+    workers: Optional[int] = None,
 ) -> Translator:
-    """Everything needed to translate comes from the checkpoint: config, tokenizer, weights. `precision` (see
-    nmt.precision): auto is bf16 where the device multiplies bf16 natively, else fp32; int8, on the CPU only,
-    quantizes every Linear layer's weights (torch's dynamic quantization; activations stay float). `workers`:
-    batches decoded side by side; default 2 on a CPU with two or more threads, each with half of them, else 1.
-    Several checkpoints: decode with their ensemble (nmt.models.ensemble); they must share the tokenizer and the
-    direction, and the first one's decode settings are the defaults."""
+    """Everything needed to translate comes from the checkpoint: config, tokenizer, weights.
+    `precision` (see nmt.precision): auto is bf16 where the device multiplies bf16 natively, else
+    fp32; int8, on the CPU only, quantizes every Linear layer's weights (torch's dynamic
+    quantization; activations stay float). `workers`: batches decoded side by side; default 2 on a
+    CPU with two or more threads, each with half of them, else 1. Several checkpoints: decode with
+    their ensemble (nmt.models.ensemble); they must share the tokenizer and the direction, and the
+    first one's decode settings are the defaults."""
     try:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
@@ -58,7 +64,10 @@ def load_translator(
     if workers is not None and workers < 1:
         raise NmtError(f"--workers {workers}: expected 1 or more")
     if dev.type == "cuda" and precision == "int8":
-        raise NmtError("--precision int8 is for decoding on the CPU (add --device cpu); on a GPU, use bf16 (the default)")
+        raise NmtError(
+            "--precision int8 is for decoding on the CPU (add --device cpu); on a GPU, use bf16 "
+            "(the default)"
+        )
     precision = decode_precision(dev, precision)
     wanted = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     if not wanted:
@@ -72,16 +81,24 @@ def load_translator(
         if cfg is None:
             cfg, tok = own, own_tok
         elif own_tok.sha256 != tok.sha256:
-            raise NmtError(f"{ckpt['path']}: trained with another tokenizer than {paths[0]}; an ensemble's checkpoints must share one")
+            raise NmtError(
+                f"{ckpt['path']}: trained with another tokenizer than {paths[0]}; an ensemble's "
+                "checkpoints must share one"
+            )
         elif (own.data.src_lang, own.data.tgt_lang) != (cfg.data.src_lang, cfg.data.tgt_lang):
-            raise NmtError(f"{ckpt['path']}: translates {own.data.src_lang}->{own.data.tgt_lang}, but {paths[0]} "
-                           f"{cfg.data.src_lang}->{cfg.data.tgt_lang}; an ensemble's checkpoints must translate one direction")
+            raise NmtError(
+                f"{ckpt['path']}: translates {own.data.src_lang}->{own.data.tgt_lang}, but "
+                f"{paths[0]} "
+                f"{cfg.data.src_lang}->{cfg.data.tgt_lang}; an ensemble's checkpoints must "
+                "translate one direction"
+            )
         models.append(ready_model(ckpt, own, own_tok, dev, precision))
         paths.append(ckpt["path"])
         positions.append(own.model.max_positions)
     if len(models) > 1:
         model: nn.Module = Ensemble(models)
-        cfg = replace(cfg, model=replace(cfg.model, max_positions=min(positions)))  # lengths every member can decode
+        # lengths every member can decode
+        cfg = replace(cfg, model=replace(cfg.model, max_positions=min(positions)))
     else:
         model = models[0]
     if workers is None:
@@ -90,11 +107,14 @@ def load_translator(
 
 
 def members(tr: Translator) -> dict[str, list[str]]:
-    """{"ensemble": [checkpoints]} for an ensemble, {} for one model: what evaluate's and sweep's results add."""
+    """{"ensemble": [checkpoints]} for an ensemble, {} for one model: what evaluate's and sweep's
+    results add."""
     return {"ensemble": list(tr.paths)} if len(tr.paths) > 1 else {}
 
 
-def ready_model(ckpt: dict, cfg: Config, tok: Tokenizer, dev: torch.device, precision: str) -> nn.Module:
+def ready_model(
+    ckpt: dict, cfg: Config, tok: Tokenizer, dev: torch.device, precision: str
+) -> nn.Module:
     """The checkpoint's model on `dev`, in eval mode, with the weights `precision` asks for."""
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
     model.load_state_dict(ckpt["model"])
@@ -105,7 +125,8 @@ def ready_model(ckpt: dict, cfg: Config, tok: Tokenizer, dev: torch.device, prec
         if dev.type == "cpu":
             pack_linear_layers(model)
     elif precision == "int8":
-        with warnings.catch_warnings():  # torch 2.13 marks its quantized tensors deprecated (torchao replaces them)
+        # torch 2.13 marks its quantized tensors deprecated (torchao replaces them)
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     if hasattr(model, "row_multiple"):
@@ -119,27 +140,50 @@ def encode_lines(tr: Translator, lines: list[str]) -> list[list[int]]:
     src_ids = tr.tok.encode_src(lines)
     long = [i for i, s in enumerate(src_ids) if len(s) > limit]
     if long:
-        print(f"warning: {len(long)} input line(s) longer than the model's {limit} subwords were truncated "
-              f"(first: line {long[0] + 1})", file=sys.stderr)
+        print(
+            f"warning: {len(long)} input line(s) longer than the model's {limit} subwords were "
+            "truncated "
+            f"(first: line {long[0] + 1})",
+            file=sys.stderr,
+        )
         src_ids = [s[:limit] for s in src_ids]
     return src_ids
 
 
 def translate_lines(
-    tr: Translator, lines: list[str] | list[list[int]], beam: int, alpha: float, nbest: int = 1,
-    max_len_a: Optional[float] = None, max_len_b: Optional[int] = None, max_tokens: Optional[int] = None,
-    no_repeat_ngram: Optional[int] = None, record: bool = False, early_exit: Optional[bool] = None,
+    tr: Translator,
+    lines: list[str] | list[list[int]],
+    beam: int,
+    alpha: float,
+    nbest: int = 1,
+    max_len_a: Optional[float] = None,
+    max_len_b: Optional[int] = None,
+    max_tokens: Optional[int] = None,
+    no_repeat_ngram: Optional[int] = None,
+    record: bool = False,
+    early_exit: Optional[bool] = None,
 ) -> list[list[Hypothesis]]:
-    """Translate cleaned source lines (or their ids from `encode_lines`); returns the n-best hypotheses (token
-    ids) per line, input order. Settings left None come from the checkpoint's decode config. `record`: each
-    hypothesis carries the attention weights it was decoded with."""
+    """Translate cleaned source lines (or their ids from `encode_lines`); returns the n-best
+    hypotheses (token ids) per line, input order. Settings left None come from the checkpoint's
+    decode config. `record`: each hypothesis carries the attention weights it was decoded with."""
     d = tr.cfg.decode
     src_ids = lines if lines and not isinstance(lines[0], str) else encode_lines(tr, lines)
     return decode_corpus(
-        tr.model, src_ids, tr.device, max_tokens or d.max_tokens, beam, alpha,
-        d.max_len_a if max_len_a is None else max_len_a, d.max_len_b if max_len_b is None else max_len_b,
-        tr.cfg.model.max_positions, BOS, EOS, nbest=nbest,
-        no_repeat_ngram=d.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram, record=record, workers=tr.workers,
+        tr.model,
+        src_ids,
+        tr.device,
+        max_tokens or d.max_tokens,
+        beam,
+        alpha,
+        d.max_len_a if max_len_a is None else max_len_a,
+        d.max_len_b if max_len_b is None else max_len_b,
+        tr.cfg.model.max_positions,
+        BOS,
+        EOS,
+        nbest=nbest,
+        no_repeat_ngram=d.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram,
+        record=record,
+        workers=tr.workers,
         early_exit=d.early_exit if early_exit is None else early_exit,
     )
 
@@ -156,22 +200,43 @@ def format_output(tr: Translator, hyps: list[list[Hypothesis]], nbest: int) -> s
 
 
 def decode_settings(tr: Translator, **given: Any) -> DecodeConfig:
-    """The checkpoint's decode config with the options given on the command line (None: not given)."""
+    """The checkpoint's decode config with the options given on the command line (None: not
+    given)."""
     return replace(tr.cfg.decode, **{k: v for k, v in given.items() if v is not None})
 
 
-def translate_with(tr: Translator, lines: list[str] | list[list[int]], d: DecodeConfig, record: bool = False) -> list[list[Hypothesis]]:
-    return translate_lines(tr, lines, d.beam, d.alpha, d.nbest, d.max_len_a, d.max_len_b, d.max_tokens, d.no_repeat_ngram, record,
-                           d.early_exit)
+def translate_with(
+    tr: Translator, lines: list[str] | list[list[int]], d: DecodeConfig, record: bool = False
+) -> list[list[Hypothesis]]:
+    return translate_lines(
+        tr,
+        lines,
+        d.beam,
+        d.alpha,
+        d.nbest,
+        d.max_len_a,
+        d.max_len_b,
+        d.max_tokens,
+        d.no_repeat_ngram,
+        record,
+        d.early_exit,
+    )
 
 
 def translate(
-    checkpoint: str | Sequence[str], input: Optional[str], output: Optional[str], device: Optional[str] = None,
-    attention_dir: Optional[str] = None, attention_layer: Optional[int] = None, precision: str = "auto",
-    workers: Optional[int] = None, **options: Any,
+    checkpoint: str | Sequence[str],
+    input: Optional[str],
+    output: Optional[str],
+    device: Optional[str] = None,
+    attention_dir: Optional[str] = None,
+    attention_layer: Optional[int] = None,
+    precision: str = "auto",
+    workers: Optional[int] = None,
+    **options: Any,
 ) -> None:
-    """Run stage 3: a file or stdin in, a file (written atomically) or stdout out. `options`: decode settings.
-    `attention_dir`: also write each sentence's attention weights and heatmaps there (see attention.py)."""
+    """Run stage 3: a file or stdin in, a file (written atomically) or stdout out. `options`: decode
+    settings. `attention_dir`: also write each sentence's attention weights and heatmaps there (see
+    attention.py)."""
     tr = load_translator(checkpoint, device, precision, workers)
     d = decode_settings(tr, **options)
     if d.nbest > d.beam:
@@ -180,18 +245,30 @@ def translate(
         from nmt.plot import pyplot
 
         if len(tr.paths) > 1:
-            raise NmtError("--attention-dir shows one model's attention: give one --checkpoint (the ensemble's members attend differently)")
+            raise NmtError(
+                "--attention-dir shows one model's attention: give one --checkpoint (the "
+                "ensemble's members attend differently)"
+            )
         if tr.cfg.model.arch == "rnn" and tr.cfg.model.attention == "none":
-            raise NmtError(f"{tr.path}: a seq2seq model without attention (model.attention: none) has no attention to plot")
+            raise NmtError(
+                f"{tr.path}: a seq2seq model without attention (model.attention: none) has no "
+                "attention to plot"
+            )
         m = tr.cfg.model
-        layers = 1 if m.arch == "rnn" else (m.dec_layers or m.layers)  # an RNN's attention sits on its top layer
+        # an RNN's attention sits on its top layer
+        layers = 1 if m.arch == "rnn" else (m.dec_layers or m.layers)
         if attention_layer is not None and attention_layer > layers:
-            raise NmtError(f"--attention-layer {attention_layer}: {tr.path} has {layers} decoder layer(s) with attention")
+            raise NmtError(
+                f"--attention-layer {attention_layer}: {tr.path} has {layers} decoder layer(s) "
+                "with attention"
+            )
         pyplot()  # matplotlib missing: say so before decoding anything
         try:
             Path(attention_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:  # a file of that name, no permission
-            raise NmtError(f"--attention-dir {attention_dir}: cannot create the folder: {e.strerror or e}") from None
+            raise NmtError(
+                f"--attention-dir {attention_dir}: cannot create the folder: {e.strerror or e}"
+            ) from None
     text = read_text(Path(input)) if input else decode_lines(sys.stdin.buffer.read(), "<stdin>")
     src_ids = encode_lines(tr, text.lines)
     hyps = translate_with(tr, src_ids, d, record=bool(attention_dir))
@@ -201,10 +278,20 @@ def translate(
 
         best = [h[0] for h in hyps]
         try:
-            n = write_attention(Path(attention_dir), text.lines, best, tr.tok.decode_tgt([h.tokens for h in best]), src_ids,
-                                tr.tok.src_pieces, tr.tok.tgt_pieces, attention_layer)
+            n = write_attention(
+                Path(attention_dir),
+                text.lines,
+                best,
+                tr.tok.decode_tgt([h.tokens for h in best]),
+                src_ids,
+                tr.tok.src_pieces,
+                tr.tok.tgt_pieces,
+                attention_layer,
+            )
         except OSError as e:
-            raise NmtError(f"--attention-dir {attention_dir}: cannot write: {e.strerror or e}") from None
+            raise NmtError(
+                f"--attention-dir {attention_dir}: cannot write: {e.strerror or e}"
+            ) from None
         print(f"attention of {n} sentence(s) written to {attention_dir}", file=sys.stderr)
     if output:
         try:

@@ -1,11 +1,15 @@
-"""Train several recipes for the same wall-clock budget on the same prepared data, then compare them on test.
+"""Train several recipes for the same wall-clock budget on the same prepared data, then compare them
+on test.
 
-    python scripts/compare_models.py --minutes 20 --threads 2            # the four Multi30k en->de recipes
-    python scripts/compare_models.py --minutes 20 --only-table           # re-print the table from finished runs
+    # the four Multi30k en->de recipes
+    python scripts/compare_models.py --minutes 20 --threads 2
+    # re-print the table from finished runs
+    python scripts/compare_models.py --minutes 20 --only-table
 
-Each recipe trains in runs/compare/<name> with `train.max_minutes` (validation time excluded), is scored
-with beam search on test_2016_flickr, and gets one row: BLEU (cased sacreBLEU), chrF, parameters,
-steps, target tokens/s, and BLEU by source-sentence length bucket. A finished run is not trained again.
+Each recipe trains in runs/compare/<name> with `train.max_minutes` (validation time excluded), is
+scored with beam search on test_2016_flickr, and gets one row: BLEU (cased sacreBLEU), chrF,
+parameters, steps, target tokens/s, and BLEU by source-sentence length bucket. A finished run is not
+trained again.
 """
 
 from __future__ import annotations
@@ -25,24 +29,53 @@ RECIPES = (
 )
 
 
-SCORED = "test.best.beam5.alpha0.6.json"  # what `nmt evaluate --beam 5 --alpha 0.6` writes beside best.pt
+# what `nmt evaluate --beam 5 --alpha 0.6` writes beside best.pt
+SCORED = "test.best.beam5.alpha0.6.json"
 
 
-def train_and_score(config: str, run_dir: Path, minutes: float, threads: int, valid_every: int) -> dict:
+def train_and_score(
+    config: str, run_dir: Path, minutes: float, threads: int, valid_every: int
+) -> dict:
     scored = run_dir / SCORED
     if not scored.exists():
         if not (run_dir / "best.pt").exists():
-            nmt("train", "--config", config, "--run-dir", str(run_dir), "--set", f"train.max_minutes={minutes}",
-                "--set", f"train.threads={threads}", "--set", f"train.valid_every={valid_every}")
-        nmt("evaluate", "--checkpoint", str(run_dir / "best.pt"), "--split", "test", "--beam", "5", "--alpha", "0.6")
+            nmt(
+                "train",
+                "--config",
+                config,
+                "--run-dir",
+                str(run_dir),
+                "--set",
+                f"train.max_minutes={minutes}",
+                "--set",
+                f"train.threads={threads}",
+                "--set",
+                f"train.valid_every={valid_every}",
+            )
+        nmt(
+            "evaluate",
+            "--checkpoint",
+            str(run_dir / "best.pt"),
+            "--split",
+            "test",
+            "--beam",
+            "5",
+            "--alpha",
+            "0.6",
+        )
     return json.loads(scored.read_text())
 
 
 def row(name: str, run_dir: Path, result: dict) -> dict:
     m = result["metrics"]
     return {
-        "model": name, "run_dir": str(run_dir), "parameters": parameters(run_dir / "best.pt"), **train_stats(run_dir),
-        "bleu": m["bleu"]["score"], "bleu_signature": m["bleu"]["signature"], "chrf": m["chrf"]["score"],
+        "model": name,
+        "run_dir": str(run_dir),
+        "parameters": parameters(run_dir / "best.pt"),
+        **train_stats(run_dir),
+        "bleu": m["bleu"]["score"],
+        "bleu_signature": m["bleu"]["signature"],
+        "chrf": m["chrf"]["score"],
         "bleu_by_source_length": result["bleu_by_source_length"],
     }
 
@@ -50,23 +83,42 @@ def row(name: str, run_dir: Path, result: dict) -> dict:
 def markdown(rows: list[dict]) -> str:
     buckets = [b["source_words"] for b in rows[0]["bleu_by_source_length"]]
     counts = [str(b["sentences"]) for b in rows[0]["bleu_by_source_length"]]
-    head = ["model", "parameters", "steps", "target tokens/s", "BLEU", "chrF"] + [f"BLEU {b} words ({n})" for b, n in zip(buckets, counts)]
+    head = ["model", "parameters", "steps", "target tokens/s", "BLEU", "chrF"] + [
+        f"BLEU {b} words ({n})" for b, n in zip(buckets, counts)
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], f"{r['parameters'] / 1e6:.2f}M", str(r["steps"]),
-                 f"{r['tgt_tokens_per_s']:,.0f}" if r["tgt_tokens_per_s"] else "-", f"{r['bleu']:.2f}", f"{r['chrf']:.2f}"]
+        cells = [
+            r["model"],
+            f"{r['parameters'] / 1e6:.2f}M",
+            str(r["steps"]),
+            f"{r['tgt_tokens_per_s']:,.0f}" if r["tgt_tokens_per_s"] else "-",
+            f"{r['bleu']:.2f}",
+            f"{r['chrf']:.2f}",
+        ]
         cells += [f"{b['bleu']:.2f}" for b in r["bleu_by_source_length"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=20.0, help="training budget per recipe (validation excluded)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        default=20.0,
+        help="training budget per recipe (validation excluded)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="train.threads (0: torch's default)")
     ap.add_argument("--valid-every", type=int, default=200)
     ap.add_argument("--runs", default="runs/compare", help="parent folder of the run dirs")
-    ap.add_argument("--only-table", action="store_true", help="do not train or decode; print the table of finished runs")
+    ap.add_argument(
+        "--only-table",
+        action="store_true",
+        help="do not train or decode; print the table of finished runs",
+    )
     ap.add_argument("--json", help="also write the rows as JSON here")
     args = ap.parse_args()
 

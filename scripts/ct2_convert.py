@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Convert an `nmt` Transformer checkpoint to a CTranslate2 model directory (same weights, no training).
+"""Convert an `nmt` Transformer checkpoint to a CTranslate2 model directory (same weights, no
+training).
 
     pip install ctranslate2
     python scripts/ct2_convert.py runs/x/best.pt ct2_model/
 
-CTranslate2 then takes SentencePiece pieces with "</s>" appended (the model was trained with a source EOS):
-    tr = ctranslate2.Translator("ct2_model"); tr.translate_batch([pieces + ["</s>"]], beam_size=5)
-Only pre-norm models with sinusoidal or learned positions are supported (the nmt defaults).
+CTranslate2 then takes SentencePiece pieces with "</s>" appended (the model was trained with a
+source EOS): tr = ctranslate2.Translator("ct2_model"); tr.translate_batch([pieces + ["</s>"]],
+beam_size=5) Only pre-norm models with sinusoidal or learned positions are supported (the nmt
+defaults).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def convert(checkpoint: str, out_dir: str) -> None:
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["config"], origin=f"{checkpoint} (config)")
     if cfg.model.norm != "pre":
-        raise SystemExit(f"{checkpoint}: only pre-norm models convert (model.norm={cfg.model.norm})")
+        raise SystemExit(
+            f"{checkpoint}: only pre-norm models convert (model.norm={cfg.model.norm})"
+        )
     tok = Tokenizer.from_state(ckpt["tokenizer"], what=checkpoint)
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
     model.load_state_dict(ckpt["model"])
@@ -54,7 +58,10 @@ def convert(checkpoint: str, out_dir: str) -> None:
         spec.bias = numpy.concatenate([np(lin.bias) for lin in lins])
 
     spec = transformer_spec.TransformerSpec.from_config(
-        (len(m.encoder), len(m.decoder)), cfg.model.heads, pre_norm=True, activation=common_spec.Activation.RELU
+        (len(m.encoder), len(m.decoder)),
+        cfg.model.heads,
+        pre_norm=True,
+        activation=common_spec.Activation.RELU,
     )
     spec.config.layer_norm_epsilon = 1e-5  # torch's LayerNorm default
     spec.config.decoder_start_token = "<s>"

@@ -1,4 +1,5 @@
-"""Shared fixtures: where the repository and the local Multi30k copy are, and tiny aligned corpora."""
+"""Shared fixtures: where the repository and the local Multi30k copy are, and tiny aligned
+corpora."""
 
 from __future__ import annotations
 
@@ -19,10 +20,18 @@ torch.set_num_threads(1)
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto` (pyproject's addopts): one worker per core this process may use, at most 4. Every worker imports
-    torch (about 0.3 GB), and most of the suite's time is a few long tests (training runs, subprocesses), which
-    more workers would not shorten."""
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    """`-n auto` (pyproject's addopts): one worker per core this process may use, at most 4. Every
+    worker imports torch (about 0.3 GB), and most of the suite's time is a few long tests (training
+    runs, subprocesses), which more workers would not shorten."""
+    return max(
+        1,
+        min(
+            4,
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1,
+        ),
+    )
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +40,26 @@ MULTI30K_DIR = REPO_ROOT.parent / "shared" / "data" / "multi30k"
 # A toy English->German dictionary: sentences are word-for-word translations, so every pair has
 # the same number of words on both sides (no pair trips the length-ratio filter by accident).
 _WORDS = {
-    "a": "ein", "the": "der", "man": "mann", "woman": "frau", "dog": "hund", "cat": "katze",
-    "runs": "rennt", "sits": "sitzt", "sees": "sieht", "eats": "isst", "red": "rot",
-    "small": "klein", "big": "gross", "house": "haus", "ball": "ball", "in": "im",
-    "on": "auf", "park": "park", "street": "strasse", "and": "und",
+    "a": "ein",
+    "the": "der",
+    "man": "mann",
+    "woman": "frau",
+    "dog": "hund",
+    "cat": "katze",
+    "runs": "rennt",
+    "sits": "sitzt",
+    "sees": "sieht",
+    "eats": "isst",
+    "red": "rot",
+    "small": "klein",
+    "big": "gross",
+    "house": "haus",
+    "ball": "ball",
+    "in": "im",
+    "on": "auf",
+    "park": "park",
+    "street": "strasse",
+    "and": "und",
 }
 
 
@@ -66,7 +91,9 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def multi30k_dir() -> Path:
     """The local Multi30k copy (../shared/data/multi30k from the repo root); skip when absent."""
-    needed = [f"{s}.{lang}.gz" for s in ("train", "val", "test_2016_flickr") for lang in ("en", "de")]
+    needed = [
+        f"{s}.{lang}.gz" for s in ("train", "val", "test_2016_flickr") for lang in ("en", "de")
+    ]
     missing = [n for n in needed if not (MULTI30K_DIR / n).is_file()]
     if missing:
         pytest.skip(f"local Multi30k copy not found: {MULTI30K_DIR / missing[0]} is missing")
@@ -78,7 +105,8 @@ CorpusFactory = Callable[..., Path]
 
 @pytest.fixture
 def make_corpus(tmp_path: Path) -> CorpusFactory:
-    """Factory writing an aligned corpus folder `{stem}.{lang}[.gz]` under tmp_path; returns the folder.
+    """Factory writing an aligned corpus folder `{stem}.{lang}[.gz]` under tmp_path; returns the
+    folder.
 
     splits maps a file stem to (src_lines, tgt_lines); by default train/val/test_2016_flickr
     (the config's default stems) hold 120/12/12 toy pairs.
@@ -91,7 +119,11 @@ def make_corpus(tmp_path: Path) -> CorpusFactory:
         gz: bool = False,
     ) -> Path:
         if splits is None:
-            splits = {"train": toy_pairs(120, seed=1), "val": toy_pairs(12, seed=2), "test_2016_flickr": toy_pairs(12, seed=3)}
+            splits = {
+                "train": toy_pairs(120, seed=1),
+                "val": toy_pairs(12, seed=2),
+                "test_2016_flickr": toy_pairs(12, seed=3),
+            }
         folder = tmp_path / name
         folder.mkdir(parents=True, exist_ok=True)
         suffix = ".gz" if gz else ""

@@ -1,6 +1,8 @@
-"""Run by torchrun in tests/test_distributed.py: `nmt train` in each rank, then save that rank's parameters.
+"""Run by torchrun in tests/test_distributed.py: `nmt train` in each rank, then save that rank's
+parameters.
 
-    torchrun --nproc_per_node 2 tests/ddp_worker.py CONFIG RUN_DIR OUT_DIR [--resume] [section.key=value ...]
+    torchrun --nproc_per_node 2 tests/ddp_worker.py CONFIG RUN_DIR OUT_DIR [--resume] \
+        [section.key=value ...]
 
 The parameters every rank ends with are what the tests compare; nmt itself saves only rank 0's.
 """
@@ -32,7 +34,8 @@ def main() -> None:
     training.Trainer.run = run_and_save
     rank = os.environ.get("RANK", "0")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / f"pid{rank}").write_text(str(os.getpid()))  # for the test that signals one rank
+    # for the test that signals one rank
+    (Path(out_dir) / f"pid{rank}").write_text(str(os.getpid()))
     try:
         training.train(load_config(config, sets), Path(run_dir), resume=resume)
     except NmtError as e:

@@ -1,4 +1,5 @@
-"""Attention for plotting: what the decoder actually used, for the hypothesis actually returned; and the heatmaps."""
+"""Attention for plotting: what the decoder actually used, for the hypothesis actually returned; and
+the heatmaps."""
 
 from __future__ import annotations
 
@@ -11,26 +12,43 @@ from nmt.models.transformer import Transformer
 from nmt.search import decode_corpus
 from nmt.tokenizer import BOS, EOS, PAD
 
-KW = dict(device=torch.device("cpu"), max_tokens=1000, alpha=0.6, max_len_a=1.5, max_len_b=5, max_positions=64, bos=BOS, eos=EOS)
+KW = dict(
+    device=torch.device("cpu"),
+    max_tokens=1000,
+    alpha=0.6,
+    max_len_a=1.5,
+    max_len_b=5,
+    max_positions=64,
+    bos=BOS,
+    eos=EOS,
+)
 
 
 def transformer() -> Transformer:
     torch.manual_seed(3)
-    return Transformer(30, 30, layers=2, d_model=32, heads=4, ffn=64, dropout=0.0, max_positions=64).eval()
+    return Transformer(
+        30, 30, layers=2, d_model=32, heads=4, ffn=64, dropout=0.0, max_positions=64
+    ).eval()
 
 
 def rnn() -> RNNSeq2Seq:
     torch.manual_seed(4)
-    return RNNSeq2Seq(30, 30, cell="gru", layers=2, emb=16, hidden=32, attention="additive", dropout=0.0).eval()
+    return RNNSeq2Seq(
+        30, 30, cell="gru", layers=2, emb=16, hidden=32, attention="additive", dropout=0.0
+    ).eval()
 
 
 def sources(n: int = 9, seed: int = 5) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)  # lengths 1..12: batches hold padding
-    return [torch.randint(4, 30, (int(torch.randint(1, 13, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    return [
+        torch.randint(4, 30, (int(torch.randint(1, 13, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(n)
+    ]
 
 
 def teacher_forced(model, src: list[int], tokens: list[int]) -> dict[str, np.ndarray]:
-    """The weights of one sentence and one given output, recomputed in a single teacher-forced pass."""
+    """The weights of one sentence and one given output, recomputed in a single teacher-forced
+    pass."""
     s = torch.tensor([src + [EOS]])
     tgt_in = torch.tensor([[BOS] + tokens])
     with torch.no_grad():
@@ -43,14 +61,18 @@ def teacher_forced(model, src: list[int], tokens: list[int]) -> dict[str, np.nda
         enc: list = []
         dec: dict = {"self": [], "cross": []}
         model.decode(tgt_in, model.encode(s, s == PAD, enc), s == PAD, dec)
-    return {"encoder": torch.stack(enc, 1)[0].numpy(), **{k: torch.stack(v, 1)[0].numpy() for k, v in dec.items()}}
+    return {
+        "encoder": torch.stack(enc, 1)[0].numpy(),
+        **{k: torch.stack(v, 1)[0].numpy() for k, v in dec.items()},
+    }
 
 
 @pytest.mark.parametrize("make", [transformer, rnn], ids=["transformer", "rnn"])
 @pytest.mark.parametrize("beam", [1, 4])
 def test_recorded_attention_is_what_produced_the_returned_hypothesis(make, beam: int) -> None:
-    """Batched search with padding, beams reordered and finished sentences dropped; the weights a hypothesis
-    carries equal a fresh teacher-forced pass over its own tokens, and recording changes no result."""
+    """Batched search with padding, beams reordered and finished sentences dropped; the weights a
+    hypothesis carries equal a fresh teacher-forced pass over its own tokens, and recording changes
+    no result."""
     model, src = make(), sources()
     plain = decode_corpus(model, src, beam=beam, **KW)
     recorded = decode_corpus(model, src, beam=beam, record=True, **KW)
@@ -68,8 +90,9 @@ def test_recorded_attention_is_what_produced_the_returned_hypothesis(make, beam:
 
 @pytest.mark.parametrize("beam", [1, 4])
 def test_recording_changes_no_output_of_a_bf16_model_on_the_cpu(beam: int) -> None:
-    """bf16 weights on a CPU attend through scaled_dot_product_attention, which returns no weights: they are computed
-    beside it when recorded, and the hypotheses and scores are those of decoding without recording, bit for bit."""
+    """bf16 weights on a CPU attend through scaled_dot_product_attention, which returns no weights:
+    they are computed beside it when recorded, and the hypotheses and scores are those of decoding
+    without recording, bit for bit."""
     model, src = transformer().to(torch.bfloat16), sources()
     plain = decode_corpus(model, src, beam=beam, **KW)
     recorded = decode_corpus(model, src, beam=beam, record=True, **KW)
@@ -88,12 +111,14 @@ def test_rows_are_distributions_over_real_positions_and_self_attention_is_masked
         steps = len(hyps[0].tokens) + 1  # one row per output token and EOS
         assert att["cross"].shape[2] == steps
         for name, w in att.items():
-            # the source axes were cut to the real positions: their rows still sum to 1, so padding had none
+            # the source axes were cut to the real positions: their rows still sum to 1, so padding
+            # had none
             np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5, err_msg=name)
             assert (w >= 0).all()
         if "self" in att:
             assert att["self"].shape[-2:] == (steps, steps)
-            assert not np.triu(att["self"], k=1).any()  # nothing above the diagonal: no step saw the future
+            # nothing above the diagonal: no step saw the future
+            assert not np.triu(att["self"], k=1).any()
             assert np.tril(att["self"], k=-1).any()
 
 
@@ -116,7 +141,8 @@ def test_heatmap_pixel_sizes_follow_the_matrix() -> None:
     from nmt.attention import heatmaps
 
     rng = np.random.default_rng(0)
-    w = {"cross": rng.dirichlet(np.ones(5), size=(2, 3, 4)).astype(np.float32)}  # 2 layers, 3 heads, 4 x 5
+    # 2 layers, 3 heads, 4 x 5
+    w = {"cross": rng.dirichlet(np.ones(5), size=(2, 3, 4)).astype(np.float32)}
     files = heatmaps(w, list("abcde"), list("wxyz"), list("<wxy"), layer=2)
     assert sorted(files) == ["cross.layer1.png", "cross.layer2.heads.png", "cross.layer2.png"]
     one = (110 + 5 * 28 + 70, 110 + 4 * 28 + 50)  # margins + 28 pixels per cell

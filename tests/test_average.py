@@ -18,12 +18,22 @@ from nmt.retention import step_name
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 
-def write(path: Path, seed: int, step: int, overrides: tuple[str, ...] = (), tokenizer: str = "tok-a") -> Path:
+def write(
+    path: Path, seed: int, step: int, overrides: tuple[str, ...] = (), tokenizer: str = "tok-a"
+) -> Path:
     cfg = load_config(SMOKE, overrides)
     torch.manual_seed(seed)
     model = build_model(cfg.model, 50, 50)
-    save_checkpoint(path, {"config": cfg.to_dict(), "tokenizer": {"stub": tokenizer}, "tokenizer_sha256": tokenizer,
-                           "model": model.state_dict(), "train_state": {"step": step}})
+    save_checkpoint(
+        path,
+        {
+            "config": cfg.to_dict(),
+            "tokenizer": {"stub": tokenizer},
+            "tokenizer_sha256": tokenizer,
+            "model": model.state_dict(),
+            "train_state": {"step": step},
+        },
+    )
     return path
 
 
@@ -32,7 +42,9 @@ def test_two_identical_checkpoints_average_to_the_same_weights(tmp_path: Path) -
     average([a, a], tmp_path / "avg.pt")
     before, after = load_checkpoint(a)["model"], load_checkpoint(tmp_path / "avg.pt")["model"]
     assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+    assert all(
+        torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before
+    )
 
 
 def test_average_is_the_mean_of_the_parameters(tmp_path: Path) -> None:
@@ -42,7 +54,8 @@ def test_average_is_the_mean_of_the_parameters(tmp_path: Path) -> None:
     states = [load_checkpoint(p)["model"] for p in paths]
     avg = load_checkpoint(tmp_path / "avg.pt")
     assert avg["averaged_from"] == result["averaged_from"] and "optimizer" not in avg
-    assert not torch.equal(states[0]["src_embed.weight"], states[1]["src_embed.weight"])  # the inputs really differ
+    # the inputs really differ
+    assert not torch.equal(states[0]["src_embed.weight"], states[1]["src_embed.weight"])
     for k, v in avg["model"].items():
         if v.is_floating_point():
             assert torch.allclose(v, (states[0][k] + states[1][k] + states[2][k]) / 3, atol=1e-6), k
@@ -73,10 +86,13 @@ def test_select_by_age_or_by_validation_score(tmp_path: Path) -> None:
     scores = {10: 5.0, 20: 9.0, 30: 7.0, 40: 6.0}
     for step in scores:
         write(run / "checkpoints" / step_name(step), seed=step, step=step)
-    index = {step_name(s): {"step": s, "valid_bleu": b, "valid_loss": 1.0} for s, b in scores.items()}
+    index = {
+        step_name(s): {"step": s, "valid_bleu": b, "valid_loss": 1.0} for s, b in scores.items()
+    }
     (run / "checkpoints" / "index.json").write_text(json.dumps(index))
     assert [p.name for p in select(run, last=2, best=None)] == [step_name(30), step_name(40)]
-    assert [p.name for p in select(run, last=None, best=2)] == [step_name(20), step_name(30)]  # BLEU 9 and 7, oldest first
+    # BLEU 9 and 7, oldest first
+    assert [p.name for p in select(run, last=None, best=2)] == [step_name(20), step_name(30)]
     with pytest.raises(NmtError, match="kept 4.*train.keep_last"):
         select(run, last=5, best=None)
     with pytest.raises(NmtError, match="one of --last N or --best N"):

@@ -1,4 +1,5 @@
-"""Checkpoint files: sealed with a checksum, written atomically, damage detected on load, old ones pruned safely."""
+"""Checkpoint files: sealed with a checksum, written atomically, damage detected on load, old ones
+pruned safely."""
 
 import os
 import signal
@@ -25,7 +26,9 @@ def payload(value: float) -> dict:
 
 def test_sealed_checkpoint_is_still_a_plain_torch_file(tmp_path):
     save_checkpoint(tmp_path / "a.pt", payload(3.0))
-    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["model"]["w"], torch.full((64, 64), 3.0))
+    assert torch.equal(
+        torch.load(tmp_path / "a.pt", weights_only=True)["model"]["w"], torch.full((64, 64), 3.0)
+    )
     assert load_checkpoint(tmp_path / "a.pt")["train_state"]["step"] == 3
 
 
@@ -67,14 +70,17 @@ def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
 
 
 def saves(run_dir, keep_last, keep_best, scores):
-    """Save steps 1..len(scores) through Retention; scores[i] is a valid BLEU, or None for an unvalidated save."""
+    """Save steps 1..len(scores) through Retention; scores[i] is a valid BLEU, or None for an
+    unvalidated save."""
     kept = Retention(run_dir, keep_last, keep_best)
     best = -1.0
     for step, bleu in enumerate(scores, start=1):
         save_checkpoint(run_dir / "last.pt", payload(float(step)))
         improved = bleu is not None and bleu > best
         best = max(best, bleu) if bleu is not None else best
-        kept.record(step, None if bleu is None else {"valid_bleu": bleu, "valid_loss": 1.0}, improved)
+        kept.record(
+            step, None if bleu is None else {"valid_bleu": bleu, "valid_loss": 1.0}, improved
+        )
 
 
 def test_keeps_the_last_k_and_the_best_n(tmp_path):
@@ -95,7 +101,8 @@ def test_keep_nothing_still_keeps_last_and_best(tmp_path):
 def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path):
     saves(tmp_path, 3, 0, [None, None, None])
     last = tmp_path / "last.pt"
-    last.write_bytes(last.read_bytes()[:-10])  # last.pt and checkpoints/step-3 are one file: both damaged
+    # last.pt and checkpoints/step-3 are one file: both damaged
+    last.write_bytes(last.read_bytes()[:-10])
     messages = []
     ckpt = load_for_resume(tmp_path, warn=messages.append)
     assert ckpt["train_state"]["step"] == 2
@@ -117,7 +124,8 @@ def fsync(fd):
         time.sleep(600)
     real_fsync(fd)
 os.fsync = fsync
-save_checkpoint(Path(sys.argv[1]), {"model": {"w": torch.zeros(256, 256)}, "train_state": {"step": 2}})
+state = {"model": {"w": torch.zeros(256, 256)}, "train_state": {"step": 2}}
+save_checkpoint(Path(sys.argv[1]), state)
 """
 
 
@@ -127,7 +135,9 @@ def test_killed_during_a_save_the_previous_checkpoint_survives(tmp_path, repo_ro
     save_checkpoint(path, payload(1.0))
     before = path.read_bytes()
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
-    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, str(path), str(marker)], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_DURING_SAVE, str(path), str(marker)], env=env
+    )
     deadline = time.time() + 60
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -143,7 +153,8 @@ def test_a_checkpoint_from_before_checksums_loads_with_a_warning(tmp_path, capsy
     import io
 
     buf = io.BytesIO()
-    torch.save({"format": "nmt-checkpoint", "version": 1, **payload(2.0)}, buf)  # as nmt wrote it before the seal
+    # as nmt wrote it before the seal
+    torch.save({"format": "nmt-checkpoint", "version": 1, **payload(2.0)}, buf)
     (tmp_path / "old.pt").write_bytes(buf.getvalue())
     assert load_checkpoint(tmp_path / "old.pt")["train_state"]["step"] == 2
     assert "without a checksum" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""load_config: strict keys, types, ranges and cross-field rules, each error naming the key and the file."""
+"""load_config: strict keys, types, ranges and cross-field rules, each error naming the key and the
+file."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def valid(tmp_path: Path) -> Path:
 
 # --- a valid file, overrides ---
 
+
 def test_valid_file_loads_with_its_values_and_defaults_elsewhere(valid: Path) -> None:
     cfg = load_config(valid)
     assert cfg.name == "toy"
@@ -61,8 +63,17 @@ def test_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
 
 
 def test_overrides_apply_with_yaml_typed_values(valid: Path) -> None:
-    cfg = load_config(valid, ["train.max_steps=7", "model.norm=post", "train.betas=[0.8, 0.9]",
-                              "model.dec_layers=3", "data.joint_vocab=true", "train.lr=0.5"])
+    cfg = load_config(
+        valid,
+        [
+            "train.max_steps=7",
+            "model.norm=post",
+            "train.betas=[0.8, 0.9]",
+            "model.dec_layers=3",
+            "data.joint_vocab=true",
+            "train.lr=0.5",
+        ],
+    )
     assert cfg.train.max_steps == 7
     assert cfg.model.norm == "post"
     assert cfg.train.betas == (0.8, 0.9)
@@ -103,7 +114,9 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path: Path) -> None:
         ("model.norm=middle", "model.norm"),
     ],
 )
-def test_overrides_get_the_same_validation_as_the_file(valid: Path, override: str, key: str) -> None:
+def test_overrides_get_the_same_validation_as_the_file(
+    valid: Path, override: str, key: str
+) -> None:
     msg = error(valid, (override,))
     assert key in msg and str(valid) in msg and "--set" in msg
 
@@ -115,6 +128,7 @@ def test_malformed_override_is_rejected(valid: Path, bad: str) -> None:
 
 
 # --- unknown keys ---
+
 
 def test_unknown_key_in_file_suggests_the_closest_and_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "data:\n  source: /x\ntrain:\n  max_step: 100\n")
@@ -160,6 +174,7 @@ def test_the_file_must_be_a_mapping(tmp_path: Path) -> None:
 
 # --- types ---
 
+
 @pytest.mark.parametrize(
     "line, key",
     [
@@ -184,6 +199,7 @@ def test_wrong_type_is_rejected_naming_key_and_file(tmp_path: Path, line: str, k
 
 
 # --- ranges and choices ---
+
 
 @pytest.mark.parametrize(
     "override, key",
@@ -214,20 +230,37 @@ def test_choice_error_lists_the_choices(valid: Path) -> None:
 
 
 def test_range_bounds_are_inclusive_where_documented(valid: Path) -> None:
-    cfg = load_config(valid, ["model.dropout=0", "data.vocab_size=16", "data.character_coverage=1.0", "train.warmup_steps=0"])
-    assert (cfg.model.dropout, cfg.data.vocab_size, cfg.data.character_coverage, cfg.train.warmup_steps) == (0.0, 16, 1.0, 0)
+    cfg = load_config(
+        valid,
+        [
+            "model.dropout=0",
+            "data.vocab_size=16",
+            "data.character_coverage=1.0",
+            "train.warmup_steps=0",
+        ],
+    )
+    assert (
+        cfg.model.dropout,
+        cfg.data.vocab_size,
+        cfg.data.character_coverage,
+        cfg.train.warmup_steps,
+    ) == (0.0, 16, 1.0, 0)
 
 
 # --- cross-field rules ---
+
 
 @pytest.mark.parametrize(
     "overrides, key",
     [
         (("model.heads=3",), "model.heads"),  # 3 does not divide d_model=64
-        (("data.joint_vocab=false",), "model.share_embeddings"),  # share_embeddings defaults to true
-        (("model.d_model=63", "model.heads=1"), "model.d_model"),  # sinusoidal positions need an even width
+        # share_embeddings defaults to true
+        (("data.joint_vocab=false",), "model.share_embeddings"),
+        # sinusoidal positions need an even width
+        (("model.d_model=63", "model.heads=1"), "model.d_model"),
         (("data.tgt_lang=en",), "data.tgt_lang"),  # same language on both sides
-        (("model.max_positions=100", "data.max_len=100"), "model.max_positions"),  # room for BOS/EOS
+        # room for BOS/EOS
+        (("model.max_positions=100", "data.max_len=100"), "model.max_positions"),
     ],
 )
 def test_cross_field_rules(valid: Path, overrides: tuple[str, ...], key: str) -> None:
@@ -252,6 +285,7 @@ def test_files_corpus_needs_a_source(tmp_path: Path) -> None:
 
 
 # --- reading the file ---
+
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, "data:\n  source: /x\nmodel:\n  layers: 2: 3\n")
@@ -291,6 +325,7 @@ def test_empty_file_needs_a_source_like_any_other(tmp_path: Path) -> None:
 
 # --- the shipped configs ---
 
+
 def test_base_yaml_needs_a_source_and_says_so(repo_root: Path) -> None:
     path = repo_root / "configs" / "base.yaml"
     msg = error(path)
@@ -307,7 +342,11 @@ def test_base_yaml_documents_exactly_the_defaults(repo_root: Path) -> None:
     assert cfg == Config(name="base", data=DataConfig(source="/corpus"))
 
 
-RECIPES = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if p.name != "base.yaml")
+RECIPES = sorted(
+    p.name
+    for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
+    if p.name != "base.yaml"
+)
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -317,36 +356,53 @@ def test_shipped_recipes_load(repo_root: Path, name: str) -> None:
     assert cfg.data.corpus == "multi30k"
 
 
-VARIANTS = [n for n in RECIPES if n.startswith("multi30k_") and n.count("_") >= 3]  # multi30k_<src>_<tgt>_<variant>.yaml
+# multi30k_<src>_<tgt>_<variant>.yaml
+VARIANTS = [n for n in RECIPES if n.startswith("multi30k_") and n.count("_") >= 3]
 
 
 def test_every_direction_has_its_recipe_and_a_smaller_model() -> None:
-    assert {f"multi30k_{pair}_tiny.yaml" for pair in ("en_de", "de_en", "en_fr", "en_cs")} <= set(VARIANTS)
+    assert {f"multi30k_{pair}_tiny.yaml" for pair in ("en_de", "de_en", "en_fr", "en_cs")} <= set(
+        VARIANTS
+    )
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_recipes_share_their_directions_prepared_data(repo_root: Path, name: str) -> None:
-    """A variant (the RNNs, the smaller Transformer) reads the prepared data of its direction's recipe, so
-    `nmt prepare --config <recipe>` serves it, and its models build for that vocabulary."""
+    """A variant (the RNNs, the smaller Transformer) reads the prepared data of its direction's
+    recipe, so `nmt prepare --config <recipe>` serves it, and its models build for that
+    vocabulary."""
     from nmt.data import data_settings
     from nmt.models import build_model
 
     base = "_".join(name.split("_")[:3]) + ".yaml"
-    variant, recipe = load_config(repo_root / "configs" / name), load_config(repo_root / "configs" / base)
-    assert variant.prepared_dir == recipe.prepared_dir and data_settings(variant) == data_settings(recipe)
-    assert (variant.data.src_lang, variant.data.tgt_lang) == (recipe.data.src_lang, recipe.data.tgt_lang)
+    variant, recipe = (
+        load_config(repo_root / "configs" / name),
+        load_config(repo_root / "configs" / base),
+    )
+    assert variant.prepared_dir == recipe.prepared_dir and data_settings(variant) == data_settings(
+        recipe
+    )
+    assert (variant.data.src_lang, variant.data.tgt_lang) == (
+        recipe.data.src_lang,
+        recipe.data.tgt_lang,
+    )
     assert variant.model.arch == ("rnn" if "_rnn_" in name else "transformer")
     build_model(variant.model, 8000, 8000)
 
 
 def test_smoke_config_is_small(repo_root: Path) -> None:
     cfg = load_config(repo_root / "configs" / "smoke.yaml")
-    assert cfg.train.max_steps <= 300 and cfg.model.d_model <= 64 and cfg.data.max_train_pairs <= 1000
+    assert (
+        cfg.train.max_steps <= 300 and cfg.model.d_model <= 64 and cfg.data.max_train_pairs <= 1000
+    )
 
 
 # --- round trips ---
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+)
 def test_config_from_dict_round_trips(repo_root: Path, name: str) -> None:
     cfg = load_config(repo_root / "configs" / name, ["data.source=/corpus"])
     again = config_from_dict(cfg.to_dict(), origin="round trip")
@@ -354,8 +410,16 @@ def test_config_from_dict_round_trips(repo_root: Path, name: str) -> None:
 
 
 def test_round_trip_of_non_default_values(valid: Path) -> None:
-    cfg = load_config(valid, ["train.betas=[0.5, 0.75]", "model.dec_layers=1", "data.joint_vocab=false",
-                              "model.share_embeddings=false", "train.max_minutes=2.5"])
+    cfg = load_config(
+        valid,
+        [
+            "train.betas=[0.5, 0.75]",
+            "model.dec_layers=1",
+            "data.joint_vocab=false",
+            "model.share_embeddings=false",
+            "train.max_minutes=2.5",
+        ],
+    )
     assert config_from_dict(cfg.to_dict(), origin="round trip") == cfg
 
 

@@ -57,4 +57,6 @@ def test_sorting_by_length_keeps_padding_small():
     rng = np.random.default_rng(0)
     order = rng.permutation(2000)
     random_batches = [order[i : i + 20] for i in range(0, 2000, 20)]
-    assert padding_share(bucket_batches(src, tgt, 800, seed=1)) < 0.5 * padding_share(random_batches)
+    assert padding_share(bucket_batches(src, tgt, 800, seed=1)) < 0.5 * padding_share(
+        random_batches
+    )

@@ -1,5 +1,5 @@
-"""Faults during training: a non-finite loss or an out-of-memory batch is skipped (counted, logged); many in a
-row stop the run with a message naming the cause and the setting to change."""
+"""Faults during training: a non-finite loss or an out-of-memory batch is skipped (counted, logged);
+many in a row stop the run with a message naming the cause and the setting to change."""
 
 import pytest
 import torch
@@ -15,8 +15,14 @@ from nmt.prepare import prepare
 def smoke(repo_root, multi30k_dir, tmp_path, steps):
     cfg = load_config(
         repo_root / "configs" / "smoke.yaml",
-        [f"data.source={multi30k_dir}", f"data.prepared_dir={tmp_path / 'prepared'}", f"train.max_steps={steps}",
-         "train.valid_every=1000", "train.threads=1", "train.valid_bleu=false"],
+        [
+            f"data.source={multi30k_dir}",
+            f"data.prepared_dir={tmp_path / 'prepared'}",
+            f"train.max_steps={steps}",
+            "train.valid_every=1000",
+            "train.threads=1",
+            "train.valid_bleu=false",
+        ],
     )
     prepare(cfg, log=lambda m: None)
     return cfg
@@ -51,7 +57,8 @@ def test_many_bad_steps_in_a_row_stop_with_advice(repo_root, multi30k_dir, tmp_p
 
 
 def out_of_memory(monkeypatch, bad_calls):
-    """Make the given calls (1-based) of the fused loss raise the out-of-memory error CUDA raises."""
+    """Make the given calls (1-based) of the fused loss raise the out-of-memory error CUDA
+    raises."""
     real, calls = nmt.loss.projected_loss, [0]
 
     def projected_loss(hidden, weight, target, smoothing):
@@ -63,19 +70,29 @@ def out_of_memory(monkeypatch, bad_calls):
     monkeypatch.setattr(nmt.loss, "projected_loss", projected_loss)
 
 
-def test_an_out_of_memory_batch_is_skipped_and_logged(repo_root, multi30k_dir, tmp_path, monkeypatch, capsys):
+def test_an_out_of_memory_batch_is_skipped_and_logged(
+    repo_root, multi30k_dir, tmp_path, monkeypatch, capsys
+):
     cfg = smoke(repo_root, multi30k_dir, tmp_path, 6)
     out_of_memory(monkeypatch, {3})
     run = train_mod.train(cfg, tmp_path / "run")
     state = load_checkpoint(run / "last.pt")["train_state"]
     assert state["step"] == 6 and state["oom_skipped"] == 1
-    assert state["batch_in_epoch"] == 7  # six steps and the skipped batch: no batch is trained twice
+    # six steps and the skipped batch: no batch is trained twice
+    assert state["batch_in_epoch"] == 7
     err = capsys.readouterr().err
-    assert "out of memory after step 2" in err and "sentences x" in err and "batch skipped (1 so far)" in err
+    assert (
+        "out of memory after step 2" in err
+        and "sentences x" in err
+        and "batch skipped (1 so far)" in err
+    )
 
 
 def test_repeated_out_of_memory_stops_with_advice(repo_root, multi30k_dir, tmp_path, monkeypatch):
     cfg = smoke(repo_root, multi30k_dir, tmp_path, 100)
     out_of_memory(monkeypatch, {2, 3, 4, 5, 6})
-    with pytest.raises(NmtError, match=r"out of memory on 5 batches in a row .* lower train\.max_tokens \(now 1024\)"):
+    with pytest.raises(
+        NmtError,
+        match=r"out of memory on 5 batches in a row .* lower train\.max_tokens \(now 1024\)",
+    ):
         train_mod.train(cfg, tmp_path / "run")

@@ -1,38 +1,89 @@
-"""scripts/gpu_session.sh, the one command a lent GPU machine runs, works end to end (here on the CPU, with the smoke
-model and a few seconds of training), in two calls as a lease splits it (STEPS), and leaves its figures in at most 8
-files, the device tool's limit."""
+"""scripts/gpu_session.sh, the one command a lent GPU machine runs, works end to end (here on the
+CPU, with the smoke model and a few seconds of training), in two calls as a lease splits it (STEPS),
+and leaves its figures in at most 8 files, the device tool's limit."""
 
 import json
 import os
 import subprocess
 
 
-def test_gpu_session_script_prepares_trains_scores_then_benchmarks(repo_root, multi30k_dir, tmp_path):
+def test_gpu_session_script_prepares_trains_scores_then_benchmarks(
+    repo_root, multi30k_dir, tmp_path
+):
     out, run = tmp_path / "out", tmp_path / "run"
-    env = {**os.environ, "OUT": str(out), "RUN": str(run), "DATA": str(multi30k_dir), "CONFIG": "configs/smoke.yaml",
-           "MINUTES": "0.05", "TRAIN_STEPS": "2", "WARMUP": "1", "LIMIT": "30"}
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "RUN": str(run),
+        "DATA": str(multi30k_dir),
+        "CONFIG": "configs/smoke.yaml",
+        "MINUTES": "0.05",
+        "TRAIN_STEPS": "2",
+        "WARMUP": "1",
+        "LIMIT": "30",
+    }
     script = ["bash", str(repo_root / "scripts" / "gpu_session.sh")]
-    first = subprocess.run(script, env={**env, "STEPS": "prepare train test"}, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(
+        script,
+        env={**env, "STEPS": "prepare train test"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["log.txt", "metrics.jsonl", "test.hyp.txt", "test.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "log.txt",
+        "metrics.jsonl",
+        "test.hyp.txt",
+        "test.json",
+    ]
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert any("valid_bleu" in v and v["time"] > 0 for v in logged)  # the curve of BLEU against training time
+    # the curve of BLEU against training time
+    assert any("valid_bleu" in v and v["time"] > 0 for v in logged)
     scored = json.loads((out / "test.json").read_text())
-    assert scored["split"] == "test" and "bleu_paper" in scored["metrics"] and "chrf" in scored["metrics"]
-    assert len((out / "test.hyp.txt").read_text().splitlines()) == 1000  # the translation, as scored
+    assert (
+        scored["split"] == "test"
+        and "bleu_paper" in scored["metrics"]
+        and "chrf" in scored["metrics"]
+    )
+    # the translation, as scored
+    assert len((out / "test.hyp.txt").read_text().splitlines()) == 1000
 
     # the second call finds the first one's checkpoint in RUN, as a warm machine keeps it
-    second = subprocess.run(script, env={**env, "STEPS": "decode bench"}, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        script, env={**env, "STEPS": "decode bench"}, capture_output=True, text=True, timeout=600
+    )
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["bench_decode.json", "bench_train.json", "log.txt", "metrics.jsonl", "test.hyp.txt", "test.json"]
+    assert files == [
+        "bench_decode.json",
+        "bench_train.json",
+        "log.txt",
+        "metrics.jsonl",
+        "test.hyp.txt",
+        "test.json",
+    ]
     train = json.loads((out / "bench_train.json").read_text())["train"]
     assert train["steps"] == 2 and train["tgt_tokens_per_s"] > 0 and 0 < train["mfu"] < 1
     decode = json.loads((out / "bench_decode.json").read_text())["decode"]
-    assert {"nmt_beam1", "nmt_beam5"} <= set(decode) and all(d["sentences"] == 30 for d in decode.values())
+    assert {"nmt_beam1", "nmt_beam5"} <= set(decode) and all(
+        d["sentences"] == 30 for d in decode.values()
+    )
     log = (out / "log.txt").read_text()
-    assert "MFU" in log and "BLEU = " in log and "done (prepare train test)" in log and "done (decode bench)" in log
-    assert log.index("decoding benchmark") < log.index("training benchmark")  # in the order STEPS names them
+    assert (
+        "MFU" in log
+        and "BLEU = " in log
+        and "done (prepare train test)" in log
+        and "done (decode bench)" in log
+    )
+    # in the order STEPS names them
+    assert log.index("decoding benchmark") < log.index("training benchmark")
 
-    bad = subprocess.run(script, env={**env, "STEPS": "decode trian"}, capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 2 and "unknown step 'trian'" in bad.stdout and "decoding benchmark" not in bad.stdout
+    bad = subprocess.run(
+        script, env={**env, "STEPS": "decode trian"}, capture_output=True, text=True, timeout=600
+    )
+    assert (
+        bad.returncode == 2
+        and "unknown step 'trian'" in bad.stdout
+        and "decoding benchmark" not in bad.stdout
+    )

@@ -1,4 +1,5 @@
-"""Ctrl-C / SIGTERM during training: the step finishes, last.pt is written, the message says how to resume."""
+"""Ctrl-C / SIGTERM during training: the step finishes, last.pt is written, the message says how to
+resume."""
 
 import os
 import signal
@@ -15,27 +16,45 @@ from nmt.retention import step_files
 
 
 def start_training(repo_root, multi30k_dir, tmp_path, script=None):
-    """Start `nmt train` (or `script` standing in for it) on the smoke config with no end in sight; wait for
-    its first logged step; return the process and the run directory."""
-    sets = [f"data.source={multi30k_dir}", f"data.prepared_dir={tmp_path / 'prepared'}", "train.max_steps=100000",
-            "train.valid_every=100000", "train.log_every=1", "train.threads=1"]
+    """Start `nmt train` (or `script` standing in for it) on the smoke config with no end in sight;
+    wait for its first logged step; return the process and the run directory."""
+    sets = [
+        f"data.source={multi30k_dir}",
+        f"data.prepared_dir={tmp_path / 'prepared'}",
+        "train.max_steps=100000",
+        "train.valid_every=100000",
+        "train.log_every=1",
+        "train.threads=1",
+    ]
     config = repo_root / "configs" / "smoke.yaml"
     prepare(load_config(config, sets), log=lambda m: None)
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, *(["-c", script] if script else ["-m", "nmt"]), "train", "--config", str(config), "--run-dir", str(run_dir)]
+    cmd = [
+        sys.executable,
+        *(["-c", script] if script else ["-m", "nmt"]),
+        "train",
+        "--config",
+        str(config),
+        "--run-dir",
+        str(run_dir),
+    ]
     for s in sets:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 180  # a loaded machine can take a minute to import torch and start
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
+    while (
+        not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.time() < deadline
+    ):
         time.sleep(0.05)
     return proc, run_dir
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_last_checkpoint_and_says_how_to_resume(repo_root, multi30k_dir, tmp_path, sig):
+def test_signal_saves_last_checkpoint_and_says_how_to_resume(
+    repo_root, multi30k_dir, tmp_path, sig
+):
     proc, run_dir = start_training(repo_root, multi30k_dir, tmp_path)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -46,7 +65,8 @@ def test_signal_saves_last_checkpoint_and_says_how_to_resume(repo_root, multi30k
     state = load_checkpoint(run_dir / "last.pt")["train_state"]
     assert state["step"] >= 1
     assert not (run_dir / "best.pt").exists()  # no validation happened: nothing is called best
-    assert step_files(run_dir) == {}  # off the save grid: last.pt only, no step file for `nmt average --last N`
+    # off the save grid: last.pt only, no step file for `nmt average --last N`
+    assert step_files(run_dir) == {}
 
 
 # `nmt train` with every step slowed to 0.3 s, so that two signals surely arrive within one step

@@ -1,5 +1,5 @@
-"""A training run killed with SIGKILL (at several points, during a save, or with a damaged last.pt) and
-resumed with --resume ends with exactly the parameters of a run that was never interrupted."""
+"""A training run killed with SIGKILL (at several points, during a save, or with a damaged last.pt)
+and resumed with --resume ends with exactly the parameters of a run that was never interrupted."""
 
 import json
 import os
@@ -23,8 +23,16 @@ STEPS = 30
 def setup(repo_root, multi30k_dir, tmp_path_factory):
     """Prepared data, the --set flags every run uses, and the uninterrupted reference run."""
     work = tmp_path_factory.mktemp("kill")
-    sets = [f"data.source={multi30k_dir}", f"data.prepared_dir={work / 'prepared'}", f"train.max_steps={STEPS}",
-            "train.valid_every=10", "train.save_every=4", "train.log_every=1", "train.threads=1", "train.valid_bleu=false"]
+    sets = [
+        f"data.source={multi30k_dir}",
+        f"data.prepared_dir={work / 'prepared'}",
+        f"train.max_steps={STEPS}",
+        "train.valid_every=10",
+        "train.save_every=4",
+        "train.log_every=1",
+        "train.threads=1",
+        "train.valid_bleu=false",
+    ]
     config = repo_root / "configs" / "smoke.yaml"
     prepare(load_config(config, sets), log=lambda m: None)
     reference = load_checkpoint(train(load_config(config, sets), work / "reference") / "last.pt")
@@ -39,7 +47,8 @@ def command(config, sets, run_dir, resume):
 def logged_step(run_dir):
     try:
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        return max(json.loads(line)["step"] for line in lines[:-1] or ["{\"step\": 0}"])  # last line may be partial
+        # last line may be partial
+        return max(json.loads(line)["step"] for line in lines[:-1] or ['{"step": 0}'])
     except (OSError, ValueError):
         return 0
 
@@ -67,7 +76,8 @@ def assert_same_parameters(a, b):
 def test_killed_at_several_points_then_resumed(setup, tmp_path):
     config, sets, reference, _ = setup
     run_dir = tmp_path / "run"
-    err = kill_at(command(config, sets, run_dir, False), run_dir, 2, tmp_path)  # before the first save (step 4)
+    # before the first save (step 4)
+    err = kill_at(command(config, sets, run_dir, False), run_dir, 2, tmp_path)
     assert not (run_dir / "last.pt").exists(), err
     err = kill_at(command(config, sets, run_dir, True), run_dir, 9, tmp_path)
     assert "before its first checkpoint" in err
@@ -75,18 +85,23 @@ def test_killed_at_several_points_then_resumed(setup, tmp_path):
     assert "resuming" in err
     train(load_config(config, sets), run_dir, resume=True)
     assert_same_parameters(reference, load_checkpoint(run_dir / "last.pt"))
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "train_loss" in line]
+    steps = [
+        json.loads(line)["step"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if "train_loss" in line
+    ]
     assert steps == sorted(set(steps)), "replayed steps must not be logged twice"
 
 
-# Runs `nmt train`, but the second time a checkpoint's temp file is fsynced it is cut to half and the
-# process waits to be killed: a crash in the middle of writing a checkpoint.
+# Runs `nmt train`, but the second time a checkpoint's temp file is fsynced it is cut to half and
+# the process waits to be killed: a crash in the middle of writing a checkpoint.
 CRASH_IN_SAVE = """
 import os, sys, time
 from pathlib import Path
 real_fsync, marker, count = os.fsync, Path(os.environ["MARKER"]), [0]
 def fsync(fd):
-    if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp") and ".last.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+    name = os.readlink(f"/proc/self/fd/{fd}")
+    if name.endswith(".tmp") and ".last.pt." in name:
         count[0] += 1
         if count[0] == 2:
             os.ftruncate(fd, os.fstat(fd).st_size // 2)
@@ -105,7 +120,12 @@ def test_killed_while_writing_a_checkpoint(setup, tmp_path, repo_root):
     config, sets, reference, _ = setup
     run_dir, marker = tmp_path / "run", tmp_path / "marker"
     cmd = [sys.executable, "-c", CRASH_IN_SAVE, *command(config, sets, run_dir, False)[3:]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MARKER": str(marker), "PYTHONPATH": str(repo_root)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MARKER": str(marker),
+        "PYTHONPATH": str(repo_root),
+    }
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
     deadline = time.time() + 120
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -113,7 +133,8 @@ def test_killed_while_writing_a_checkpoint(setup, tmp_path, repo_root):
     assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "no second save"
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    assert load_checkpoint(run_dir / "last.pt")["train_state"]["step"] == 4  # the first save, intact
+    # the first save, intact
+    assert load_checkpoint(run_dir / "last.pt")["train_state"]["step"] == 4
     assert list(run_dir.glob(".last.pt.*.tmp")), "the half-written temp file should be there"
     train(load_config(config, sets), run_dir, resume=True)
     assert not list(run_dir.glob(".*.tmp"))
@@ -123,9 +144,11 @@ def test_killed_while_writing_a_checkpoint(setup, tmp_path, repo_root):
 def test_damaged_last_checkpoint_falls_back_to_an_older_one(setup, tmp_path, capsys):
     config, sets, reference, _ = setup
     run_dir = tmp_path / "run"
-    train(load_config(config, [*sets, "train.max_steps=22"]), run_dir)  # saves at 4, 8, 10, 12, 16, 20, 22
+    # saves at 4, 8, 10, 12, 16, 20, 22
+    train(load_config(config, [*sets, "train.max_steps=22"]), run_dir)
     data = bytearray((run_dir / "last.pt").read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped byte, in last.pt and in checkpoints/step-0000022.pt (same file)
+    # one flipped byte, in last.pt and in checkpoints/step-0000022.pt (same file)
+    data[len(data) // 2] ^= 0xFF
     (run_dir / "last.pt").write_bytes(bytes(data))
     capsys.readouterr()
     train(load_config(config, sets), run_dir, resume=True)

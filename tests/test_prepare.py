@@ -1,4 +1,5 @@
-"""Stage 1 (nmt prepare): corpus checks, cleaning, train filtering, determinism, tokenizer, manifest."""
+"""Stage 1 (nmt prepare): corpus checks, cleaning, train filtering, determinism, tokenizer,
+manifest."""
 
 from __future__ import annotations
 
@@ -28,7 +29,15 @@ ROLE_STEM = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 
 def files_cfg(source: Path, out: Path, **data: Any) -> Config:
     """A config for corpus 'files' in `source`, written to `out`, with a small vocabulary."""
-    raw: dict = {"data": {"corpus": "files", "source": str(source), "prepared_dir": str(out), "vocab_size": 80, **data}}
+    raw: dict = {
+        "data": {
+            "corpus": "files",
+            "source": str(source),
+            "prepared_dir": str(out),
+            "vocab_size": 80,
+            **data,
+        }
+    }
     if data.get("joint_vocab") is False:
         raw["model"] = {"share_embeddings": False}
     return config_from_dict(raw, origin="test config")
@@ -54,8 +63,11 @@ def without(text: str, *parts: str) -> str:
 
 # --- input checks ---
 
+
 @pytest.mark.parametrize("stem", ["train", "val"])
-def test_misaligned_files_name_both_files_and_counts(make_corpus, tmp_path: Path, stem: str) -> None:
+def test_misaligned_files_name_both_files_and_counts(
+    make_corpus, tmp_path: Path, stem: str
+) -> None:
     folder = make_corpus()
     src, tgt = folder / f"{stem}.en", folder / f"{stem}.de"
     src.write_text("one\ntwo\nthree\nfour\nfive\nsix\nseven\n", encoding="utf-8")
@@ -122,6 +134,7 @@ def test_source_argument_overrides_data_source(make_corpus, tmp_path: Path) -> N
 
 # --- cleaning ---
 
+
 def test_gz_inputs_give_the_same_prepared_data_as_plain(make_corpus, tmp_path: Path) -> None:
     plain, gz = make_corpus("plain"), make_corpus("gz", gz=True)
     m_plain = run_prepare(files_cfg(plain, tmp_path / "out_plain"))
@@ -139,8 +152,12 @@ def test_cr_bom_and_whitespace_are_stripped_and_counted(make_corpus, tmp_path: P
     folder = make_corpus()
     src_path = folder / "train.en"
     clean = read_lines(src_path)
-    messy = [f"  {line}\t" if i % 3 == 0 else line.replace(" ", "  ") for i, line in enumerate(clean)]
-    src_path.write_bytes("\ufeff".encode() + "".join(line + "\r\n" for line in messy).encode("utf-8"))
+    messy = [
+        f"  {line}\t" if i % 3 == 0 else line.replace(" ", "  ") for i, line in enumerate(clean)
+    ]
+    src_path.write_bytes(
+        "\ufeff".encode() + "".join(line + "\r\n" for line in messy).encode("utf-8")
+    )
     manifest = run_prepare(files_cfg(folder, tmp_path / "out"))
     assert manifest["warnings"] == {str(src_path): {"crlf_lines": len(clean), "bom_lines": 1}}
     assert read_lines(tmp_path / "out" / "train.src.txt") == clean
@@ -152,13 +169,17 @@ def test_warnings_for_crlf_and_duplicated_pairs_are_printed(make_corpus, tmp_pat
     src, tgt = read_lines(folder / "train.en"), read_lines(folder / "train.de")
     assert len(set(zip(src, tgt))) == len(src)
     for path, lines in ((folder / "train.en", src), (folder / "train.de", tgt)):
-        path.write_text("".join(f"{line}\n" for line in lines + lines[:7]), encoding="utf-8")  # 7 pairs twice
+        # 7 pairs twice
+        path.write_text("".join(f"{line}\n" for line in lines + lines[:7]), encoding="utf-8")
     (folder / "val.de").write_bytes((folder / "val.de").read_bytes().replace(b"\n", b"\r\n"))
     messages: list[str] = []
     manifest = prepare(files_cfg(folder, tmp_path / "out"), log=messages.append)
     assert manifest["counts"]["train"]["duplicates"] == 7
     assert "warning: train has 7 duplicated pairs (kept)" in messages
-    assert f"warning: {folder / 'val.de'}: 12 lines ended in CR (stripped), 0 byte-order marks (stripped)" in messages
+    assert (
+        f"warning: {folder / 'val.de'}: 12 lines ended in CR (stripped), 0 byte-order marks "
+        "(stripped)" in messages
+    )
 
 
 def test_a_file_without_final_newline_loses_no_line(make_corpus, tmp_path: Path) -> None:
@@ -172,13 +193,20 @@ def test_a_file_without_final_newline_loses_no_line(make_corpus, tmp_path: Path)
 
 # --- filtering ---
 
+
 def filter_corpus(make_corpus) -> tuple[Path, list[tuple[str, str]], list[tuple[str, str]]]:
-    """Toy corpus plus pairs that are empty (3), too long (1, 80 words) and badly proportioned (1)."""
+    """Toy corpus plus pairs that are empty (3), too long (1, 80 words) and badly proportioned
+    (1)."""
     folder = make_corpus()
     good = list(zip(read_lines(folder / "train.en"), read_lines(folder / "train.de")))[:60]
     long_src, long_tgt = " ".join(["the big dog"] * 27), " ".join(["der gross hund"] * 27)
-    bad = [("", "ein hund"), ("a dog", ""), ("", ""), (long_src, long_tgt),
-           ("dog", "der mann sieht den hund und die katze im park auf der strasse und das haus")]
+    bad = [
+        ("", "ein hund"),
+        ("a dog", ""),
+        ("", ""),
+        (long_src, long_tgt),
+        ("dog", "der mann sieht den hund und die katze im park auf der strasse und das haus"),
+    ]
     train = good[:20] + bad[:2] + good[20:40] + bad[2:] + good[40:]
     for path, side in ((folder / "train.en", 0), (folder / "train.de", 1)):
         path.write_text("".join(p[side] + "\n" for p in train), encoding="utf-8")
@@ -241,6 +269,7 @@ def test_no_training_pairs_left_is_an_error(make_corpus, tmp_path: Path) -> None
 
 # --- outputs ---
 
+
 def test_prepare_twice_gives_byte_identical_files(tiny_corpus: Path, tmp_path: Path) -> None:
     cfg = files_cfg(tiny_corpus, tmp_path / "out")
     run_prepare(cfg)
@@ -250,7 +279,13 @@ def test_prepare_twice_gives_byte_identical_files(tiny_corpus: Path, tmp_path: P
     assert first.keys() == second.keys()
     for name in first:
         assert first[name] == second[name], name
-    assert {"manifest.json", "spm.model", "train.src.npy", "train.tgt.off.npy", "test.tgt.txt"} <= first.keys()
+    assert {
+        "manifest.json",
+        "spm.model",
+        "train.src.npy",
+        "train.tgt.off.npy",
+        "test.tgt.txt",
+    } <= first.keys()
 
 
 def test_tokenizer_special_ids_and_encoded_data(tiny_corpus: Path, tmp_path: Path) -> None:
@@ -263,7 +298,8 @@ def test_tokenizer_special_ids_and_encoded_data(tiny_corpus: Path, tmp_path: Pat
     for role in ("train", "valid", "test"):
         split = load_split(out, role)
         ids = np.concatenate([split._src, split._tgt])
-        assert not np.isin(ids, [PAD, BOS, EOS]).any(), role  # specials are added by Batch, never stored
+        # specials are added by Batch, never stored
+        assert not np.isin(ids, [PAD, BOS, EOS]).any(), role
         assert ids.max() < tok.src_vocab_size
 
 
@@ -273,10 +309,14 @@ def test_encoded_train_decodes_back_to_its_text(tiny_corpus: Path, tmp_path: Pat
     tok, split = Tokenizer.load(out), load_split(out, "train")
     decoded = tok.decode_tgt([split.tgt(i).tolist() for i in range(len(split))])
     assert decoded == read_lines(out / "train.tgt.txt")
-    assert tok.src.decode([split.src(i).tolist() for i in range(len(split))]) == read_lines(out / "train.src.txt")
+    assert tok.src.decode([split.src(i).tolist() for i in range(len(split))]) == read_lines(
+        out / "train.src.txt"
+    )
 
 
-def test_vocab_size_shrinks_to_what_a_small_corpus_supports(tiny_corpus: Path, tmp_path: Path) -> None:
+def test_vocab_size_shrinks_to_what_a_small_corpus_supports(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
     manifest = run_prepare(files_cfg(tiny_corpus, tmp_path / "out", vocab_size=5000))
     assert 16 <= manifest["tokenizer"]["src_vocab_size"] < 5000
 
@@ -306,6 +346,7 @@ def test_manifest_records_input_checksums_and_line_counts(make_corpus, tmp_path:
 
 
 # --- read_manifest ---
+
 
 def test_read_manifest_accepts_matching_settings(tiny_corpus: Path, tmp_path: Path) -> None:
     cfg = files_cfg(tiny_corpus, tmp_path / "out")
@@ -344,6 +385,7 @@ def test_read_manifest_of_an_unprepared_dir(tmp_path: Path) -> None:
 
 # --- Multi30k ---
 
+
 def smoke_cfg(repo_root: Path, *overrides: str) -> Config:
     return load_config(repo_root / "configs" / "smoke.yaml", list(overrides))
 
@@ -356,7 +398,9 @@ def copy_multi30k(src: Path, dest: Path) -> Path:
     return dest
 
 
-def test_multi30k_local_copy_with_wrong_checksum_is_rejected(repo_root, multi30k_dir, tmp_path: Path) -> None:
+def test_multi30k_local_copy_with_wrong_checksum_is_rejected(
+    repo_root, multi30k_dir, tmp_path: Path
+) -> None:
     local = copy_multi30k(multi30k_dir, tmp_path / "m30k")
     victim = local / "val.de.gz"
     # same text, different gzip header: the check is on the file as published
@@ -376,7 +420,9 @@ def test_multi30k_local_copy_with_a_missing_file(repo_root, multi30k_dir, tmp_pa
         run_prepare(cfg, source=str(local))
 
 
-def test_multi30k_without_network_or_source_points_at_source(repo_root, tmp_path: Path, monkeypatch) -> None:
+def test_multi30k_without_network_or_source_points_at_source(
+    repo_root, tmp_path: Path, monkeypatch
+) -> None:
     calls: list[str] = []
 
     def offline(url, *args, **kwargs):
@@ -394,14 +440,18 @@ def test_multi30k_without_network_or_source_points_at_source(repo_root, tmp_path
     assert not any(cache.glob("*.gz"))  # nothing half-downloaded left behind
 
 
-def test_multi30k_verified_cache_needs_no_network(repo_root, multi30k_dir, tmp_path: Path, monkeypatch) -> None:
+def test_multi30k_verified_cache_needs_no_network(
+    repo_root, multi30k_dir, tmp_path: Path, monkeypatch
+) -> None:
     """The smoke recipe on the real corpus, from a cache of verified files, with the network off."""
 
     def offline(url, *args, **kwargs):
         raise urllib.error.URLError("network is unreachable")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    monkeypatch.setattr(nmt.prepare, "MULTI30K_CACHE", copy_multi30k(multi30k_dir, tmp_path / "cache"))
+    monkeypatch.setattr(
+        nmt.prepare, "MULTI30K_CACHE", copy_multi30k(multi30k_dir, tmp_path / "cache")
+    )
     cfg = smoke_cfg(repo_root, "data.source=null", f"data.prepared_dir={tmp_path / 'out'}")
     manifest = run_prepare(cfg)
     counts = manifest["counts"]

@@ -11,20 +11,30 @@ from nmt.train import train
 def smoke(repo_root, multi30k_dir, tmp_path, steps):
     return load_config(
         repo_root / "configs" / "smoke.yaml",
-        [f"data.source={multi30k_dir}", f"data.prepared_dir={tmp_path / 'prepared'}", f"train.max_steps={steps}",
-         "train.valid_every=10", "train.threads=1", "train.valid_bleu=false"],
+        [
+            f"data.source={multi30k_dir}",
+            f"data.prepared_dir={tmp_path / 'prepared'}",
+            f"train.max_steps={steps}",
+            "train.valid_every=10",
+            "train.threads=1",
+            "train.valid_bleu=false",
+        ],
     )
 
 
 def test_resumed_run_matches_uninterrupted_run(repo_root, multi30k_dir, tmp_path):
     prepare(smoke(repo_root, multi30k_dir, tmp_path, 30), log=lambda m: None)
     straight = train(smoke(repo_root, multi30k_dir, tmp_path, 30), tmp_path / "straight")
-    stopped = train(smoke(repo_root, multi30k_dir, tmp_path, 20), tmp_path / "stopped")  # 20 steps, then "killed"
+    # 20 steps, then "killed"
+    stopped = train(smoke(repo_root, multi30k_dir, tmp_path, 20), tmp_path / "stopped")
     assert load_checkpoint(stopped / "last.pt")["train_state"]["step"] == 20
     train(smoke(repo_root, multi30k_dir, tmp_path, 30), stopped, resume=True)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(stopped / "last.pt")
     assert a["train_state"]["step"] == b["train_state"]["step"] == 30
-    assert a["train_state"]["epoch"] == b["train_state"]["epoch"] and a["train_state"]["batch_in_epoch"] == b["train_state"]["batch_in_epoch"]
+    assert (
+        a["train_state"]["epoch"] == b["train_state"]["epoch"]
+        and a["train_state"]["batch_in_epoch"] == b["train_state"]["batch_in_epoch"]
+    )
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
 
@@ -44,21 +54,31 @@ def test_fp16_run_keeps_its_loss_scaler_across_resume(repo_root, multi30k_dir, t
     def cfg(steps):
         return load_config(
             repo_root / "configs" / "smoke.yaml",
-            [f"data.source={multi30k_dir}", f"data.prepared_dir={tmp_path / 'prepared'}", f"train.max_steps={steps}",
-             "train.valid_every=10", "train.threads=1", "train.valid_bleu=false", "train.precision=fp16"],
+            [
+                f"data.source={multi30k_dir}",
+                f"data.prepared_dir={tmp_path / 'prepared'}",
+                f"train.max_steps={steps}",
+                "train.valid_every=10",
+                "train.threads=1",
+                "train.valid_bleu=false",
+                "train.precision=fp16",
+            ],
         )
 
     prepare(cfg(20), log=lambda m: None)
     straight = load_checkpoint(train(cfg(20), tmp_path / "straight") / "last.pt")
     run = train(cfg(10), tmp_path / "run")
-    assert load_checkpoint(run / "last.pt")["scaler"]["_growth_tracker"] == 10  # ten steps without overflow
+    # ten steps without overflow
+    assert load_checkpoint(run / "last.pt")["scaler"]["_growth_tracker"] == 10
     train(cfg(20), run, resume=True)
     resumed = load_checkpoint(run / "last.pt")
     assert resumed["scaler"] == straight["scaler"] and resumed["scaler"]["_growth_tracker"] == 20
     assert all(torch.equal(t, resumed["model"][k]) for k, t in straight["model"].items())
 
 
-def test_same_config_and_seed_give_the_same_model_and_the_run_records_its_environment(repo_root, multi30k_dir, tmp_path):
+def test_same_config_and_seed_give_the_same_model_and_the_run_records_its_environment(
+    repo_root, multi30k_dir, tmp_path
+):
     import json
     import platform
     import subprocess
@@ -72,7 +92,9 @@ def test_same_config_and_seed_give_the_same_model_and_the_run_records_its_enviro
     sessions = json.loads((a / "env.json").read_text())["sessions"]
     assert [s["start_step"] for s in sessions] == [0, 12]  # one record per invocation
     env = sessions[-1]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True
+    ).stdout.strip()
     assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
     assert env["sentencepiece"] and env["sacrebleu"] and env["git_commit"] == (head or None)
     assert isinstance(env["command"], list) and env["command"]

@@ -15,18 +15,42 @@ from nmt.search import beam_search, decode_corpus, greedy_search, max_lengths
 from nmt.tokenizer import BOS, EOS
 
 VOCAB = 24
-VARIANTS = list(itertools.product(["lstm", "gru"], ["none", "dot", "general", "additive"], [True, False]))
+VARIANTS = list(
+    itertools.product(["lstm", "gru"], ["none", "dot", "general", "additive"], [True, False])
+)
 
 
-def model(cell="lstm", attention="dot", bidirectional=True, input_feeding=True, seed=0, hidden=32, layers=2, dropout=0.0):
+def model(
+    cell="lstm",
+    attention="dot",
+    bidirectional=True,
+    input_feeding=True,
+    seed=0,
+    hidden=32,
+    layers=2,
+    dropout=0.0,
+):
     torch.manual_seed(seed)
-    return RNNSeq2Seq(VOCAB, VOCAB, cell=cell, layers=layers, emb=hidden, hidden=hidden, bidirectional=bidirectional,
-                      attention=attention, input_feeding=input_feeding, dropout=dropout, share_embeddings=True,
-                      tie_output=True).eval()
+    return RNNSeq2Seq(
+        VOCAB,
+        VOCAB,
+        cell=cell,
+        layers=layers,
+        emb=hidden,
+        hidden=hidden,
+        bidirectional=bidirectional,
+        attention=attention,
+        input_feeding=input_feeding,
+        dropout=dropout,
+        share_embeddings=True,
+        tie_output=True,
+    ).eval()
 
 
 def batch(rows):
-    return make_batch([np.array(r) for r in rows], [np.array(r[::-1]) for r in rows], np.arange(len(rows)))
+    return make_batch(
+        [np.array(r) for r in rows], [np.array(r[::-1]) for r in rows], np.arange(len(rows))
+    )
 
 
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
@@ -46,7 +70,8 @@ def test_forward_shape_and_incremental_steps_equal_teacher_forcing(cell, attenti
 @pytest.mark.parametrize("cell, attention, bidirectional", VARIANTS)
 def test_padding_does_not_change_a_sentence(cell, attention, bidirectional):
     m = model(cell, attention, bidirectional)
-    alone, padded = batch([ROWS[1]]), batch(ROWS)  # sentence 1 is padded from 3 to 7 source positions here
+    # sentence 1 is padded from 3 to 7 source positions here
+    alone, padded = batch([ROWS[1]]), batch(ROWS)
     a = m(alone.src, alone.src_pad_mask, alone.tgt_in)
     b = m(padded.src, padded.src_pad_mask, padded.tgt_in[:, : alone.tgt_in.size(1)])
     torch.testing.assert_close(b[1], a[0], rtol=1e-5, atol=1e-6)
@@ -65,7 +90,9 @@ def test_attention_is_a_distribution_over_real_source_positions(kind):
     torch.testing.assert_close(context, torch.einsum("bs,bsh->bh", weights, memory))
 
 
-@pytest.mark.parametrize("cell, attention", [("lstm", "dot"), ("gru", "additive"), ("lstm", "none")])
+@pytest.mark.parametrize(
+    "cell, attention", [("lstm", "dot"), ("gru", "additive"), ("lstm", "none")]
+)
 def test_beam_one_equals_greedy_and_batched_search_equals_one_at_a_time(cell, attention):
     m = model(cell, attention, seed=3)
     b = batch(ROWS)
@@ -74,12 +101,16 @@ def test_beam_one_equals_greedy_and_batched_search_equals_one_at_a_time(cell, at
     beam1 = beam_search(m, b.src, b.src_pad_mask, max_len, BOS, EOS, beam=1, alpha=0.0)
     assert [h.tokens for h in greedy] == [h[0].tokens for h in beam1]
     together = decode_corpus(m, ROWS, torch.device("cpu"), 1000, 4, 0.6, 1.5, 3, 40, BOS, EOS)
-    alone = [decode_corpus(m, [r], torch.device("cpu"), 1000, 4, 0.6, 1.5, 3, 40, BOS, EOS)[0] for r in ROWS]
+    alone = [
+        decode_corpus(m, [r], torch.device("cpu"), 1000, 4, 0.6, 1.5, 3, 40, BOS, EOS)[0]
+        for r in ROWS
+    ]
     assert [h[0].tokens for h in together] == [h[0].tokens for h in alone]
 
 
 def reversal_accuracy(attention: str, length: int, steps: int = 300) -> float:
-    """Train a small GRU for `steps` to reverse random sequences of `length` symbols; token accuracy (greedy)."""
+    """Train a small GRU for `steps` to reverse random sequences of `length` symbols; token accuracy
+    (greedy)."""
     rng = np.random.default_rng(0)
     rows = [rng.integers(4, VOCAB, size=length).tolist() for _ in range(2000)]
     split = Split.from_lists(rows, [r[::-1] for r in rows])
@@ -95,20 +126,32 @@ def reversal_accuracy(attention: str, length: int, steps: int = 300) -> float:
     test = [rng.integers(4, VOCAB, size=length).tolist() for _ in range(200)]
     b = batch(test)
     hyps = greedy_search(m, b.src, b.src_pad_mask, torch.full((len(test),), length + 1), BOS, EOS)
-    return float(np.mean([np.mean([a == c for a, c in zip(h.tokens, r[::-1])]) if len(h.tokens) == length else 0.0
-                          for h, r in zip(hyps, test)]))
+    return float(
+        np.mean(
+            [
+                np.mean([a == c for a, c in zip(h.tokens, r[::-1])])
+                if len(h.tokens) == length
+                else 0.0
+                for h, r in zip(hyps, test)
+            ]
+        )
+    )
 
 
 def test_attention_learns_reversal_that_one_context_vector_finds_hard_on_longer_sequences():
-    # measured: attention 0.92 on length 10; without attention 0.93 on length 4 but 0.35 on length 10
+    # measured: attention 0.92 on length 10; without attention 0.93 on length 4 but 0.35 on length
+    # 10
     attention_long = reversal_accuracy("dot", 10)
     plain_short, plain_long = reversal_accuracy("none", 4), reversal_accuracy("none", 10)
     assert attention_long > 0.8, attention_long
-    assert plain_short > 0.8, plain_short  # the plain seq2seq is not broken: short sentences fit in one vector
+    # the plain seq2seq is not broken: short sentences fit in one vector
+    assert plain_short > 0.8, plain_short
     assert plain_long < attention_long - 0.3, (plain_long, attention_long)
 
 
-def test_rnn_trains_resumes_and_translates_through_the_common_paths(repo_root, multi30k_dir, tmp_path):
+def test_rnn_trains_resumes_and_translates_through_the_common_paths(
+    repo_root, multi30k_dir, tmp_path
+):
     from nmt.checkpoint import load_checkpoint
     from nmt.config import load_config
     from nmt.prepare import prepare
@@ -116,10 +159,21 @@ def test_rnn_trains_resumes_and_translates_through_the_common_paths(repo_root, m
     from nmt.translate import load_translator, translate_lines
 
     def cfg(steps):
-        return load_config(repo_root / "configs" / "smoke.yaml", [
-            f"data.source={multi30k_dir}", f"data.prepared_dir={tmp_path / 'prepared'}", f"train.max_steps={steps}",
-            "train.valid_every=8", "train.threads=1", "model.arch=rnn", "model.hidden_size=32", "model.attention=additive",
-            "model.cell=lstm", "model.dropout=0.2"])
+        return load_config(
+            repo_root / "configs" / "smoke.yaml",
+            [
+                f"data.source={multi30k_dir}",
+                f"data.prepared_dir={tmp_path / 'prepared'}",
+                f"train.max_steps={steps}",
+                "train.valid_every=8",
+                "train.threads=1",
+                "model.arch=rnn",
+                "model.hidden_size=32",
+                "model.attention=additive",
+                "model.cell=lstm",
+                "model.dropout=0.2",
+            ],
+        )
 
     prepare(cfg(16), log=lambda m: None)
     straight = load_checkpoint(train(cfg(16), tmp_path / "straight") / "last.pt")
@@ -128,7 +182,9 @@ def test_rnn_trains_resumes_and_translates_through_the_common_paths(repo_root, m
     assert straight["config"]["model"]["arch"] == "rnn"
     assert all(torch.equal(t, resumed["model"][k]) for k, t in straight["model"].items())
     tr = load_translator(tmp_path / "straight" / "best.pt", "cpu")
-    hyps = translate_lines(tr, ["A dog runs.", "", "Two men are playing soccer on a field."], beam=2, alpha=0.6)
+    hyps = translate_lines(
+        tr, ["A dog runs.", "", "Two men are playing soccer on a field."], beam=2, alpha=0.6
+    )
     assert len(hyps) == 3 and hyps[1][0].tokens == []
 
 

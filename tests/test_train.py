@@ -29,7 +29,9 @@ def test_loss_without_smoothing_is_cross_entropy_ignoring_pad():
     target = torch.randint(4, 11, (2, 5))
     target[1, 3:] = PAD
     loss, nll = loss_fn(logits, target, 0.0)
-    expected = F.cross_entropy(logits.view(-1, 11), target.view(-1), ignore_index=PAD, reduction="sum")
+    expected = F.cross_entropy(
+        logits.view(-1, 11), target.view(-1), ignore_index=PAD, reduction="sum"
+    )
     assert torch.allclose(loss, expected) and torch.allclose(nll, expected)
     changed = logits.clone()
     changed[1, 3:] = 100.0  # logits at padded positions must not matter
@@ -44,7 +46,9 @@ def test_smoothed_loss_of_uniform_prediction_is_log_vocab():
 
 def reference_loss(logits, target, smoothing):
     """The textbook formula, differentiated by autograd: what the fused loss must equal."""
-    lp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).view(-1, logits.size(-1))
+    lp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).view(
+        -1, logits.size(-1)
+    )
     target = target.reshape(-1)
     real = target != PAD
     nll = -lp.gather(1, target[:, None]).squeeze(1)
@@ -53,7 +57,8 @@ def reference_loss(logits, target, smoothing):
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
-@pytest.mark.parametrize("chunk", [2**21, 50 * 4])  # one chunk; chunks of 4 rows, the last one shorter
+# one chunk; chunks of 4 rows, the last one shorter
+@pytest.mark.parametrize("chunk", [2**21, 50 * 4])
 def test_fused_projected_loss_values_and_gradients_match_the_formula(smoothing, chunk, monkeypatch):
     import nmt.loss
 
@@ -62,7 +67,10 @@ def test_fused_projected_loss_values_and_gradients_match_the_formula(smoothing, 
     target = torch.randint(4, 50, (3, 7))
     target[0, 5:] = PAD
     target[2, 1:] = PAD
-    base_h, base_w = torch.randn(21, 16, dtype=torch.float64), torch.randn(50, 16, dtype=torch.float64)
+    base_h, base_w = (
+        torch.randn(21, 16, dtype=torch.float64),
+        torch.randn(50, 16, dtype=torch.float64),
+    )
     grads, values = [], []
     for fused in (True, False):
         h, w = base_h.clone().requires_grad_(), base_w.clone().requires_grad_()
@@ -76,12 +84,16 @@ def test_fused_projected_loss_values_and_gradients_match_the_formula(smoothing, 
     assert values[0] == pytest.approx(values[1], rel=1e-12)
     for fused, reference in zip(*grads):
         torch.testing.assert_close(fused, reference, rtol=1e-10, atol=1e-12)
-    assert grads[0][0][5:7].abs().sum() == 0 and grads[0][0][15:].abs().sum() == 0  # no gradient from padded positions
-    assert loss_fn(base_h @ base_w.t(), target, smoothing)[0].item() == pytest.approx(values[1][0], rel=1e-12)
+    # no gradient from padded positions
+    assert grads[0][0][5:7].abs().sum() == 0 and grads[0][0][15:].abs().sum() == 0
+    assert loss_fn(base_h @ base_w.t(), target, smoothing)[0].item() == pytest.approx(
+        values[1][0], rel=1e-12
+    )
 
 
 def test_fused_projected_loss_under_bf16_autocast():
-    """Matmuls in bf16 (as nn.Linear's under autocast), gradients in the parameters' fp32, close to fp32's."""
+    """Matmuls in bf16 (as nn.Linear's under autocast), gradients in the parameters' fp32, close to
+    fp32's."""
     torch.manual_seed(2)
     target = torch.randint(4, 40, (30,))
     results = []
@@ -104,7 +116,9 @@ def tiny_model(seed=0):
 
 
 def test_accumulated_micro_batches_equal_one_big_batch():
-    split = Split.from_lists([[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]], [[15, 16], [17, 18, 19], [20], [21, 22]])
+    split = Split.from_lists(
+        [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]], [[15, 16], [17, 18, 19], [20], [21, 22]]
+    )
     grads = []
     for groups in ([[0, 1], [2, 3]], [[0, 1, 2, 3]]):
         model = tiny_model()
@@ -118,7 +132,8 @@ def test_accumulated_micro_batches_equal_one_big_batch():
 
 
 def test_tiny_model_memorises_a_handful_of_pairs():
-    """Reversal of 6 short sequences: after training, greedy decoding must reproduce every target."""
+    """Reversal of 6 short sequences: after training, greedy decoding must reproduce every
+    target."""
     rng = np.random.default_rng(0)
     src = [rng.integers(4, 24, int(rng.integers(2, 6))).tolist() for _ in range(6)]
     tgt = [s[::-1] for s in src]
@@ -132,31 +147,51 @@ def test_tiny_model_memorises_a_handful_of_pairs():
         (loss / batch.n_tgt).backward()
         opt.step()
     model.eval()
-    hyps = greedy_search(model, batch.src, batch.src_pad_mask, max_lengths(batch.src_pad_mask, 1.0, 3, 31), BOS, EOS)
+    hyps = greedy_search(
+        model, batch.src, batch.src_pad_mask, max_lengths(batch.src_pad_mask, 1.0, 3, 31), BOS, EOS
+    )
     assert [h.tokens for h in hyps] == tgt
 
 
 def test_compiled_training_matches_eager(repo_root, multi30k_dir, tmp_path):
-    """train.compile=true (torch.compile, dynamic shapes) trains like eager: the same loss at every step and the
-    same validation loss. Dropout is off, since compiled dropout draws its masks from another generator; fp32,
-    since compiled kernels fuse bf16 autocast's casts differently (rounding, not a fault)."""
+    """train.compile=true (torch.compile, dynamic shapes) trains like eager: the same loss at every
+    step and the same validation loss. Dropout is off, since compiled dropout draws its masks from
+    another generator; fp32, since compiled kernels fuse bf16 autocast's casts differently
+    (rounding, not a fault)."""
     import json
 
     from nmt.config import load_config
     from nmt.prepare import prepare
     from nmt.train import train
 
-    sets = [f"data.source={multi30k_dir}", f"data.prepared_dir={tmp_path / 'prepared'}", "train.max_steps=4",
-            "train.valid_every=100", "train.valid_bleu=false", "model.dropout=0.0", "train.threads=1", "train.log_every=1", "train.precision=fp32"]
+    sets = [
+        f"data.source={multi30k_dir}",
+        f"data.prepared_dir={tmp_path / 'prepared'}",
+        "train.max_steps=4",
+        "train.valid_every=100",
+        "train.valid_bleu=false",
+        "model.dropout=0.0",
+        "train.threads=1",
+        "train.log_every=1",
+        "train.precision=fp32",
+    ]
     prepare(load_config(repo_root / "configs" / "smoke.yaml", sets), log=lambda m: None)
 
     def losses(name, extra):
-        run = train(load_config(repo_root / "configs" / "smoke.yaml", [*sets, *extra]), tmp_path / name)
+        run = train(
+            load_config(repo_root / "configs" / "smoke.yaml", [*sets, *extra]), tmp_path / name
+        )
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return [r["train_loss"] for r in records if "train_loss" in r], [r["valid_loss"] for r in records if "valid_loss" in r]
+        return [r["train_loss"] for r in records if "train_loss" in r], [
+            r["valid_loss"] for r in records if "valid_loss" in r
+        ]
 
-    (eager_train, eager_valid), (comp_train, comp_valid) = losses("eager", []), losses("compiled", ["train.compile=true"])
+    (eager_train, eager_valid), (comp_train, comp_valid) = (
+        losses("eager", []),
+        losses("compiled", ["train.compile=true"]),
+    )
     assert len(eager_train) == len(comp_train) == 4 and len(eager_valid) == len(comp_valid) == 1
     torch.testing.assert_close(comp_train, eager_train, rtol=1e-5, atol=0.0)
     torch.testing.assert_close(comp_valid, eager_valid, rtol=1e-5, atol=0.0)
-    assert eager_train[-1] < eager_train[0]  # it did learn: the comparison is not between two frozen models
+    # it did learn: the comparison is not between two frozen models
+    assert eager_train[-1] < eager_train[0]

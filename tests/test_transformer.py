@@ -1,4 +1,5 @@
-"""Properties of the Transformer a person can check: causality, padding invariance, cache = recompute."""
+"""Properties of the Transformer a person can check: causality, padding invariance, cache =
+recompute."""
 
 import pytest
 import torch
@@ -25,7 +26,12 @@ def batch(b=3, s=7, t=6, seed=1):
     return src, src == PAD, tgt
 
 
-VARIANTS = [dict(pre_norm=True), dict(pre_norm=False), dict(learned_positions=True), dict(share_embeddings=False, tie_output=False)]
+VARIANTS = [
+    dict(pre_norm=True),
+    dict(pre_norm=False),
+    dict(learned_positions=True),
+    dict(share_embeddings=False, tie_output=False),
+]
 
 
 @pytest.mark.parametrize("kw", VARIANTS)
@@ -36,7 +42,8 @@ def test_output_shape(kw):
 
 @pytest.mark.parametrize("kw", VARIANTS)
 def test_decoder_is_causal(kw):
-    """Changing target token k leaves the logits of positions < k unchanged, and changes position k."""
+    """Changing target token k leaves the logits of positions < k unchanged, and changes position
+    k."""
     model = tiny(**kw)
     src, mask, tgt = batch()
     before = model(src, mask, tgt)
@@ -52,7 +59,9 @@ def test_extra_source_padding_changes_nothing(kw):
     model = tiny(**kw)
     src, mask, tgt = batch()
     padded = torch.cat([src, torch.full((3, 4), PAD)], dim=1)
-    torch.testing.assert_close(model(src, mask, tgt), model(padded, padded == PAD, tgt), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        model(src, mask, tgt), model(padded, padded == PAD, tgt), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_padding_is_what_is_masked():
@@ -62,7 +71,8 @@ def test_padding_is_what_is_masked():
     other = src.clone()
     other[0, 0] = (other[0, 0] + 1 - 4) % (V - 4) + 4
     assert not torch.allclose(model(src, mask, tgt)[0], model(other, mask, tgt)[0])
-    torch.testing.assert_close(model(src, mask, tgt)[2], model(other, mask, tgt)[2])  # other rows unaffected
+    # other rows unaffected
+    torch.testing.assert_close(model(src, mask, tgt)[2], model(other, mask, tgt)[2])
 
 
 @pytest.mark.parametrize("kw", VARIANTS)
@@ -98,34 +108,46 @@ def test_cpu_dropout_drops_the_asked_share_and_keeps_the_mean(dtype):
 
     torch.manual_seed(0)
     drop = Dropout(0.3).train()
-    x = torch.ones(999, 1001, dtype=dtype)  # an element count that is not a multiple of 4 (four draws per 64 bits)
+    # an element count that is not a multiple of 4 (four draws per 64 bits)
+    x = torch.ones(999, 1001, dtype=dtype)
     y = drop(x)
     assert y.dtype == dtype
     dropped = (y == 0).float().mean().item()
     assert abs(dropped - 0.3) < 0.003  # 1M draws: the standard error is 0.0005
-    assert abs(y.float().mean().item() - 1.0) < 0.005  # kept values are scaled up: the mean is unchanged
+    # kept values are scaled up: the mean is unchanged
+    assert abs(y.float().mean().item() - 1.0) < 0.005
     rows, cols = (y == 0).float().mean(1), (y == 0).float().mean(0)
-    assert rows.std() < 0.03 and cols.std() < 0.03  # no row or column pattern: each ~1000 draws, sd 0.0145
+    # no row or column pattern: each ~1000 draws, sd 0.0145
+    assert rows.std() < 0.03 and cols.std() < 0.03
     assert not torch.equal(y, drop(x))  # a new mask each call
     assert torch.equal(drop.eval()(x), x)
     x.requires_grad_()
     drop.train()(x).sum().backward()
     values = x.grad.float().unique().tolist()
-    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=1e-2 if dtype == torch.bfloat16 else 1e-4)
+    assert (
+        len(values) == 2
+        and values[0] == 0.0
+        and values[1] == pytest.approx(1 / 0.7, rel=1e-2 if dtype == torch.bfloat16 else 1e-4)
+    )
 
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_training_on_a_cpu_attends_as_sdpa_does(monkeypatch, causal, autocast):
-    """Training on a CPU writes attention out (scores, softmax, weighted sum) where SDPA's CPU kernels are the slower:
-    in bf16 always, in fp32 with dropout. Its output and gradients are SDPA's, with or without autocast."""
+    """Training on a CPU writes attention out (scores, softmax, weighted sum) where SDPA's CPU
+    kernels are the slower: in bf16 always, in fp32 with dropout. Its output and gradients are
+    SDPA's, with or without autocast."""
     from nmt.models.transformer import Attention
 
     torch.manual_seed(0)
     attn = Attention(32, 4, dropout=0.0).train()
     x = torch.randn(3, 6, 32)
     k, v = (torch.randn(3, 4, 6, 8) for _ in range(2))
-    mask = None if causal else torch.tensor([[True] * 6, [True] * 4 + [False] * 2, [True] * 6])[:, None, None, :]
+    mask = (
+        None
+        if causal
+        else torch.tensor([[True] * 6, [True] * 4 + [False] * 2, [True] * 6])[:, None, None, :]
+    )
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         q = attn._split(attn.q(x))
@@ -156,17 +178,21 @@ def test_attention_dropout_on_a_cpu_drops_weights_in_training_only():
     x, k, v = torch.randn(2, 5, 32), torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)
     torch.testing.assert_close(attn.eval()(x, k, v), attn(x, k, v))
     attn.train()
-    assert attn._explicit(attn._split(attn.q(x))) and not torch.allclose(attn(x, k, v), attn(x, k, v))
+    assert attn._explicit(attn._split(attn.q(x))) and not torch.allclose(
+        attn(x, k, v), attn(x, k, v)
+    )
     torch.manual_seed(1)
     first = attn(x, k, v)
     torch.manual_seed(1)
-    torch.testing.assert_close(attn(x, k, v), first)  # the masks come from torch's generator: seeded runs repeat
+    # the masks come from torch's generator: seeded runs repeat
+    torch.testing.assert_close(attn(x, k, v), first)
 
 
 @pytest.mark.parametrize("pad", [0, 3])
 def test_a_decoding_step_where_beams_share_a_row_of_keys_attends_as_if_each_had_its_own_copy(pad):
-    """Beam search keeps the encoder's keys/values once per sentence: f consecutive query rows share one row. The
-    step gives what the teacher-forcing path gives with a copy per row, also when pad rows follow the real ones."""
+    """Beam search keeps the encoder's keys/values once per sentence: f consecutive query rows share
+    one row. The step gives what the teacher-forcing path gives with a copy per row, also when pad
+    rows follow the real ones."""
     from nmt.models.transformer import Attention
 
     torch.manual_seed(0)
@@ -185,7 +211,9 @@ def test_a_decoding_step_where_beams_share_a_row_of_keys_attends_as_if_each_had_
     torch.testing.assert_close(shared[: n * f], copied[:, 0])
     torch.testing.assert_close(weights[0], w_copied[:, :, 0])
     assert weights[0].shape == (n * f, 4, s) and (weights[0][f : 2 * f, :, 4:] == 0).all()
-    torch.testing.assert_close(attn(x[: n * f, None], k[rows], v[rows], mask[rows])[:, 0], shared[: n * f])  # SDPA too
+    torch.testing.assert_close(
+        attn(x[: n * f, None], k[rows], v[rows], mask[rows])[:, 0], shared[: n * f]
+    )  # SDPA too
 
 
 def test_extend_reorders_and_appends_in_one_copy():
@@ -193,15 +221,24 @@ def test_extend_reorders_and_appends_in_one_copy():
 
     past, new = torch.randn(4, 2, 3, 5), torch.randn(6, 2, 5)
     parents = torch.tensor([3, 3, 0, 1, 2, 0])  # a beam step: rows continue (and repeat) other rows
-    torch.testing.assert_close(extend(past, new, parents), torch.cat([past[parents], new[:, :, None]], dim=2), rtol=0, atol=0)
-    torch.testing.assert_close(extend(past, new[:4], None), torch.cat([past, new[:4, :, None]], dim=2), rtol=0, atol=0)
-    assert extend(past, new[:4].bfloat16(), None).dtype == torch.float32  # appended in the cache's dtype
+    torch.testing.assert_close(
+        extend(past, new, parents),
+        torch.cat([past[parents], new[:, :, None]], dim=2),
+        rtol=0,
+        atol=0,
+    )
+    torch.testing.assert_close(
+        extend(past, new[:4], None), torch.cat([past, new[:4, :, None]], dim=2), rtol=0, atol=0
+    )
+    # appended in the cache's dtype
+    assert extend(past, new[:4].bfloat16(), None).dtype == torch.float32
 
 
 def test_encoder_keys_and_values_are_kept_contiguous_so_a_step_reads_them_without_a_copy():
-    """The cross-attention keys/values come out of one projection split in two, a strided view; a step reads them as
-    (B * H, S, D/H), which of a strided view is a copy per layer and step. start() keeps them contiguous, in every
-    dtype (fp32 weights keep their dtype, so nothing else would copy them), and the step reads them in place."""
+    """The cross-attention keys/values come out of one projection split in two, a strided view; a
+    step reads them as (B * H, S, D/H), which of a strided view is a copy per layer and step.
+    start() keeps them contiguous, in every dtype (fp32 weights keep their dtype, so nothing else
+    would copy them), and the step reads them in place."""
     for dtype in (torch.float32, torch.bfloat16):
         model = tiny().to(dtype)
         src, mask, tgt = batch()
@@ -215,9 +252,9 @@ def test_encoder_keys_and_values_are_kept_contiguous_so_a_step_reads_them_withou
 
 
 def test_a_bf16_model_decodes_on_the_cpu_with_bf16_attention_caches_and_matches_teacher_forcing():
-    """bf16 weights: the keys/values decoding keeps are bf16 on a CPU too (read by scaled_dot_product_attention's CPU
-    kernel, half the bytes of fp32 caches); each step's logits are still those of the teacher-forced bf16 pass, within
-    bf16 rounding."""
+    """bf16 weights: the keys/values decoding keeps are bf16 on a CPU too (read by
+    scaled_dot_product_attention's CPU kernel, half the bytes of fp32 caches); each step's logits
+    are still those of the teacher-forced bf16 pass, within bf16 rounding."""
     model = tiny().to(torch.bfloat16)
     src, mask, tgt = batch()
     full = model(src, mask, tgt).float()
@@ -225,7 +262,10 @@ def test_a_bf16_model_decodes_on_the_cpu_with_bf16_attention_caches_and_matches_
     assert all(t.dtype == torch.bfloat16 for kv in state["cross"] for t in kv)
     for t in range(tgt.size(1)):
         logits, state = model.step(tgt[:, t], state)
-        assert all(c.dtype == torch.bfloat16 for kv in state["self"] for c in kv) and logits.dtype == torch.bfloat16
+        assert (
+            all(c.dtype == torch.bfloat16 for kv in state["self"] for c in kv)
+            and logits.dtype == torch.bfloat16
+        )
         torch.testing.assert_close(logits.float(), full[:, t], atol=0.1, rtol=0.05)
     # the tolerance is meaningful: another target prefix gives logits well outside it
     other = model(src, mask, tgt.roll(1, dims=1)).float()
@@ -233,9 +273,10 @@ def test_a_bf16_model_decodes_on_the_cpu_with_bf16_attention_caches_and_matches_
 
 
 def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_do():
-    """Attention.step on bf16 keys on a CPU (scaled_dot_product_attention) gives what the written-out products give
-    (scores, softmax, weighted sum, in fp32) within bf16 rounding: with padded rows, with the beams of a sentence
-    attending together (3 queries per key row) and with masked keys. Asking for the weights changes nothing in the output."""
+    """Attention.step on bf16 keys on a CPU (scaled_dot_product_attention) gives what the
+    written-out products give (scores, softmax, weighted sum, in fp32) within bf16 rounding: with
+    padded rows, with the beams of a sentence attending together (3 queries per key row) and with
+    masked keys. Asking for the weights changes nothing in the output."""
     torch.manual_seed(5)
     att = Attention(32, 4, 0.0).eval().to(torch.bfloat16)
     b, f, s = 4, 3, 7
@@ -254,7 +295,9 @@ def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_d
     assert fast.dtype == torch.bfloat16 and fast.shape == (b * f + 4, 32)
     torch.testing.assert_close(fast.float(), plain.float(), atol=0.03, rtol=0.02)
     assert torch.equal(fast[b * f :], plain[b * f :])  # pad rows: zero before the output projection
-    assert weights[0].shape == (b * f, 4, s) and torch.allclose(weights[0].sum(-1), torch.ones(b * f, 4))
+    assert weights[0].shape == (b * f, 4, s) and torch.allclose(
+        weights[0].sum(-1), torch.ones(b * f, 4)
+    )
     k2 = k.clone()
     k2[1, :, 4:] = 100.0  # what masked keys hold changes nothing
     with torch.inference_mode():
@@ -262,8 +305,9 @@ def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_d
 
 
 def test_under_autocast_decoding_keeps_the_caches_in_the_layers_dtype():
-    """Validation during CPU training decodes under bf16 autocast: the caches stay in the dtype the projections make
-    them in (bf16, as with bf16 weights), and greedy steps still match teacher forcing."""
+    """Validation during CPU training decodes under bf16 autocast: the caches stay in the dtype the
+    projections make them in (bf16, as with bf16 weights), and greedy steps still match teacher
+    forcing."""
     model = tiny()
     src, mask, tgt = batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -284,8 +328,12 @@ def test_attention_kernels_on_a_gpu_leave_cudnn_out_and_the_cpu_untouched():
         torch.backends.cuda.enable_cudnn_sdp(True)
         choose_attention_kernels(torch.device("cpu"))
         assert torch.backends.cuda.cudnn_sdp_enabled()
-        choose_attention_kernels(torch.device("cuda", 0))  # sets torch's flag; needs no GPU to do so
+        # sets torch's flag; needs no GPU to do so
+        choose_attention_kernels(torch.device("cuda", 0))
         assert not torch.backends.cuda.cudnn_sdp_enabled()
-        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert (
+            torch.backends.cuda.flash_sdp_enabled()
+            and torch.backends.cuda.mem_efficient_sdp_enabled()
+        )
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)

@@ -32,9 +32,19 @@ def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> nn.Module:
         )
     if cfg.arch == "rnn":
         return RNNSeq2Seq(
-            src_vocab, tgt_vocab, cell=cfg.cell, layers=cfg.layers, emb=cfg.d_model, hidden=cfg.hidden_size,
-            bidirectional=cfg.bidirectional, attention=cfg.attention, input_feeding=cfg.input_feeding,
-            dropout=cfg.dropout, share_embeddings=cfg.share_embeddings, tie_output=cfg.tie_output, pad_id=PAD,
+            src_vocab,
+            tgt_vocab,
+            cell=cfg.cell,
+            layers=cfg.layers,
+            emb=cfg.d_model,
+            hidden=cfg.hidden_size,
+            bidirectional=cfg.bidirectional,
+            attention=cfg.attention,
+            input_feeding=cfg.input_feeding,
+            dropout=cfg.dropout,
+            share_embeddings=cfg.share_embeddings,
+            tie_output=cfg.tie_output,
+            pad_id=PAD,
         )
     raise ValueError(f"unknown model.arch {cfg.arch!r}")  # config validation makes this a bug
 

@@ -1,13 +1,16 @@
-"""Decode with several models at once (fairseq's `--path a.pt:b.pt`, OpenNMT-py's `-model a.pt b.pt`).
+"""Decode with several models at once (fairseq's `--path a.pt:b.pt`, OpenNMT-py's `-model a.pt
+b.pt`).
 
-At every step each member predicts the next token from its own state, and the ensemble's distribution is the
-mean of the members' probabilities: log p(y) = log((p_1(y) + ... + p_n(y)) / n). The members must share the target
-vocabulary (nmt.translate checks that they share the tokenizer and the direction); they may differ in everything
-else: seeds, sizes, architectures (a Transformer beside an RNN).
+At every step each member predicts the next token from its own state, and the ensemble's
+distribution is the mean of the members' probabilities: log p(y) = log((p_1(y) + ... + p_n(y)) / n).
+The members must share the target vocabulary (nmt.translate checks that they share the tokenizer and
+the direction); they may differ in everything else: seeds, sizes, architectures (a Transformer
+beside an RNN).
 
-The ensemble offers the same `start`/`step` interface as one model, so greedy and beam search use it unchanged. Its
-state is {"members": [each member's state]}: search.select_beams reorders each member's state by that member's own
-rules (its "static" and "deferred" entries), and select_state, which treats every entry alike, goes through the list.
+The ensemble offers the same `start`/`step` interface as one model, so greedy and beam search use it
+unchanged. Its state is {"members": [each member's state]}: search.select_beams reorders each
+member's state by that member's own rules (its "static" and "deferred" entries), and select_state,
+which treats every entry alike, goes through the list.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from torch import Tensor, nn
 
 
 class Ensemble(nn.Module):
-    returns_log_probs = True  # `step` gives normalised log-probabilities: search need not normalise them again
+    # `step` gives normalised log-probabilities: search need not normalise them again
+    returns_log_probs = True
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()
@@ -27,16 +31,20 @@ class Ensemble(nn.Module):
 
     def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> dict:
         if record:  # each member attends in its own way: there is no one set of weights to show
-            raise ValueError("an ensemble does not record attention weights; decode with one model for that")
+            raise ValueError(
+                "an ensemble does not record attention weights; decode with one model for that"
+            )
         return {"members": [m.start(src, src_pad_mask) for m in self.members]}
 
     def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
-        """prev (B,) -> the log of the members' mean next-token probabilities (B, V) in fp32, and the new state.
+        """prev (B,) -> the log of the members' mean next-token probabilities (B, V) in fp32, and
+        the new state.
 
-        The probabilities are summed in place, then one log, and search uses the result as it is: with 8,000 floats per
-        row, stacking the members' log-probabilities for a logsumexp and normalising again moved several times as much
-        memory (3 en->de models on the valid split, 2 threads: beam 5 17.8-19.4 s -> 11.7-12.7 s, greedy 6.1-6.3 s ->
-        4.7-5.1 s; outputs identical). A token every member gives under ~1e-45 gets -inf, which no search keeps."""
+        The probabilities are summed in place, then one log, and search uses the result as it is:
+        with 8,000 floats per row, stacking the members' log-probabilities for a logsumexp and
+        normalising again moved several times as much memory (3 en->de models on the valid split, 2
+        threads: beam 5 17.8-19.4 s -> 11.7-12.7 s, greedy 6.1-6.3 s -> 4.7-5.1 s; outputs
+        identical). A token every member gives under ~1e-45 gets -inf, which no search keeps."""
         outputs = [m.step(prev, s) for m, s in zip(self.members, state["members"])]
         total = torch.softmax(outputs[0][0], dim=-1, dtype=torch.float32)
         for logits, _ in outputs[1:]:

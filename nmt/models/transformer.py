@@ -1,11 +1,13 @@
 """Encoder-decoder Transformer (Vaswani et al. 2017) on torch's scaled_dot_product_attention.
 
 Two ways in:
-- training: `forward(src, src_pad_mask, tgt_in) -> logits (B, T, V)` = `decode(tgt_in, encode(...))`;
-- decoding: `start(src, src_pad_mask) -> state`, then `step(prev_tokens (B,), state) -> (logits (B, V), state)`.
-  The state is a plain dict of batch-first tensors (cross-attention keys/values computed once,
-  growing self-attention keys/values), so search can reorder it with `index_select` on dim 0.
-  `start(..., record=True)` also keeps the attention weights every step used (see search.attention_of).
+- training: `forward(src, src_pad_mask, tgt_in) -> logits (B, T, V)` = `decode(tgt_in,
+  encode(...))`;
+- decoding: `start(src, src_pad_mask) -> state`, then `step(prev_tokens (B,), state) -> (logits (B,
+  V), state)`. The state is a plain dict of batch-first tensors (cross-attention keys/values
+  computed once, growing self-attention keys/values), so search can reorder it with `index_select`
+  on dim 0. `start(..., record=True)` also keeps the attention weights every step used (see
+  search.attention_of).
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from nmt.precision import padded_rows
 
 
 def choose_attention_kernels(device: torch.device) -> None:
-    """On a GPU, leave cuDNN's attention out of what scaled_dot_product_attention may pick (it keeps flash,
-    memory-efficient and math). Recent torch puts cuDNN first on Hopper and Blackwell GPUs, and cuDNN builds an
-    execution graph for every new problem, keyed by batch size and lengths (torch's cudnn/MHA.cpp); bucketed batches
-    bring a new shape at almost every step of the first epoch. On an H200 (torch 2.11 cu130, 2026-12-04) those steps
-    took 0.2-0.4 s against 22 ms once their shapes had been seen: the first 150 steps of a 5-minute en->de run took 55 s,
-    with cuDNN allowed (this choice is yet to be timed on a GPU: scripts/gpu_session.sh does both).
-    A process-wide setting of torch's (torch.backends.cuda.enable_cudnn_sdp), set when a model is put on a GPU."""
+    """On a GPU, leave cuDNN's attention out of what scaled_dot_product_attention may pick (it keeps
+    flash, memory-efficient and math). Recent torch puts cuDNN first on Hopper and Blackwell GPUs,
+    and cuDNN builds an execution graph for every new problem, keyed by batch size and lengths
+    (torch's cudnn/MHA.cpp); bucketed batches bring a new shape at almost every step of the first
+    epoch. On an H200 (torch 2.11 cu130, 2026-12-04) those steps took 0.2-0.4 s against 22 ms once
+    their shapes had been seen: the first 150 steps of a 5-minute en->de run took 55 s, with cuDNN
+    allowed (this choice is yet to be timed on a GPU: scripts/gpu_session.sh does both). A
+    process-wide setting of torch's (torch.backends.cuda.enable_cudnn_sdp), set when a model is put
+    on a GPU."""
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
 
@@ -43,11 +47,11 @@ def sinusoid_table(n: int, d: int) -> Tensor:
 
 
 class Dropout(nn.Module):
-    """nn.Dropout, but on the CPU the mask comes from uniform 15-bit integers compared with a threshold and
-    is applied by a multiplication: about 3x faster than the bernoulli kernel torch uses there (dropout was
-    19% of a CPU training step). The 15-bit draws are cut from 64-bit ones (a quarter of the generator calls).
-    p is rounded to a multiple of 1/32768 and the scale uses the rounded value, so the expectation is exact.
-    On CUDA: torch's fused kernel."""
+    """nn.Dropout, but on the CPU the mask comes from uniform 15-bit integers compared with a
+    threshold and is applied by a multiplication: about 3x faster than the bernoulli kernel torch
+    uses there (dropout was 19% of a CPU training step). The 15-bit draws are cut from 64-bit ones
+    (a quarter of the generator calls). p is rounded to a multiple of 1/32768 and the scale uses the
+    rounded value, so the expectation is exact. On CUDA: torch's fused kernel."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -61,9 +65,11 @@ class Dropout(nn.Module):
         if x.device.type != "cpu":
             return F.dropout(x, self.p, True)
         n = x.numel()
-        draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # 0 .. 2**63 - 1: four 16-bit pieces each
+        # 0 .. 2**63 - 1: four 16-bit pieces each
+        draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_()
         bits = draws.view(torch.int16)[:n].view(x.shape).bitwise_and_(0x7FFF)  # uniform 0..32767
-        return x * (bits >= self.threshold).to(x.dtype).mul_(self.scale)  # backward: grad x the same mask
+        # backward: grad x the same mask
+        return x * (bits >= self.threshold).to(x.dtype).mul_(self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -72,15 +78,17 @@ class Dropout(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention; keys/values are projected separately so they can be cached.
 
-    Training on a CPU computes it as written (scores, softmax in fp32, dropout, weighted sum) rather than with
-    scaled_dot_product_attention where SDPA's CPU kernels were the slower (scripts/attention_bench.py, torch 2.13,
-    2 threads, fwd + bwd of a call on Multi30k batch shapes): in bf16 without attention dropout (its flash kernel) 3.2-5.6x,
-    with dropout (its bernoulli masks) 1.1-1.6x; in fp32 with dropout 1.0-1.3x. In fp32 without dropout they were even
+    Training on a CPU computes it as written (scores, softmax in fp32, dropout, weighted sum) rather
+    than with scaled_dot_product_attention where SDPA's CPU kernels were the slower
+    (scripts/attention_bench.py, torch 2.13, 2 threads, fwd + bwd of a call on Multi30k batch
+    shapes): in bf16 without attention dropout (its flash kernel) 3.2-5.6x, with dropout (its
+    bernoulli masks) 1.1-1.6x; in fp32 with dropout 1.0-1.3x. In fp32 without dropout they were even
     (0.8-1.15x), so that keeps SDPA, as do decoding and GPUs."""
 
     def __init__(self, d_model: int, heads: int, dropout: float):
         super().__init__()
-        self.heads, self.drop = heads, Dropout(dropout)  # the written-out path's dropout; its p also SDPA's
+        # the written-out path's dropout; its p also SDPA's
+        self.heads, self.drop = heads, Dropout(dropout)
         self.q = nn.Linear(d_model, d_model)
         self.kv = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
@@ -95,45 +103,75 @@ class Attention(nn.Module):
         return self._split(k), self._split(v)
 
     def forward(
-        self, x: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, causal: bool = False, need_weights: bool = False
+        self,
+        x: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Optional[Tensor] = None,
+        causal: bool = False,
+        need_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """x (B, T, D) attends to k, v (B, H, S, D/H); mask (B, 1, 1, S) is True where allowed; `causal`: query
-        i sees key i and those before it. With `need_weights`, also returns the weights (B, H, T, S) the output was made of."""
+        """x (B, T, D) attends to k, v (B, H, S, D/H); mask (B, 1, 1, S) is True where allowed;
+        `causal`: query i sees key i and those before it. With `need_weights`, also returns the
+        weights (B, H, T, S) the output was made of."""
         q = self._split(self.q(x))
         explicit = self._explicit(q)
         if not explicit:
             p = self.drop.p if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal
+            )
         if explicit or need_weights:  # the same computation as SDPA's, with the weights at hand
-            a = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # scaling the queries is cheaper than the scores
+            # scaling the queries is cheaper than the scores
+            a = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)
             if mask is not None:
                 a.masked_fill_(~mask, -float("inf"))
             if causal:
                 t, s = a.shape[-2:]
-                a.masked_fill_(torch.ones(t, s, dtype=torch.bool, device=a.device).triu(1), -float("inf"))
-            w = a.softmax(dim=-1, dtype=torch.float32)  # in fp32 also for bf16 weights, as SDPA does: rows sum to 1
-            if explicit:  # else the weights are only recorded: the output is SDPA's, the same with or without them
+                a.masked_fill_(
+                    torch.ones(t, s, dtype=torch.bool, device=a.device).triu(1), -float("inf")
+                )
+            # in fp32 also for bf16 weights, as SDPA does: rows sum to 1
+            w = a.softmax(dim=-1, dtype=torch.float32)
+            # else the weights are only recorded: the output is SDPA's, the same with or without
+            # them
+            if explicit:
                 y = self.drop(w).to(v.dtype) @ v
         b, h, t, dh = y.shape
         out = self.out(y.transpose(1, 2).reshape(b, t, h * dh))
         return (out, w) if need_weights else out
 
     def _explicit(self, q: Tensor) -> bool:
-        """Whether training on a CPU, where the written-out attention is the faster (see the class)."""
+        """Whether training on a CPU, where the written-out attention is the faster (see the
+        class)."""
         dropout = self.training and self.drop.p > 0
-        return q.device.type == "cpu" and torch.is_grad_enabled() and (dropout or q.dtype != torch.float32)
+        return (
+            q.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and (dropout or q.dtype != torch.float32)
+        )
 
-    def step(self, x: Tensor, rows: int, k: Tensor, v: Tensor, bias: Optional[Tensor] = None, weights: Optional[list] = None) -> Tensor:
-        """Decoding: one new position per row. x (R, D), of which the first `rows` are real (the rest pad the row count
-        for the matrix kernels, see Transformer.step); they attend to k, v (B, H, S, D/H), whose row b serves the
-        f = rows / B consecutive rows of x from b * f (the beams of a sentence: their queries attend together, as f
-        queries of one row); `bias` (B, H, 1, S) is added to the scores (-inf: masked). Returns (R, D), pad rows
-        zero before the output projection. `weights`: a list to append the weights (rows, H, S) to.
+    def step(
+        self,
+        x: Tensor,
+        rows: int,
+        k: Tensor,
+        v: Tensor,
+        bias: Optional[Tensor] = None,
+        weights: Optional[list] = None,
+    ) -> Tensor:
+        """Decoding: one new position per row. x (R, D), of which the first `rows` are real (the
+        rest pad the row count for the matrix kernels, see Transformer.step); they attend to k, v
+        (B, H, S, D/H), whose row b serves the f = rows / B consecutive rows of x from b * f (the
+        beams of a sentence: their queries attend together, as f queries of one row); `bias` (B, H,
+        1, S) is added to the scores (-inf: masked). Returns (R, D), pad rows zero before the output
+        projection. `weights`: a list to append the weights (rows, H, S) to.
 
-        bf16 keys on a CPU go through scaled_dot_product_attention: its CPU kernel reads bf16 keys and values (half the
-        bytes of fp32 ones, and decoding's attention is bound by reading them), computes the scores and the softmax in fp32,
-        and builds nothing per shape (torch's bf16 bmm would go to oneDNN, which builds a kernel for every new shape: the
-        keys grow at every step); the weights, when asked for, are computed beside it, so recording them changes no output.
+        bf16 keys on a CPU go through scaled_dot_product_attention: its CPU kernel reads bf16 keys
+        and values (half the bytes of fp32 ones, and decoding's attention is bound by reading them),
+        computes the scores and the softmax in fp32, and builds nothing per shape (torch's bf16 bmm
+        would go to oneDNN, which builds a kernel for every new shape: the keys grow at every step);
+        the weights, when asked for, are computed beside it, so recording them changes no output.
         Otherwise (fp32, a GPU) the products run in the keys' dtype, the softmax in fp32."""
         q = self.q(x)[:rows]
         dtype = q.dtype  # what the layers compute in
@@ -141,16 +179,24 @@ class Attention(nn.Module):
         f = rows // b
         sdpa = k.device.type == "cpu" and q.dtype == k.dtype == torch.bfloat16
         if sdpa:
-            y = F.scaled_dot_product_attention(q.view(b, f, h, dh).transpose(1, 2), k, v, attn_mask=bias)  # (B, H, f, D/H)
+            y = F.scaled_dot_product_attention(
+                q.view(b, f, h, dh).transpose(1, 2), k, v, attn_mask=bias
+            )  # (B, H, f, D/H)
         if not sdpa or weights is not None:
-            scale = torch.full((1,), dh**-0.5, dtype=k.dtype, device=k.device)  # a 1-dim tensor: the product takes its dtype
+            # a 1-dim tensor: the product takes its dtype
+            scale = torch.full((1,), dh**-0.5, dtype=k.dtype, device=k.device)
             q = (q.view(b, f, h, dh).transpose(1, 2) * scale).reshape(b * h, f, dh)
             kt = k.reshape(b * h, s, dh).transpose(1, 2)
-            a = torch.bmm(q, kt) if bias is None else torch.baddbmm(bias.reshape(b * h, 1, s), q, kt)
+            a = (
+                torch.bmm(q, kt)
+                if bias is None
+                else torch.baddbmm(bias.reshape(b * h, 1, s), q, kt)
+            )
             w = a.softmax(dim=-1, dtype=torch.float32)
             if not sdpa:
                 y = torch.bmm(w.to(v.dtype), v.reshape(b * h, s, dh)).view(b, h, f, dh)
-            if weights is not None:  # with SDPA, computed beside it for the record: the output is the same with or without
+            # with SDPA, computed beside it for the record: the output is the same with or without
+            if weights is not None:
                 weights.append(w.view(b, h, f, s).transpose(1, 2).reshape(rows, h, s))
         out = x.new_empty(x.size(0), h * dh, dtype=dtype)
         out[:rows].view(b, f, h, dh).copy_(y.transpose(1, 2))
@@ -160,8 +206,9 @@ class Attention(nn.Module):
 
 
 def extend(past: Tensor, new: Tensor, parents: Optional[Tensor]) -> Tensor:
-    """past (B', H, t, X) rows picked by `parents` (all, in order, when None), then new (B, H, X) appended as
-    position t: one copy of the cache per decoding step (an index_select and a cat would make two)."""
+    """past (B', H, t, X) rows picked by `parents` (all, in order, when None), then new (B, H, X)
+    appended as position t: one copy of the cache per decoding step (an index_select and a cat would
+    make two)."""
     t = past.size(2)
     out = past.new_empty(new.size(0), new.size(1), t + 1, new.size(2))
     if parents is None:
@@ -174,11 +221,21 @@ def extend(past: Tensor, new: Tensor, parents: Optional[Tensor]) -> Tensor:
 
 class FeedForward(nn.Sequential):
     def __init__(self, d_model: int, ffn: int, dropout: float):
-        super().__init__(nn.Linear(d_model, ffn), nn.ReLU(), Dropout(dropout), nn.Linear(ffn, d_model))
+        super().__init__(
+            nn.Linear(d_model, ffn), nn.ReLU(), Dropout(dropout), nn.Linear(ffn, d_model)
+        )
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float, attn_dropout: float, pre_norm: bool):
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        ffn: int,
+        dropout: float,
+        attn_dropout: float,
+        pre_norm: bool,
+    ):
         super().__init__()
         self.pre_norm = pre_norm
         self.attn = Attention(d_model, heads, attn_dropout)
@@ -202,23 +259,41 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float, attn_dropout: float, pre_norm: bool):
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        ffn: int,
+        dropout: float,
+        attn_dropout: float,
+        pre_norm: bool,
+    ):
         super().__init__()
         self.pre_norm = pre_norm
         self.self_attn = Attention(d_model, heads, attn_dropout)
         self.cross_attn = Attention(d_model, heads, attn_dropout)
         self.ffn = FeedForward(d_model, ffn, dropout)
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.norm1, self.norm2, self.norm3 = (
+            nn.LayerNorm(d_model),
+            nn.LayerNorm(d_model),
+            nn.LayerNorm(d_model),
+        )
         self.drop = Dropout(dropout)
 
     def forward(
-        self, x: Tensor, cross_kv: tuple[Tensor, Tensor], mem_mask: Tensor, weights: Optional[dict[str, list]] = None
+        self,
+        x: Tensor,
+        cross_kv: tuple[Tensor, Tensor],
+        mem_mask: Tensor,
+        weights: Optional[dict[str, list]] = None,
     ) -> Tensor:
-        """Teacher forcing: x (B, T, D), position t sees positions up to t. `weights`: {"self": [...], "cross": [...]}
-        lists to append this layer's weights (B, H, T, *) to."""
+        """Teacher forcing: x (B, T, D), position t sees positions up to t. `weights`: {"self":
+        [...], "cross": [...]} lists to append this layer's weights (B, H, T, *) to."""
         need = weights is not None
         h = self.norm1(x) if self.pre_norm else x
-        y = self.self_attn(h, *self.self_attn.project_kv(h), causal=x.size(1) > 1, need_weights=need)
+        y = self.self_attn(
+            h, *self.self_attn.project_kv(h), causal=x.size(1) > 1, need_weights=need
+        )
         if need:
             y, w = y
             weights["self"].append(w)
@@ -236,23 +311,37 @@ class DecoderLayer(nn.Module):
         return x if self.pre_norm else norm(x)
 
     def step(
-        self, x: Tensor, rows: int, cross_kv: tuple[Tensor, Tensor], mem_bias: Tensor, past: tuple[Tensor, Tensor],
-        parents: Optional[Tensor], weights: Optional[dict[str, list]] = None,
+        self,
+        x: Tensor,
+        rows: int,
+        cross_kv: tuple[Tensor, Tensor],
+        mem_bias: Tensor,
+        past: tuple[Tensor, Tensor],
+        parents: Optional[Tensor],
+        weights: Optional[dict[str, list]] = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Decoding: x (R, D) the new position of each row, the first `rows` real (see Attention.step); past (rows', H,
-        t, D/H) this layer's self-attention keys and values so far; `parents` (rows,): row r continues past row
-        parents[r] (beam search's reordering, done in the copy that appends). Returns the output (R, D) and the
-        keys/values (rows, H, t + 1, D/H). `weights`: as in forward, (rows, H, keys) per layer."""
+        """Decoding: x (R, D) the new position of each row, the first `rows` real (see
+        Attention.step); past (rows', H, t, D/H) this layer's self-attention keys and values so far;
+        `parents` (rows,): row r continues past row parents[r] (beam search's reordering, done in
+        the copy that appends). Returns the output (R, D) and the keys/values (rows, H, t + 1, D/H).
+        `weights`: as in forward, (rows, H, keys) per layer."""
         h = self.norm1(x) if self.pre_norm else x
         heads = self.self_attn.heads
         k, v = self.self_attn.kv(h)[:rows].view(rows, 2, heads, -1).unbind(1)  # (rows, H, D/H) each
         k, v = extend(past[0], k, parents), extend(past[1], v, parents)
-        y = self.self_attn.step(h, rows, k, v, weights=weights["self"] if weights is not None else None)
+        y = self.self_attn.step(
+            h, rows, k, v, weights=weights["self"] if weights is not None else None
+        )
         x = self._residual(x, y, self.norm1)
         h = self.norm2(x) if self.pre_norm else x
-        y = self.cross_attn.step(h, rows, *cross_kv, mem_bias, weights["cross"] if weights is not None else None)
+        y = self.cross_attn.step(
+            h, rows, *cross_kv, mem_bias, weights["cross"] if weights is not None else None
+        )
         x = self._residual(x, y, self.norm2)
-        return self._residual(x, self.ffn(self.norm3(x) if self.pre_norm else x), self.norm3), (k, v)
+        return self._residual(x, self.ffn(self.norm3(x) if self.pre_norm else x), self.norm3), (
+            k,
+            v,
+        )
 
 
 class Transformer(nn.Module):
@@ -280,11 +369,17 @@ class Transformer(nn.Module):
         self.d_model, self.pad_id, self.max_positions = d_model, pad_id, max_positions
         self.row_multiple = 1  # decoding pads its rows by this (see step)
         self.src_embed = nn.Embedding(src_vocab, d_model, padding_idx=pad_id)
-        self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(tgt_vocab, d_model, padding_idx=pad_id)
+        self.tgt_embed = (
+            self.src_embed
+            if share_embeddings
+            else nn.Embedding(tgt_vocab, d_model, padding_idx=pad_id)
+        )
         if learned_positions:
             self.positions = nn.Parameter(torch.randn(max_positions, d_model) * d_model**-0.5)
         else:
-            self.register_buffer("positions", sinusoid_table(max_positions, d_model), persistent=False)
+            self.register_buffer(
+                "positions", sinusoid_table(max_positions, d_model), persistent=False
+            )
         args = (d_model, heads, ffn, dropout, attn_dropout, pre_norm)
         self.encoder = nn.ModuleList(EncoderLayer(*args) for _ in range(layers))
         self.decoder = nn.ModuleList(DecoderLayer(*args) for _ in range(dec_layers or layers))
@@ -311,7 +406,8 @@ class Transformer(nn.Module):
         return self.drop(emb(tokens) * math.sqrt(self.d_model) + pos)
 
     def encode(self, src: Tensor, src_pad_mask: Tensor, weights: Optional[list] = None) -> Tensor:
-        """src (B, S) -> memory (B, S, D); `weights`: a list to append each layer's self-attention weights to."""
+        """src (B, S) -> memory (B, S, D); `weights`: a list to append each layer's self-attention
+        weights to."""
         x, mask = self._embed(self.src_embed, src), self._mem_mask(src_pad_mask)
         for layer in self.encoder:
             x = layer(x, mask, weights)
@@ -321,12 +417,24 @@ class Transformer(nn.Module):
     def _mem_mask(src_pad_mask: Tensor) -> Tensor:
         return ~src_pad_mask[:, None, None, :]  # (B, 1, 1, S), True where attention is allowed
 
-    def decode(self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor, weights: Optional[dict[str, list]] = None) -> Tensor:
-        """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V); position t sees tgt_in[:, :t+1].
-        `weights`: {"self": [], "cross": []} to collect each layer's attention weights in."""
+    def decode(
+        self,
+        tgt_in: Tensor,
+        memory: Tensor,
+        src_pad_mask: Tensor,
+        weights: Optional[dict[str, list]] = None,
+    ) -> Tensor:
+        """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V); position t sees tgt_in[:,
+        :t+1]. `weights`: {"self": [], "cross": []} to collect each layer's attention weights in."""
         return self.output(self._decoder_states(tgt_in, memory, src_pad_mask, weights))
 
-    def _decoder_states(self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor, weights: Optional[dict[str, list]] = None) -> Tensor:
+    def _decoder_states(
+        self,
+        tgt_in: Tensor,
+        memory: Tensor,
+        src_pad_mask: Tensor,
+        weights: Optional[dict[str, list]] = None,
+    ) -> Tensor:
         """(B, T) -> the final decoder states (B, T, D) that the output matrix turns into logits."""
         x, mask = self._embed(self.tgt_embed, tgt_in), self._mem_mask(src_pad_mask)
         for layer in self.decoder:
@@ -334,58 +442,79 @@ class Transformer(nn.Module):
         return self.dec_norm(x)
 
     def features(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher forcing up to the logits: (B, T, D) states, `forward` = output(features) (training's fused loss)."""
+        """Teacher forcing up to the logits: (B, T, D) states, `forward` = output(features)
+        (training's fused loss)."""
         return self._decoder_states(tgt_in, self.encode(src, src_pad_mask), src_pad_mask)
 
     def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
         return self.output(self.features(src, src_pad_mask, tgt_in))
 
     def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> dict:
-        """Encode once and precompute every layer's cross-attention keys/values for `step`. With `record`, the
-        state also keeps the attention weights: the encoder's ("encoder", (B, layers, H, S, S)) and, per step,
-        the decoder's ("cross" (B, layers, H, S) and "self" (B, layers, H, t + 1))."""
+        """Encode once and precompute every layer's cross-attention keys/values for `step`. With
+        `record`, the state also keeps the attention weights: the encoder's ("encoder", (B, layers,
+        H, S, S)) and, per step, the decoder's ("cross" (B, layers, H, S) and "self" (B, layers, H,
+        t + 1))."""
         enc_weights: Optional[list] = [] if record else None
         memory = self.encode(src, src_pad_mask, enc_weights)
-        # contiguous: every step views them as (B * H, S, D/H), which the projection's strided split would make a copy each time
-        cross = [tuple(t.contiguous() for t in layer.cross_attn.project_kv(memory)) for layer in self.decoder]
+        # contiguous: every step views them as (B * H, S, D/H), which the projection's strided split
+        # would make a copy each time
+        cross = [
+            tuple(t.contiguous() for t in layer.cross_attn.project_kv(memory))
+            for layer in self.decoder
+        ]
         k = cross[0][0]  # (B, H, S, D/H), in the dtype the products will run in
         mem_bias = torch.zeros(k.shape[:2] + (1, k.size(2)), dtype=k.dtype, device=k.device)
-        mem_bias.masked_fill_(src_pad_mask[:, None, None, :], -float("inf"))  # (B, H, 1, S): added to the scores
+        # (B, H, 1, S): added to the scores
+        mem_bias.masked_fill_(src_pad_mask[:, None, None, :], -float("inf"))
         empty = k[:, :, :0]
         state = {
             "mem_bias": mem_bias,
             "cross": cross,
             "self": [(empty, empty) for _ in self.decoder],
             "pos": 0,
-            "static": ("mem_bias", "cross"),  # one row per sentence, shared by its beams (see search.py)
-            "deferred": ("self",),  # beam search reorders these lazily: `step` gathers them by "parents"
+            # one row per sentence, shared by its beams (see search.py)
+            "static": ("mem_bias", "cross"),
+            # beam search reorders these lazily: `step` gathers them by "parents"
+            "deferred": ("self",),
             "parents": None,
         }
         if record:
-            state.update(attn_static={"encoder": torch.stack(enc_weights, dim=1)}, attn_steps={"cross": [], "self": []},
-                         static=("mem_bias", "cross", "attn_static"))
+            state.update(
+                attn_static={"encoder": torch.stack(enc_weights, dim=1)},
+                attn_steps={"cross": [], "self": []},
+                static=("mem_bias", "cross", "attn_static"),
+            )
         return state
 
     def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
         """One decoding step: prev (B,) last tokens -> logits (B, V) for the next token, new state.
 
-        With `row_multiple` m > 1 (bf16 decoding on a CPU, set by nmt.translate), the rows are padded once, here,
-        (precision.padded_rows: to a multiple of m/4, m/2 or m, by row count) and stay padded through every layer:
-        torch hands bf16 products on a CPU to oneDNN, which builds a kernel for every new shape, and beam search
-        changes the row count whenever a sentence ends. Attention reads only the real rows."""
+        With `row_multiple` m > 1 (bf16 decoding on a CPU, set by nmt.translate), the rows are
+        padded once, here, (precision.padded_rows: to a multiple of m/4, m/2 or m, by row count) and
+        stay padded through every layer: torch hands bf16 products on a CPU to oneDNN, which builds
+        a kernel for every new shape, and beam search changes the row count whenever a sentence
+        ends. Attention reads only the real rows."""
         pos = state["pos"]
-        x = self._embed(self.tgt_embed, prev[:, None], offset=min(pos, self.max_positions - 1))[:, 0]
+        x = self._embed(self.tgt_embed, prev[:, None], offset=min(pos, self.max_positions - 1))[
+            :, 0
+        ]
         rows = x.size(0)
         pad = padded_rows(rows, self.row_multiple) - rows
         if pad:
             x = F.pad(x, (0, 0, 0, pad))
-        weights: Optional[dict[str, list]] = {"self": [], "cross": []} if "attn_steps" in state else None
+        weights: Optional[dict[str, list]] = (
+            {"self": [], "cross": []} if "attn_steps" in state else None
+        )
         new_self = []
         for layer, cross, past in zip(self.decoder, state["cross"], state["self"]):
             x, kv = layer.step(x, rows, cross, state["mem_bias"], past, state["parents"], weights)
             new_self.append(kv)
         logits = self.output(self.dec_norm(x))[:rows]
         new = {**state, "self": new_self, "pos": pos + 1, "parents": None}
-        if weights is not None:  # this step's weights, (B, layers, H, keys), after the earlier steps'
-            new["attn_steps"] = {k: [*steps, torch.stack(weights[k], dim=1)] for k, steps in state["attn_steps"].items()}
+        # this step's weights, (B, layers, H, keys), after the earlier steps'
+        if weights is not None:
+            new["attn_steps"] = {
+                k: [*steps, torch.stack(weights[k], dim=1)]
+                for k, steps in state["attn_steps"].items()
+            }
         return logits, new
