@@ -233,9 +233,8 @@ def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
         raise NmtError(f"{path}: unreadable manifest: {e}") from None
     if manifest.get("format") != PREPARED_FORMAT or manifest.get("version") != PREPARED_VERSION:
         raise NmtError(
-            f"{path}: prepared-data format {manifest.get('format')} v{manifest.get('version')} is "
-            "not "
-            f"{PREPARED_FORMAT} v{PREPARED_VERSION}; run `nmt prepare` again"
+            f"{path}: prepared-data format {manifest.get('format')} v{manifest.get('version')} "
+            f"is not {PREPARED_FORMAT} v{PREPARED_VERSION}; run `nmt prepare` again"
         )
     wanted = data_settings(cfg) if cfg is not None else manifest["data"]
     if manifest["data"] != wanted:

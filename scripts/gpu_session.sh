@@ -1,31 +1,32 @@
 #!/usr/bin/env bash
-# The GPU figures of the speed issue on a lent GPU machine (no network, no pip there: run from the repository root
-# with torch, sentencepiece, sacrebleu, typer, tqdm and pyyaml installed):
-#   DATA=data/multi30k OUT=$OUT bash scripts/gpu_session.sh
-# STEPS names what runs, in its order (default "prepare bench train test decode"). RUN stays on a warm machine between
-# calls, so one call can do some steps and the next the rest: STEPS="prepare train test", then STEPS="decode bench".
-#   prepare: Multi30k from the local folder DATA (a copy of ../shared/data/multi30k, carried to the machine);
-#   bench:   training benchmark: tokens/s, step time, peak memory, MFU against a matmul timed in the same run
-#            (TRAIN_STEPS timed steps after WARMUP untimed ones, more than en->de's 128 steps of an epoch: a batch
-#            shape's first step can be slow); on a GPU twice, the second with cuDNN's attention allowed (the A/B of
-#            nmt.models.transformer.choose_attention_kernels);
-#   train:   MINUTES of training of CONFIG (default en->de, 5 minutes): valid BLEU against time in metrics.jsonl;
-#   test:    test BLEU of the best checkpoint (cased sacreBLEU, chrF; paper-style BLEU when sacremoses imports) and
-#            its translation;
-#   decode:  decoding benchmark of that checkpoint, greedy and beam 5, with CTranslate2 beside it when it imports;
-#            on a GPU once more with cuDNN's attention allowed, nmt alone. A peer that fails is left out with one
-#            line; nmt's figures stay. CTranslate2 4.8.5's wheel loads libcublas.so.12 and a CUDA 13 image has only
-#            libcublas.so.13 (the cuBLAS 12 wheel, 581 MB, is over the device tool's 64 MiB), so this step gives that
-#            name to the image's cuBLAS 13 (CTranslate2 calls cublasGemmEx and the like, which both have) and says so
-#            in the log; the table gives CTranslate2's BLEU beside nmt's.
-# Wheels in .whl/ are installed into /tmp/site first: the GPU image has neither ctranslate2 nor sacremoses, so
-# `pip download --no-deps` them here for its Python (3.12; see the device tool's README) and carry .whl.
-# OUT receives at most 8 files (the device tool's limit): log.txt (the machine first), metrics.jsonl, test.json,
+# The GPU measurements in one command, for a GPU machine without network or pip (run from the
+# repository root with torch, sentencepiece, sacrebleu, typer, tqdm and pyyaml installed):
+#   DATA=data/multi30k OUT=out bash scripts/gpu_session.sh
+# STEPS names what runs, in its order (default "prepare bench train test decode"). RUN stays on the
+# machine between calls, so a call limited in time can do some steps and the next the rest:
+# STEPS="prepare train test", then STEPS="decode bench".
+#   prepare: Multi30k from the local folder DATA (a copy of the downloaded data/multi30k);
+#   bench:   training benchmark: tokens/s, step time, peak memory, MFU against a matmul timed in the
+#            same run (TRAIN_STEPS timed steps after WARMUP untimed ones, more than en->de's 128
+#            steps of an epoch: a batch shape's first step can be slow); on a GPU twice, the second
+#            with cuDNN's attention allowed (the A/B of choose_attention_kernels);
+#   train:   MINUTES of training of CONFIG (default en->de, 5 minutes): valid BLEU against time in
+#            metrics.jsonl;
+#   test:    test BLEU of the best checkpoint (cased sacreBLEU, chrF; paper-style BLEU when
+#            sacremoses imports) and its translation;
+#   decode:  decoding benchmark of that checkpoint, greedy and beam 5, with CTranslate2 beside it
+#            when it imports; on a GPU once more with cuDNN's attention allowed, nmt alone. A peer
+#            that fails is left out with one line; nmt's figures stay. CTranslate2 4.8.5's wheel
+#            loads libcublas.so.12; on a machine with only CUDA 13's libcublas.so.13 this step gives
+#            that name to it (CTranslate2 calls cublasGemmEx and the like, which both have) and
+#            says so in the log; the table gives CTranslate2's BLEU beside nmt's.
+# Wheels in .whl/ are installed into /tmp/site first (e.g. ctranslate2 and sacremoses, fetched
+# beforehand with `pip download --no-deps` for the GPU machine's Python).
+# OUT receives at most 8 files: log.txt (the machine first), metrics.jsonl, test.json,
 # test.hyp.txt, bench_train.json, bench_train_cudnn.json, bench_decode.json, bench_decode_cudnn.json.
-# Checkpoints stay in RUN (default runs/gpu_session). Knobs: CONFIG, MINUTES, TRAIN_STEPS, WARMUP, LIMIT (test
-# sentences the decoding benchmark decodes), SETS (extra --set flags for training, e.g. "--set train.seed=2"), STEPS.
-# Time on an H200 (2026-12-04, before choose_attention_kernels): "prepare train test" 395 s in all; "decode" with
-# CTranslate2 43 s; "bench" 41 s (once; about 40 s more with cuDNN allowed). A call may run 600 s: split STEPS.
+# Checkpoints stay in RUN (default runs/gpu_session). Knobs: CONFIG, MINUTES, TRAIN_STEPS, WARMUP,
+# LIMIT (test sentences the decoding benchmark decodes), SETS (extra --set flags for prepare and
+# training, e.g. "--set train.seed=2"), STEPS. Times are in docs/speed.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_session_out}
@@ -44,7 +45,8 @@ log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/log.txt"; }
 
 prepare() {
     log "prepare $CONFIG from $DATA"
-    python3 -m nmt prepare --config "$CONFIG" --source "$DATA" "${PREP[@]}" >> "$OUT/log.txt" 2>&1
+    # shellcheck disable=SC2086  # SETS is a list of flags
+    python3 -m nmt prepare --config "$CONFIG" --source "$DATA" "${PREP[@]}" ${SETS:-} >> "$OUT/log.txt" 2>&1
 }
 
 GPU=$(python3 -c "import torch; print(int(torch.cuda.is_available()))")

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import pytest
 import torch
+from toy_language import TOY_SIZES, toy_sentences
 
 # Test models are tiny: threads only add overhead, and on a 2-core machine shared with other work,
 # oversubscription made one test 10x slower. Subprocesses (CLI tests) set their own threads.
@@ -35,7 +36,15 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MULTI30K_DIR = REPO_ROOT.parent / "shared" / "data" / "multi30k"
+# where the few tests that need real language look for Multi30k, in this order
+MULTI30K_ENV = "NMT_MULTI30K"
+MULTI30K_PLACES = (
+    REPO_ROOT / "data" / "multi30k",
+    REPO_ROOT.parent / "shared" / "data" / "multi30k",
+)
+MULTI30K_FILES = [
+    f"{s}.{lang}.gz" for s in ("train", "val", "test_2016_flickr") for lang in ("en", "de")
+]
 
 # A toy English->German dictionary: sentences are word-for-word translations, so every pair has
 # the same number of words on both sides (no pair trips the length-ratio filter by accident).
@@ -90,14 +99,37 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def multi30k_dir() -> Path:
-    """The local Multi30k copy (../shared/data/multi30k from the repo root); skip when absent."""
-    needed = [
-        f"{s}.{lang}.gz" for s in ("train", "val", "test_2016_flickr") for lang in ("en", "de")
-    ]
-    missing = [n for n in needed if not (MULTI30K_DIR / n).is_file()]
-    if missing:
-        pytest.skip(f"local Multi30k copy not found: {MULTI30K_DIR / missing[0]} is missing")
-    return MULTI30K_DIR
+    """Real Multi30k (en, de), for the few tests that need real language: $NMT_MULTI30K, else
+    data/multi30k (where `nmt prepare` downloads it), else ../shared/data/multi30k; skip, saying
+    where it looked, when none holds the files."""
+    env = os.environ.get(MULTI30K_ENV)
+    places = [Path(env)] if env else list(MULTI30K_PLACES)
+    for place in places:
+        if all((place / name).is_file() for name in MULTI30K_FILES):
+            return place
+    looked = ", ".join(str(p) for p in places)
+    pytest.skip(
+        f"needs the real Multi30k files ({', '.join(MULTI30K_FILES)}); not found in {looked}: "
+        f"set {MULTI30K_ENV}=DIR or run `nmt prepare --config configs/smoke.yaml` once to download"
+    )
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory) -> Path:
+    """A toy en->de corpus in Multi30k's layout (train/val/test_2016_flickr .en.gz/.de.gz), made
+    once per test process: the data of every end-to-end test (tests/toy_language.py)."""
+    folder = tmp_path_factory.mktemp("toy_corpus")
+    for seed, (stem, n) in enumerate(TOY_SIZES.items(), start=1):
+        src, tgt = toy_sentences(n, seed)
+        write_lines(folder / f"{stem}.en.gz", src, gz=True)
+        write_lines(folder / f"{stem}.de.gz", tgt, gz=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_data(toy_corpus: Path) -> list[str]:
+    """The config overrides that point configs/smoke.yaml (or any recipe) at the toy corpus."""
+    return ["data.corpus=files", f"data.source={toy_corpus}"]
 
 
 CorpusFactory = Callable[..., Path]

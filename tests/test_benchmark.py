@@ -12,9 +12,9 @@ from nmt.config import load_config
 from nmt.prepare import prepare
 
 
-def test_benchmark_reports_training_and_decoding(repo_root, multi30k_dir, tmp_path):
+def test_benchmark_reports_training_and_decoding(repo_root, toy_data, tmp_path):
     sets = [
-        f"data.source={multi30k_dir}",
+        *toy_data,
         f"data.prepared_dir={tmp_path / 'prepared'}",
         "train.max_steps=10",
         "train.valid_every=1000",
@@ -189,7 +189,7 @@ def test_a_failing_peer_is_reported_and_nmt_figures_are_kept(repo_root, capsys):
     assert "CTranslate2 failed, left out: OSError" in capsys.readouterr().err
 
 
-def test_benchmark_steps_follow_training_order_across_epochs(repo_root, multi30k_dir, tmp_path):
+def test_benchmark_steps_follow_training_order_across_epochs(repo_root, toy_data, tmp_path):
     """Warm-up and timed steps are the batches training would take, epoch after epoch, so a warm-up
     longer than an epoch leaves the timed steps on shapes already seen."""
     from nmt.data import bucket_batches, load_split
@@ -198,7 +198,7 @@ def test_benchmark_steps_follow_training_order_across_epochs(repo_root, multi30k
     cfg = load_config(
         repo_root / "configs" / "smoke.yaml",
         [
-            f"data.source={multi30k_dir}",
+            *toy_data,
             f"data.prepared_dir={tmp_path / 'prepared'}",
             "train.accum_steps=2",
         ],

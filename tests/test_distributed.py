@@ -21,11 +21,11 @@ WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 
 
 @pytest.fixture(scope="module")
-def setup(repo_root: Path, multi30k_dir: Path, tmp_path_factory) -> tuple[Path, list[str]]:
+def setup(repo_root: Path, toy_data: list[str], tmp_path_factory) -> tuple[Path, list[str]]:
     work = tmp_path_factory.mktemp("ddp")
     # dropout off: the 1-process comparison needs the same computation, not just the same data
     sets = [
-        f"data.source={multi30k_dir}",
+        *toy_data,
         f"data.prepared_dir={work / 'prepared'}",
         "train.max_tokens=512",
         "train.valid_every=1000",

@@ -12,11 +12,11 @@ from nmt.errors import NmtError
 from nmt.prepare import prepare
 
 
-def smoke(repo_root, multi30k_dir, tmp_path, steps):
+def smoke(repo_root, toy_data, tmp_path, steps):
     cfg = load_config(
         repo_root / "configs" / "smoke.yaml",
         [
-            f"data.source={multi30k_dir}",
+            *toy_data,
             f"data.prepared_dir={tmp_path / 'prepared'}",
             f"train.max_steps={steps}",
             "train.valid_every=1000",
@@ -40,8 +40,8 @@ def poison(monkeypatch, bad_calls):
     monkeypatch.setattr(nmt.loss, "projected_loss", projected_loss)
 
 
-def test_one_bad_step_is_skipped_and_counted(repo_root, multi30k_dir, tmp_path, monkeypatch):
-    cfg = smoke(repo_root, multi30k_dir, tmp_path, 6)
+def test_one_bad_step_is_skipped_and_counted(repo_root, toy_data, tmp_path, monkeypatch):
+    cfg = smoke(repo_root, toy_data, tmp_path, 6)
     poison(monkeypatch, {3})
     run = train_mod.train(cfg, tmp_path / "run")
     ckpt = load_checkpoint(run / "last.pt")
@@ -49,8 +49,8 @@ def test_one_bad_step_is_skipped_and_counted(repo_root, multi30k_dir, tmp_path, 
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
-def test_many_bad_steps_in_a_row_stop_with_advice(repo_root, multi30k_dir, tmp_path, monkeypatch):
-    cfg = smoke(repo_root, multi30k_dir, tmp_path, 100)
+def test_many_bad_steps_in_a_row_stop_with_advice(repo_root, toy_data, tmp_path, monkeypatch):
+    cfg = smoke(repo_root, toy_data, tmp_path, 100)
     poison(monkeypatch, set(range(1, 1000)))
     with pytest.raises(NmtError, match=r"10 updates in a row .* train\.lr"):
         train_mod.train(cfg, tmp_path / "run")
@@ -71,9 +71,9 @@ def out_of_memory(monkeypatch, bad_calls):
 
 
 def test_an_out_of_memory_batch_is_skipped_and_logged(
-    repo_root, multi30k_dir, tmp_path, monkeypatch, capsys
+    repo_root, toy_data, tmp_path, monkeypatch, capsys
 ):
-    cfg = smoke(repo_root, multi30k_dir, tmp_path, 6)
+    cfg = smoke(repo_root, toy_data, tmp_path, 6)
     out_of_memory(monkeypatch, {3})
     run = train_mod.train(cfg, tmp_path / "run")
     state = load_checkpoint(run / "last.pt")["train_state"]
@@ -88,8 +88,8 @@ def test_an_out_of_memory_batch_is_skipped_and_logged(
     )
 
 
-def test_repeated_out_of_memory_stops_with_advice(repo_root, multi30k_dir, tmp_path, monkeypatch):
-    cfg = smoke(repo_root, multi30k_dir, tmp_path, 100)
+def test_repeated_out_of_memory_stops_with_advice(repo_root, toy_data, tmp_path, monkeypatch):
+    cfg = smoke(repo_root, toy_data, tmp_path, 100)
     out_of_memory(monkeypatch, {2, 3, 4, 5, 6})
     with pytest.raises(
         NmtError,

@@ -1,21 +1,22 @@
-"""scripts/gpu_session.sh, the one command a lent GPU machine runs, works end to end (here on the
-CPU, with the smoke model and a few seconds of training), in two calls as a lease splits it (STEPS),
-and leaves its figures in at most 8 files, the device tool's limit."""
+"""scripts/gpu_session.sh, the one command a GPU machine runs, works end to end (here on the CPU,
+with the smoke model, the toy corpus and a few seconds of training), in two calls as a time limit
+splits it (STEPS), and leaves its figures in at most 8 files."""
 
 import json
 import os
 import subprocess
 
+from toy_language import TOY_SIZES
 
-def test_gpu_session_script_prepares_trains_scores_then_benchmarks(
-    repo_root, multi30k_dir, tmp_path
-):
+
+def test_gpu_session_script_prepares_trains_scores_then_benchmarks(repo_root, toy_corpus, tmp_path):
     out, run = tmp_path / "out", tmp_path / "run"
     env = {
         **os.environ,
         "OUT": str(out),
         "RUN": str(run),
-        "DATA": str(multi30k_dir),
+        "DATA": str(toy_corpus),
+        "SETS": f"--set data.corpus=files --set data.source={toy_corpus}",
         "CONFIG": "configs/smoke.yaml",
         "MINUTES": "0.05",
         "TRAIN_STEPS": "2",
@@ -47,7 +48,7 @@ def test_gpu_session_script_prepares_trains_scores_then_benchmarks(
         and "chrf" in scored["metrics"]
     )
     # the translation, as scored
-    assert len((out / "test.hyp.txt").read_text().splitlines()) == 1000
+    assert len((out / "test.hyp.txt").read_text().splitlines()) == TOY_SIZES["test_2016_flickr"]
 
     # the second call finds the first one's checkpoint in RUN, as a warm machine keeps it
     second = subprocess.run(

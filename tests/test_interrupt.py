@@ -15,11 +15,11 @@ from nmt.prepare import prepare
 from nmt.retention import step_files
 
 
-def start_training(repo_root, multi30k_dir, tmp_path, script=None):
+def start_training(repo_root, toy_data, tmp_path, script=None):
     """Start `nmt train` (or `script` standing in for it) on the smoke config with no end in sight;
     wait for its first logged step; return the process and the run directory."""
     sets = [
-        f"data.source={multi30k_dir}",
+        *toy_data,
         f"data.prepared_dir={tmp_path / 'prepared'}",
         "train.max_steps=100000",
         "train.valid_every=100000",
@@ -52,10 +52,8 @@ def start_training(repo_root, multi30k_dir, tmp_path, script=None):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_last_checkpoint_and_says_how_to_resume(
-    repo_root, multi30k_dir, tmp_path, sig
-):
-    proc, run_dir = start_training(repo_root, multi30k_dir, tmp_path)
+def test_signal_saves_last_checkpoint_and_says_how_to_resume(repo_root, toy_data, tmp_path, sig):
+    proc, run_dir = start_training(repo_root, toy_data, tmp_path)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
@@ -84,8 +82,8 @@ main()
 """
 
 
-def test_second_ctrl_c_stops_at_once(repo_root, multi30k_dir, tmp_path):
-    proc, run_dir = start_training(repo_root, multi30k_dir, tmp_path, SLOW_STEPS)
+def test_second_ctrl_c_stops_at_once(repo_root, toy_data, tmp_path):
+    proc, run_dir = start_training(repo_root, toy_data, tmp_path, SLOW_STEPS)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)

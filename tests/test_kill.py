@@ -20,11 +20,11 @@ STEPS = 30
 
 
 @pytest.fixture(scope="module")
-def setup(repo_root, multi30k_dir, tmp_path_factory):
+def setup(repo_root, toy_data, tmp_path_factory):
     """Prepared data, the --set flags every run uses, and the uninterrupted reference run."""
     work = tmp_path_factory.mktemp("kill")
     sets = [
-        f"data.source={multi30k_dir}",
+        *toy_data,
         f"data.prepared_dir={work / 'prepared'}",
         f"train.max_steps={STEPS}",
         "train.valid_every=10",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from toy_language import TOY_SIZES
 
 import nmt.prepare
 from nmt.config import Config, config_from_dict, load_config
@@ -390,18 +392,29 @@ def smoke_cfg(repo_root: Path, *overrides: str) -> Config:
     return load_config(repo_root / "configs" / "smoke.yaml", list(overrides))
 
 
+MULTI30K_EN_DE = [f"{stem}.{lang}.gz" for stem in STEMS for lang in ("en", "de")]
+
+
 def copy_multi30k(src: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
-    for stem in STEMS:
-        for lang in ("en", "de"):
-            shutil.copyfile(src / f"{stem}.{lang}.gz", dest / f"{stem}.{lang}.gz")
+    for name in MULTI30K_EN_DE:
+        shutil.copyfile(src / name, dest / name)
     return dest
 
 
+@pytest.fixture
+def fake_multi30k(toy_corpus: Path, monkeypatch) -> Path:
+    """The toy corpus posing as Multi30k's en/de files: the sha256 sums nmt.prepare checks become
+    the toy files' own, so the fetch/verify mechanism runs without the real corpus."""
+    sums = {n: hashlib.sha256((toy_corpus / n).read_bytes()).hexdigest() for n in MULTI30K_EN_DE}
+    monkeypatch.setattr(nmt.prepare, "MULTI30K_SHA256", {**nmt.prepare.MULTI30K_SHA256, **sums})
+    return toy_corpus
+
+
 def test_multi30k_local_copy_with_wrong_checksum_is_rejected(
-    repo_root, multi30k_dir, tmp_path: Path
+    repo_root, fake_multi30k, tmp_path: Path
 ) -> None:
-    local = copy_multi30k(multi30k_dir, tmp_path / "m30k")
+    local = copy_multi30k(fake_multi30k, tmp_path / "m30k")
     victim = local / "val.de.gz"
     # same text, different gzip header: the check is on the file as published
     victim.write_bytes(gzip.compress(gzip.decompress(victim.read_bytes()), mtime=1))
@@ -412,8 +425,8 @@ def test_multi30k_local_copy_with_wrong_checksum_is_rejected(
     assert not (tmp_path / "out").exists()
 
 
-def test_multi30k_local_copy_with_a_missing_file(repo_root, multi30k_dir, tmp_path: Path) -> None:
-    local = copy_multi30k(multi30k_dir, tmp_path / "m30k")
+def test_multi30k_local_copy_with_a_missing_file(repo_root, fake_multi30k, tmp_path: Path) -> None:
+    local = copy_multi30k(fake_multi30k, tmp_path / "m30k")
     (local / "test_2016_flickr.en.gz").unlink()
     cfg = smoke_cfg(repo_root, f"data.prepared_dir={tmp_path / 'out'}")
     with pytest.raises(NmtError, match=re.escape(str(local / "test_2016_flickr.en.gz"))):
@@ -440,24 +453,65 @@ def test_multi30k_without_network_or_source_points_at_source(
     assert not any(cache.glob("*.gz"))  # nothing half-downloaded left behind
 
 
-def test_multi30k_verified_cache_needs_no_network(
-    repo_root, multi30k_dir, tmp_path: Path, monkeypatch
+def test_multi30k_is_downloaded_verified_then_read_from_the_cache_offline(
+    repo_root, fake_multi30k, tmp_path: Path, monkeypatch
 ) -> None:
-    """The smoke recipe on the real corpus, from a cache of verified files, with the network off."""
+    """The smoke recipe as a fresh clone runs it: the files come from the upstream URLs (here
+    served from the toy corpus), are checked and kept in the cache; a second prepare needs no
+    network. A download with the wrong bytes is refused and leaves nothing in the cache."""
+    served: list[str] = []
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def network(url, *args, **kwargs):
+        served.append(url)
+        return Response((fake_multi30k / url.rsplit("/", 1)[1]).read_bytes())
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(nmt.prepare, "MULTI30K_CACHE", cache)
+    cfg = smoke_cfg(repo_root, f"data.prepared_dir={tmp_path / 'out'}")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, *a, **k: Response(b"tampered"))
+    with pytest.raises(NmtError, match="sha256"):
+        run_prepare(cfg)
+    assert not any(cache.glob("*.gz"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", network)
+    manifest = run_prepare(cfg)
+    assert sorted(u.rsplit("/", 1)[1] for u in served) == sorted(MULTI30K_EN_DE)
+    assert all(u.startswith("https://github.com/multi30k/dataset/") for u in served)
+    for name in MULTI30K_EN_DE:
+        assert (cache / name).read_bytes() == (fake_multi30k / name).read_bytes()
+    counts = manifest["counts"]
+    assert counts["train"]["read"] == cfg.data.max_train_pairs
+    assert counts["valid"] == {"read": TOY_SIZES["val"], "kept": TOY_SIZES["val"]}
+    assert counts["test"]["read"] == TOY_SIZES["test_2016_flickr"]
 
     def offline(url, *args, **kwargs):
         raise urllib.error.URLError("network is unreachable")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    monkeypatch.setattr(
-        nmt.prepare, "MULTI30K_CACHE", copy_multi30k(multi30k_dir, tmp_path / "cache")
-    )
-    cfg = smoke_cfg(repo_root, "data.source=null", f"data.prepared_dir={tmp_path / 'out'}")
-    manifest = run_prepare(cfg)
+    again = run_prepare(smoke_cfg(repo_root, f"data.prepared_dir={tmp_path / 'again'}"))
+    assert again["counts"] == counts
+
+
+def test_the_real_multi30k_matches_the_published_checksums_and_sizes(
+    repo_root, multi30k_dir, tmp_path: Path
+) -> None:
+    """Real language: the Multi30k files found match the sums nmt.prepare checks, and the smoke
+    recipe prepares them with the published split sizes (valid 1014, test 1000, never filtered)."""
+    for name in MULTI30K_EN_DE:
+        got = hashlib.sha256((multi30k_dir / name).read_bytes()).hexdigest()
+        assert got == nmt.prepare.MULTI30K_SHA256[name], name
+    cfg = smoke_cfg(repo_root, f"data.prepared_dir={tmp_path / 'out'}")
+    manifest = run_prepare(cfg, source=str(multi30k_dir))
     counts = manifest["counts"]
     assert counts["train"]["read"] == cfg.data.max_train_pairs
     assert 0 < counts["train"]["kept"] <= cfg.data.max_train_pairs
-    # the published split sizes (README of the corpus): valid 1014, test 1000, never filtered
     assert counts["valid"] == {"read": 1014, "kept": 1014}
     assert counts["test"] == {"read": 1000, "kept": 1000}
     assert manifest["tokenizer"]["src_vocab_size"] == cfg.data.vocab_size

@@ -24,6 +24,8 @@ def test_recipes_chooses_on_valid_scores_test_once_and_does_not_retrain(
         "--set",
         "data.corpus=files",
         "--set",
+        f"data.source={corpus}",
+        "--set",
         "data.vocab_size=60",
         "--set",
         "train.save_every=20",

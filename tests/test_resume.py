@@ -8,11 +8,11 @@ from nmt.prepare import prepare
 from nmt.train import train
 
 
-def smoke(repo_root, multi30k_dir, tmp_path, steps):
+def smoke(repo_root, toy_data, tmp_path, steps):
     return load_config(
         repo_root / "configs" / "smoke.yaml",
         [
-            f"data.source={multi30k_dir}",
+            *toy_data,
             f"data.prepared_dir={tmp_path / 'prepared'}",
             f"train.max_steps={steps}",
             "train.valid_every=10",
@@ -22,13 +22,13 @@ def smoke(repo_root, multi30k_dir, tmp_path, steps):
     )
 
 
-def test_resumed_run_matches_uninterrupted_run(repo_root, multi30k_dir, tmp_path):
-    prepare(smoke(repo_root, multi30k_dir, tmp_path, 30), log=lambda m: None)
-    straight = train(smoke(repo_root, multi30k_dir, tmp_path, 30), tmp_path / "straight")
+def test_resumed_run_matches_uninterrupted_run(repo_root, toy_data, tmp_path):
+    prepare(smoke(repo_root, toy_data, tmp_path, 30), log=lambda m: None)
+    straight = train(smoke(repo_root, toy_data, tmp_path, 30), tmp_path / "straight")
     # 20 steps, then "killed"
-    stopped = train(smoke(repo_root, multi30k_dir, tmp_path, 20), tmp_path / "stopped")
+    stopped = train(smoke(repo_root, toy_data, tmp_path, 20), tmp_path / "stopped")
     assert load_checkpoint(stopped / "last.pt")["train_state"]["step"] == 20
-    train(smoke(repo_root, multi30k_dir, tmp_path, 30), stopped, resume=True)
+    train(smoke(repo_root, toy_data, tmp_path, 30), stopped, resume=True)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(stopped / "last.pt")
     assert a["train_state"]["step"] == b["train_state"]["step"] == 30
     assert (
@@ -39,8 +39,8 @@ def test_resumed_run_matches_uninterrupted_run(repo_root, multi30k_dir, tmp_path
         assert torch.equal(tensor, b["model"][name]), name
 
 
-def test_resuming_a_finished_run_takes_no_step(repo_root, multi30k_dir, tmp_path):
-    cfg = smoke(repo_root, multi30k_dir, tmp_path, 10)
+def test_resuming_a_finished_run_takes_no_step(repo_root, toy_data, tmp_path):
+    cfg = smoke(repo_root, toy_data, tmp_path, 10)
     prepare(cfg, log=lambda m: None)
     run = train(cfg, tmp_path / "run")
     before = load_checkpoint(run / "last.pt")
@@ -50,12 +50,12 @@ def test_resuming_a_finished_run_takes_no_step(repo_root, multi30k_dir, tmp_path
     assert all(torch.equal(t, after["model"][k]) for k, t in before["model"].items())
 
 
-def test_fp16_run_keeps_its_loss_scaler_across_resume(repo_root, multi30k_dir, tmp_path):
+def test_fp16_run_keeps_its_loss_scaler_across_resume(repo_root, toy_data, tmp_path):
     def cfg(steps):
         return load_config(
             repo_root / "configs" / "smoke.yaml",
             [
-                f"data.source={multi30k_dir}",
+                *toy_data,
                 f"data.prepared_dir={tmp_path / 'prepared'}",
                 f"train.max_steps={steps}",
                 "train.valid_every=10",
@@ -77,18 +77,18 @@ def test_fp16_run_keeps_its_loss_scaler_across_resume(repo_root, multi30k_dir, t
 
 
 def test_same_config_and_seed_give_the_same_model_and_the_run_records_its_environment(
-    repo_root, multi30k_dir, tmp_path
+    repo_root, toy_data, tmp_path
 ):
     import json
     import platform
     import subprocess
 
-    cfg = smoke(repo_root, multi30k_dir, tmp_path, 12)
+    cfg = smoke(repo_root, toy_data, tmp_path, 12)
     prepare(cfg, log=lambda m: None)
     a, b = train(cfg, tmp_path / "a"), train(cfg, tmp_path / "b")
     ma, mb = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
     assert all(torch.equal(t, mb[k]) for k, t in ma.items())
-    train(smoke(repo_root, multi30k_dir, tmp_path, 15), a, resume=True)
+    train(smoke(repo_root, toy_data, tmp_path, 15), a, resume=True)
     sessions = json.loads((a / "env.json").read_text())["sessions"]
     assert [s["start_step"] for s in sessions] == [0, 12]  # one record per invocation
     env = sessions[-1]

@@ -149,9 +149,7 @@ def test_attention_learns_reversal_that_one_context_vector_finds_hard_on_longer_
     assert plain_long < attention_long - 0.3, (plain_long, attention_long)
 
 
-def test_rnn_trains_resumes_and_translates_through_the_common_paths(
-    repo_root, multi30k_dir, tmp_path
-):
+def test_rnn_trains_resumes_and_translates_through_the_common_paths(repo_root, toy_data, tmp_path):
     from nmt.checkpoint import load_checkpoint
     from nmt.config import load_config
     from nmt.prepare import prepare
@@ -162,13 +160,14 @@ def test_rnn_trains_resumes_and_translates_through_the_common_paths(
         return load_config(
             repo_root / "configs" / "smoke.yaml",
             [
-                f"data.source={multi30k_dir}",
+                *toy_data,
                 f"data.prepared_dir={tmp_path / 'prepared'}",
                 f"train.max_steps={steps}",
                 "train.valid_every=8",
                 "train.threads=1",
                 "model.arch=rnn",
                 "model.hidden_size=32",
+                "model.d_model=32",
                 "model.attention=additive",
                 "model.cell=lstm",
                 "model.dropout=0.2",

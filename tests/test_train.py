@@ -153,7 +153,7 @@ def test_tiny_model_memorises_a_handful_of_pairs():
     assert [h.tokens for h in hyps] == tgt
 
 
-def test_compiled_training_matches_eager(repo_root, multi30k_dir, tmp_path):
+def test_compiled_training_matches_eager(repo_root, toy_data, tmp_path):
     """train.compile=true (torch.compile, dynamic shapes) trains like eager: the same loss at every
     step and the same validation loss. Dropout is off, since compiled dropout draws its masks from
     another generator; fp32, since compiled kernels fuse bf16 autocast's casts differently
@@ -165,7 +165,7 @@ def test_compiled_training_matches_eager(repo_root, multi30k_dir, tmp_path):
     from nmt.train import train
 
     sets = [
-        f"data.source={multi30k_dir}",
+        *toy_data,
         f"data.prepared_dir={tmp_path / 'prepared'}",
         "train.max_steps=4",
         "train.valid_every=100",
