@@ -98,10 +98,8 @@ DEVICE = typer.Option(None, help="cpu or cuda (default: cuda when available).")
 PRECISION = typer.Option(
     "auto",
     help="Weights for decoding: auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), "
-    "fp32, "
-    "bf16, or int8 (CPU only: every Linear layer quantized). bf16 and int8 are about 2x faster on "
-    "a CPU, BLEU "
-    "within noise (see README).",
+    "fp32, bf16, or int8 (CPU only: every Linear layer quantized). bf16 and int8 decode faster on "
+    "a CPU, BLEU within noise (docs/speed.md).",
 )
 WORKERS = typer.Option(
     None,

@@ -10,9 +10,9 @@ Training never holds the (N, V) logits: `projected_loss` takes the decoder state
 output matrix W (V, D), and for a few hundred rows at a time computes the logits h W^T, the loss,
 the gradient of the logits and from it the gradients of h and W, while the chunk is still in the
 CPU's cache. The gradients are made in the forward pass (the loss is the graph's last node: backward
-only scales them by the incoming scalar). On a CPU the N x V passes no longer go to memory and back
-(six of them did; with the faster dropout, a bf16 step became 1.25x faster); on a GPU it is one
-chunk, and the (N, V) buffers are never kept for backward.
+only scales them by the incoming scalar). On a CPU the N x V passes then stay in cache instead of
+going to memory and back six times (docs/speed.md); on a GPU it is one chunk, and the (N, V)
+buffers are never kept for backward.
 """
 
 from __future__ import annotations

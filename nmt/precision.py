@@ -62,9 +62,8 @@ ROW_MULTIPLE = 64
 def padded_rows(n: int, multiple: int) -> int:
     """`n` rows rounded up for oneDNN's kernels (one built per row count, see decode_row_multiple):
     to a multiple of multiple/4 up to 2 x multiple rows, of multiple/2 up to 4 x multiple, then of
-    multiple. Decoding test_2016_flickr at beam 5 then computes 10% more rows than it needs (greedy:
-    12%), with 20 row counts; rounding every count up to 64 wasted 17% (greedy: 34%) with 12.
-    `multiple` 1: no padding."""
+    multiple: tiers waste fewer rows than one multiple for all counts, and still bound how many
+    kernels are built. `multiple` 1: no padding."""
     if multiple <= 1:
         return n
     step = max(
@@ -75,10 +74,9 @@ def padded_rows(n: int, multiple: int) -> int:
 
 def decode_row_multiple(device: torch.device, precision: str) -> int:
     """The row multiple decoding pads by (padded_rows): 64 for bf16 on a CPU, where torch hands the
-    products to oneDNN, which builds a kernel for every new shape (about 2 ms for a 256 x 1024
-    layer; decoding test_2016_flickr at beam 5 built 471 layer kernels with the row count beam
-    search left, 72 with rows in steps of 64: oneDNN's verbose log); 1 (no padding) elsewhere: fp32
-    products go to MKL and int8 ones to fbgemm, which build nothing per shape."""
+    products to oneDNN, which builds a kernel for every new shape, and beam search changes the row
+    count whenever a sentence finishes; 1 (no padding) elsewhere: fp32 products go to MKL and int8
+    ones to fbgemm, which build nothing per shape."""
     return ROW_MULTIPLE if device.type == "cpu" and precision == "bf16" else 1
 
 
@@ -86,15 +84,15 @@ class PackedLinear(nn.Module):
     """A bf16 nn.Linear for decoding on a CPU, its weight packed once into the blocked layout oneDNN
     multiplies in.
 
-    torch's bf16 products on a CPU go to oneDNN, which otherwise repacks the weight at every call:
-    for the 5 to 1000 rows of a decoding step that is 10-30% of a layer's time (measured 1.1-1.5x
-    per call; the outputs are bit-identical). Uses the operators torch's own compiler emits for CPU
-    inference (torch.ops.mkldnn).
+    torch's bf16 products on a CPU go to oneDNN, which otherwise repacks the weight at every call, a
+    large share of a layer's time at the few rows of a decoding step (the outputs are
+    bit-identical). Uses the operators torch's own compiler emits for CPU inference
+    (torch.ops.mkldnn).
 
-    oneDNN also builds a kernel for every new number of rows (1-40 ms each for this project's
-    layers), so the rows are padded (padded_rows with `rows`): a decoding step pads them once for
-    all its layers (Transformer.step); the encoder's batches (sentences x positions rows, a new
-    count nearly every batch) are padded here.
+    oneDNN also builds a kernel for every new number of rows, so the rows are padded (padded_rows
+    with `rows`): a decoding step pads them once for all its layers (Transformer.step); the
+    encoder's batches (sentences x positions rows, a new count nearly every batch) are padded
+    here.
 
     `relu`: the layer applies ReLU to its output, in the same kernel (oneDNN's post-op: one pass
     less over the output; ReLU commutes with the rounding to bf16, so the result is the same)."""

@@ -9,7 +9,7 @@ beams: the rows of `prev` are sentence-major (beam j of sentence i is row i * be
 reads the static row of row r at r // beam, beam = rows of prev / rows of the static entries (1 at
 beam search's first step, which decodes one row per sentence: its beams would all be the same). They
 move only when the batch shrinks. Not copying them per beam saves the copies and their memory
-traffic in cross-attention (beam 5: 3-5% on a CPU).
+traffic in cross-attention.
 
 With `start(..., record=True)` a model also keeps the attention weights in its state, so they follow
 each hypothesis through beam reordering: `attn_static` {"encoder": (B, layers, heads, S, S)} and
@@ -251,11 +251,11 @@ def top_continuations(scores: Tensor, log_probs: Tensor, m: int) -> tuple[Tensor
     cumulative log-probs, log_probs (N * K, V) their next-token log-probs (beam j of sentence i is
     row i * K + j). Returns (candidate scores, tokens, parent beams), each (N, m), best first.
 
-    On a CPU, topk over K * V columns is slow (reductions that return positions run ~20x slower than
-    amax there), so each row is cut into blocks: the m blocks with the largest maxima plus their
-    beam's score hold the m best continuations (a value outside them is beaten by the maxima of m
-    other blocks), and topk runs on their m * block columns. Ties may come back in another order
-    than torch.topk's."""
+    On a CPU, topk over K * V columns is slow (reductions that return positions run many times
+    slower than amax there), so each row is cut into blocks: the m blocks with the largest maxima
+    plus their beam's score hold the m best continuations (a value outside them is beaten by the
+    maxima of m other blocks), and topk runs on their m * block columns. Ties may come back in
+    another order than torch.topk's."""
     n, k = scores.shape
     v = log_probs.size(1)
     # fewer continuations than asked (one beam over a tiny vocabulary): the missing ones score -inf

@@ -6,9 +6,12 @@ training).
     python scripts/ct2_convert.py runs/x/best.pt ct2_model/
 
 CTranslate2 then takes SentencePiece pieces with "</s>" appended (the model was trained with a
-source EOS): tr = ctranslate2.Translator("ct2_model"); tr.translate_batch([pieces + ["</s>"]],
-beam_size=5) Only pre-norm models with sinusoidal or learned positions are supported (the nmt
-defaults).
+source EOS):
+
+    tr = ctranslate2.Translator("ct2_model")
+    tr.translate_batch([pieces + ["</s>"]], beam_size=5)
+
+Only pre-norm models with sinusoidal or learned positions are supported (the nmt defaults).
 """
 
 from __future__ import annotations

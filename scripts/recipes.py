@@ -2,7 +2,7 @@
 once, print the table.
 
     # CPU: 2 runs at a time
-    python scripts/recipes.py --source ../shared/data/multi30k --steps 500 --threads 1 --jobs 2
+    python scripts/recipes.py --source data/multi30k --steps 500 --threads 1 --jobs 2
     # one GPU
     python scripts/recipes.py --minutes 5 --average 3,5 --runs runs/recipes-gpu
     # finished runs only
@@ -17,11 +17,13 @@ After training:
 2. `nmt sweep` decodes valid for each candidate over --beam x --alpha
    (valid.sweep.<candidate>.json);
 3. the best (candidate, beam, alpha) on valid translates test_2016_flickr, once (test.json): cased
-   sacreBLEU, paper-style BLEU (lowercased, Moses-tokenized), chrF. With --ensemble (and two or more
-   seeds), the first recipe's seeds are also decoded as one ensemble (`nmt translate --checkpoint A
-   --checkpoint B ...`), each member the checkpoint its run chose on valid: beam and alpha are swept
-   on valid for the ensemble (RUNS/<config>-ensemble<N>/valid.sweep.json), then test is translated
-   once (test.json there). Test is never read before the choice is made.
+   sacreBLEU, paper-style BLEU (lowercased, Moses-tokenized), chrF.
+
+With --ensemble (and two or more seeds), the first recipe's seeds are also decoded as one ensemble
+(`nmt translate --checkpoint A --checkpoint B ...`), each member the checkpoint its run chose on
+valid: beam and alpha are swept on valid for the ensemble
+(RUNS/<config>-ensemble<N>/valid.sweep.json), then test is translated once (test.json there). Test
+is never read before the choice is made.
 """
 
 from __future__ import annotations
@@ -43,13 +45,12 @@ RECIPES = (
     "configs/multi30k_en_fr.yaml",
     "configs/multi30k_en_cs.yaml",
 )
-# issue 5, by direction
+# the test BLEU (cased sacreBLEU, test_2016_flickr) each direction's recipe aims at
 TARGETS = {("en", "de"): 40.0, ("de", "en"): 43.0, ("en", "fr"): 61.0, ("en", "cs"): 33.0}
 
 
 def target(config: str) -> float | None:
-    """Issue 5's test BLEU target for the config's direction (any model size), None for another
-    pair."""
+    """The test BLEU target for the config's direction (any model size), None for another pair."""
     data = load_config(config).data
     return TARGETS.get((data.src_lang, data.tgt_lang))
 
@@ -313,8 +314,8 @@ def main() -> None:
         type=int,
         action="append",
         default=[],
-        help="train en->de (the first recipe) with this seed instead of 1..N; repeatable (e.g. a "
-        "later session's seed 2)",
+        help="train en->de (the first recipe) with this seed instead of 1..N; repeatable (e.g. "
+        "seed 3 beside finished seeds 1-2)",
     )
     ap.add_argument(
         "--jobs",
@@ -326,8 +327,8 @@ def main() -> None:
     ap.add_argument(
         "--alpha",
         default="0.6,1.0,1.4,2.0",
-        help="length penalties to sweep on valid (1.0, once the grid's edge, "
-        "was every en->de run's choice at 2,500 steps; see README)",
+        help="length penalties to sweep on valid (longer-trained models often choose 1.4-2.0; "
+        "docs/results.md)",
     )
     ap.add_argument(
         "--average",

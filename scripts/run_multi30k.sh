@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, from nothing: install, get Multi30k, prepare, train, evaluate test_2016_flickr, print BLEU.
 #   bash scripts/run_multi30k.sh                       # downloads Multi30k (sha256-checked)
-#   SOURCE=../shared/data/multi30k bash scripts/run_multi30k.sh    # a local copy, no network
+#   SOURCE=/path/to/multi30k bash scripts/run_multi30k.sh    # a local copy, no network
 #   CONFIG=configs/multi30k_en_de.yaml MAX_MINUTES=60 bash scripts/run_multi30k.sh
 # TORCH_SPEC picks the torch build (default torch==2.13.0; see the README for CPU/CUDA builds).
 set -euo pipefail

@@ -72,7 +72,7 @@ def test_recipes_chooses_on_valid_scores_test_once_and_does_not_retrain(
             scored["test"]["beam"] == chosen["beam"] and scored["test"]["alpha"] == chosen["alpha"]
         )
         assert r["bleu"] == scored["test"]["metrics"]["bleu"]["score"]
-        # smoke.yaml is en->de: issue 5's target goes by direction, not by the config's name
+        # smoke.yaml is en->de: the target goes by direction, not by the config's name
         assert r["target"] == 40.0
         # the curve is the run's validations: [training minutes, valid BLEU] at steps 20 and 40
         logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -111,7 +111,7 @@ def test_recipes_chooses_on_valid_scores_test_once_and_does_not_retrain(
     assert {f: f.stat().st_mtime_ns for f in before} == before
     assert again.stdout.split("| recipe")[1] == done.stdout.split("| recipe")[1]
 
-    # --seed picks seeds instead of 1..N (a later session adds seed 3 to seeds 1-2): here only seed
+    # --seed picks seeds instead of 1..N (seed 3 added beside finished seeds 1-2): here only seed
     # 2's finished row
     only = [a for a in cmd if a != "--ensemble"] + ["--only-table"]
     only[only.index("--seeds")], only[only.index("--json") + 1] = (

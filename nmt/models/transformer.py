@@ -27,11 +27,8 @@ def choose_attention_kernels(device: torch.device) -> None:
     flash, memory-efficient and math). Recent torch puts cuDNN first on Hopper and Blackwell GPUs,
     and cuDNN builds an execution graph for every new problem, keyed by batch size and lengths
     (torch's cudnn/MHA.cpp); bucketed batches bring a new shape at almost every step of the first
-    epoch. On an H200 (torch 2.11 cu130, 2026-12-04) those steps took 0.2-0.4 s against 22 ms once
-    their shapes had been seen: the first 150 steps of a 5-minute en->de run took 55 s, with cuDNN
-    allowed (this choice is yet to be timed on a GPU: scripts/gpu_session.sh does both). A
-    process-wide setting of torch's (torch.backends.cuda.enable_cudnn_sdp), set when a model is put
-    on a GPU."""
+    epoch, which made those steps slow (docs/speed.md). A process-wide setting of torch's
+    (torch.backends.cuda.enable_cudnn_sdp), set when a model is put on a GPU."""
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
 
@@ -48,10 +45,11 @@ def sinusoid_table(n: int, d: int) -> Tensor:
 
 class Dropout(nn.Module):
     """nn.Dropout, but on the CPU the mask comes from uniform 15-bit integers compared with a
-    threshold and is applied by a multiplication: about 3x faster than the bernoulli kernel torch
-    uses there (dropout was 19% of a CPU training step). The 15-bit draws are cut from 64-bit ones
-    (a quarter of the generator calls). p is rounded to a multiple of 1/32768 and the scale uses the
-    rounded value, so the expectation is exact. On CUDA: torch's fused kernel."""
+    threshold and is applied by a multiplication: several times faster than the bernoulli kernel
+    torch uses there, which made dropout a large share of a CPU training step. The 15-bit draws are
+    cut from 64-bit ones (a quarter of the generator calls). p is rounded to a multiple of 1/32768
+    and the scale uses the rounded value, so the expectation is exact. On CUDA: torch's fused
+    kernel."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -79,11 +77,9 @@ class Attention(nn.Module):
     """Multi-head attention; keys/values are projected separately so they can be cached.
 
     Training on a CPU computes it as written (scores, softmax in fp32, dropout, weighted sum) rather
-    than with scaled_dot_product_attention where SDPA's CPU kernels were the slower
-    (scripts/attention_bench.py, torch 2.13, 2 threads, fwd + bwd of a call on Multi30k batch
-    shapes): in bf16 without attention dropout (its flash kernel) 3.2-5.6x, with dropout (its
-    bernoulli masks) 1.1-1.6x; in fp32 with dropout 1.0-1.3x. In fp32 without dropout they were even
-    (0.8-1.15x), so that keeps SDPA, as do decoding and GPUs."""
+    than with scaled_dot_product_attention where SDPA's CPU kernels are the slower: in bf16, and
+    with attention dropout (scripts/attention_bench.py measures both; docs/speed.md). In fp32
+    without dropout they are even, so that keeps SDPA, as do decoding and GPUs."""
 
     def __init__(self, d_model: int, heads: int, dropout: float):
         super().__init__()
