@@ -313,8 +313,7 @@ def average(
         help="Where to write (default RUN_DIR/average-last-N.pt or -best-N.pt).",
     ),
 ) -> None:
-    """Average the weights of several checkpoints into a new one (translate/evaluate it like any
-    checkpoint)."""
+    """Average the weights of several checkpoints into a new checkpoint."""
     from nmt.average import average as run
     from nmt.average import select
 
@@ -344,8 +343,7 @@ def plot(
         None, "--output", "-o", help="PNG to write (default RUN_DIR/curves.png)."
     ),
 ) -> None:
-    """Draw the learning curves of a run (loss, BLEU, learning rate against step and time) into a
-    PNG."""
+    """Draw a run's learning curves (loss, BLEU, learning rate by step and time) into a PNG."""
     from nmt.plot import plot_curves
 
     print(plot_curves(run_dir, output))
