@@ -1,5 +1,5 @@
-"""Attention heatmaps of translations: the weights the model used when it produced each output
-token.
+"""Attention heatmaps of translations: the weights
+the model used when it produced each output token.
 
 `nmt translate --attention-dir DIR` decodes with `record=True` (see search.py), so every hypothesis
 carries the attention of its own beam history, and writes for input line N (numbered from 1):

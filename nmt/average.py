@@ -21,8 +21,8 @@ TRAINING_FILES = ("last.pt", "best.pt")
 
 
 def select(run_dir: Path, last: Optional[int], best: Optional[int]) -> list[Path]:
-    """The run's `last` newest step checkpoints, or its `best` best by valid BLEU (then loss),
-    oldest first."""
+    """The run's `last` newest step checkpoints, or its
+    `best` best by valid BLEU (then loss), oldest first."""
     if (last is None) == (best is None):
         raise NmtError("give one of --last N or --best N with --run-dir")
     files = step_files(run_dir)
@@ -47,8 +47,8 @@ def select(run_dir: Path, last: Optional[int], best: Optional[int]) -> list[Path
 
 
 def average(paths: list[Path], output: Path) -> dict:
-    """Write the mean of the checkpoints' weights to `output`; all must share tokenizer and model
-    config."""
+    """Write the mean of the checkpoints' weights to
+    `output`; all must share tokenizer and model config."""
     if len(paths) < 1:
         raise NmtError("nothing to average")
     output = Path(output)

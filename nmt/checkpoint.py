@@ -1,5 +1,5 @@
-"""Atomic file writes and self-describing, checksummed checkpoints (config + tokenizer + weights +
-train state).
+"""Atomic file writes and self-describing, checksummed
+checkpoints (config + tokenizer + weights + train state).
 
 Every file the program produces goes through `atomic_write_*`: written to a temporary file in the
 same directory, flushed and fsynced, then renamed over the target, so a crash leaves either the old
@@ -72,8 +72,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_link(src: Path, dst: Path) -> None:
-    """Make `dst` the same file as `src` atomically: a hard link (no copy), or a copy where links
-    are unsupported."""
+    """Make `dst` the same file as `src` atomically: a hard
+    link (no copy), or a copy where links are unsupported."""
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.{os.getpid()}{TMP_SUFFIX}"
@@ -113,8 +113,8 @@ def seal(data: bytes) -> bytes:
 
 
 def verify(path: Path, data: bytes) -> bool:
-    """False if `data` carries no seal; True if its seal matches its content; CorruptCheckpoint if
-    not."""
+    """False if `data` carries no seal; True if its seal
+    matches its content; CorruptCheckpoint if not."""
     n = len(data) - _SEAL_LEN
     if (
         n < 22
@@ -129,8 +129,8 @@ def verify(path: Path, data: bytes) -> bool:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Serialize a checkpoint payload (see `Trainer.payload` in train.py), seal it, write it
-    atomically."""
+    """Serialize a checkpoint payload (see `Trainer.payload`
+    in train.py), seal it, write it atomically."""
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buf)
     atomic_write_bytes(path, seal(buf.getvalue()))
@@ -170,8 +170,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     if ckpt.get("version") not in (1, VERSION):
         raise NmtError(
-            f"{path}: checkpoint format version {ckpt.get('version')} is not supported (expected "
-            f"{VERSION})"
+            f"{path}: checkpoint format version {ckpt.get('version')} "
+            f"is not supported (expected {VERSION})"
         )
     ckpt["path"] = str(path)
     return ckpt

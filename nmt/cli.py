@@ -35,8 +35,8 @@ def prepare(
     """Check and clean the corpus, train SentencePiece, write the prepared directory."""
     from nmt.config import load_config
 
-    # --source stands in for data.source, also where the config leaves it null (corpus 'files' needs
-    # one)
+    # --source stands in for data.source, also where the
+    # config leaves it null (corpus 'files' needs one)
     cfg = load_config(config, [*set_, f"data.source={json.dumps(source)}"] if source else set_)
     from nmt.prepare import prepare as run  # heavy imports after the config is known to be good
 
@@ -98,8 +98,8 @@ DEVICE = typer.Option(None, help="cpu or cuda (default: cuda when available).")
 PRECISION = typer.Option(
     "auto",
     help="Weights for decoding: auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), "
-    "fp32, bf16, or int8 (CPU only: every Linear layer quantized). bf16 and int8 decode faster on "
-    "a CPU, BLEU within noise (docs/speed.md).",
+    "fp32, bf16, or int8 (CPU only: every Linear layer quantized). int8, and bf16 on a CPU with "
+    "bf16 instructions, decode faster than fp32 at about the same BLEU (docs/speed.md).",
 )
 WORKERS = typer.Option(
     None,

@@ -1,5 +1,5 @@
-"""Frozen config dataclasses and the one strict loader (unknown keys, types, ranges, cross-field
-rules).
+"""Frozen config dataclasses and the one strict loader
+(unknown keys, types, ranges, cross-field rules).
 
 Every key is documented in configs/base.yaml. `load_config(path, overrides)` is the only way a
 config enters the program; `config_from_dict` rebuilds one from a checkpoint with the same checks.
@@ -149,8 +149,8 @@ def _unknown(origin: str, key: str, valid: list[str]) -> NmtError:
 
 
 def _check_value(origin: str, key: str, value: Any, typ: Any, rules: dict[str, Any]) -> Any:
-    """Check one value against its annotated type and rules; return it converted (int->float,
-    list->tuple)."""
+    """Check one value against its annotated type and rules;
+    return it converted (int->float, list->tuple)."""
     if typing.get_origin(typ) is typing.Union:  # Optional[X]
         if value is None:
             return None
@@ -220,8 +220,8 @@ def _cross_checks(origin: str, cfg: Config) -> None:
             raise _fail(
                 origin,
                 "model.dec_layers",
-                "an RNN decoder starts from the encoder's state: it needs as many layers (leave it "
-                "null)",
+                "an RNN decoder starts from the encoder's state: "
+                "it needs as many layers (leave it null)",
             )
     elif m.d_model % m.heads:
         raise _fail(
@@ -312,8 +312,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def read_yaml(path: Path) -> Any:
-    """Read a YAML file; a missing file or a syntax error is a one-line NmtError with the line
-    number."""
+    """Read a YAML file; a missing file or a syntax error
+    is a one-line NmtError with the line number."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

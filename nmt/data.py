@@ -1,5 +1,5 @@
-"""Encoded splits, the Batch (the one place that builds tgt_in / tgt_out and masks), token-budget
-buckets.
+"""Encoded splits, the Batch (the one place that builds
+tgt_in / tgt_out and masks), token-budget buckets.
 
 Conventions: the source gets EOS appended; `tgt_in` = BOS + target, `tgt_out` = target + EOS;
 `*_pad_mask` is True at padding. Batches of one epoch are a pure function of (seed, epoch), so a
@@ -78,8 +78,8 @@ class TextFile:
 
 
 def decode_lines(data: bytes, name: str) -> TextFile:
-    """Split UTF-8 bytes into lines; strip BOM, CR and surrounding whitespace; name file:line on bad
-    UTF-8."""
+    """Split UTF-8 bytes into lines; strip BOM, CR and
+    surrounding whitespace; name file:line on bad UTF-8."""
     raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
@@ -98,8 +98,8 @@ def decode_lines(data: bytes, name: str) -> TextFile:
 
 
 def read_text(path: Path) -> TextFile:
-    """Read and clean a UTF-8 text file, plain or gzipped; `sha256` is that of the file as
-    stored."""
+    """Read and clean a UTF-8 text file, plain or
+    gzipped; `sha256` is that of the file as stored."""
     try:
         stored = path.read_bytes()
         data = gzip.decompress(stored) if path.suffix == ".gz" else stored
@@ -222,8 +222,8 @@ def data_settings(cfg: Config) -> dict:
 
 
 def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
-    """Read and check a prepared dir's manifest (format version; settings match `cfg` when
-    given)."""
+    """Read and check a prepared dir's manifest (format
+    version; settings match `cfg` when given)."""
     path = prepared_dir / "manifest.json"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))

@@ -1,5 +1,5 @@
-"""More than one process: torch.distributed (torchrun) with DistributedDataParallel; everything DDP
-lives here.
+r"""More than one process: torch.distributed (torchrun)
+with DistributedDataParallel; everything DDP lives here.
 
     # one machine, N GPUs (or CPU processes)
     torchrun --nproc_per_node N -m nmt train --config C
@@ -10,12 +10,12 @@ torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them (`nmt train` alone) 
 anything. NCCL on GPUs, gloo on CPUs. A second gloo group carries the small per-step control
 messages (stop now?) so they never wait for the GPU.
 
-How training shares the work (see Trainer.run_epoch): every rank builds the same token-budget
-batches (a pure function of seed and epoch); one optimizer step takes `accum_steps` x world batches
-and rank r takes every world-th of them, so the ranks see disjoint batches and the same number of
-steps. The loss is divided by the target tokens of the whole step (all ranks), times world because
-DDP averages, so N ranks give the gradient one process would get from the same batches with N x
-accum_steps accumulation.
+How training shares the work (see Trainer.run_epoch): every rank builds the same
+token-budget batches (a pure function of seed and epoch); one optimizer step takes
+`accum_steps` x world batches and rank r takes every world-th of them, so the ranks see
+disjoint batches and the same number of steps. The loss is divided by the target tokens
+of the whole step (all ranks), times world because DDP averages, so N ranks give the
+gradient one process would get from the same batches with N x accum_steps accumulation.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from nmt.errors import NmtError
 
 
 class Dist:
-    """Rank, world size and the few collective operations training needs; a no-op for a single
-    process."""
+    """Rank, world size and the few collective operations
+    training needs; a no-op for a single process."""
 
     def __init__(self) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -57,8 +57,8 @@ class Dist:
         if device.type == "cuda":
             if self.local_rank >= torch.cuda.device_count():
                 raise NmtError(
-                    f"LOCAL_RANK {self.local_rank} but only {torch.cuda.device_count()} GPU(s) on "
-                    "this machine"
+                    f"LOCAL_RANK {self.local_rank} but only "
+                    f"{torch.cuda.device_count()} GPU(s) on this machine"
                 )
             torch.cuda.set_device(self.local_rank)
             device = torch.device("cuda", self.local_rank)
@@ -77,8 +77,8 @@ class Dist:
         )
 
     def any(self, *flags: bool) -> list[bool]:
-        """Each flag OR-ed over all ranks (one small CPU message): decisions every rank must take
-        together."""
+        """Each flag OR-ed over all ranks (one small CPU
+        message): decisions every rank must take together."""
         if not self.enabled:
             return list(flags)
         t = torch.tensor([float(f) for f in flags])

@@ -1,5 +1,5 @@
-"""Stage 4: sacreBLEU, chrF and TER (with signatures) for a hypothesis file or a checkpoint on a
-split."""
+"""Stage 4: sacreBLEU, chrF and TER (with signatures)
+for a hypothesis file or a checkpoint on a split."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def evaluate_files(hyp: str, ref: str, lang: Optional[str] = None) -> dict:
 def load_split(
     tr: Translator, split: str, prepared_dir: Optional[str]
 ) -> tuple[Path, list[str], list[str]]:
-    """(prepared dir, source lines, references) of `split`, refusing a prepared dir with another
-    tokenizer."""
+    """(prepared dir, source lines, references) of `split`,
+    refusing a prepared dir with another tokenizer."""
     if split not in SPLITS:
         raise NmtError(f"--split {split}: must be one of {', '.join(SPLITS)}")
     pdir = Path(prepared_dir) if prepared_dir else tr.cfg.prepared_dir

@@ -9,8 +9,8 @@ from typing import Optional
 
 
 class GracefulStop:
-    """Context manager that records the first SIGINT/SIGTERM instead of dying; `requested` names
-    it."""
+    """Context manager that records the first SIGINT/SIGTERM
+    instead of dying; `requested` names it."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -23,9 +23,8 @@ class GracefulStop:
         if self.requested is not None:
             self.__exit__()
             print(
-                f"{signal.Signals(signum).name} again: stopping at once; the run's checkpoints are "
-                "as they were "
-                "(continue with --resume)",
+                f"{signal.Signals(signum).name} again: stopping at once; "
+                "the run's checkpoints are as they were (continue with --resume)",
                 file=sys.stderr,
             )
             raise KeyboardInterrupt

@@ -1,5 +1,5 @@
-"""Label-smoothed cross-entropy; for training, fused with the output projection and computed in row
-chunks.
+"""Label-smoothed cross-entropy; for training, fused
+with the output projection and computed in row chunks.
 
 The loss of a target token t under logits x (V classes) with smoothing s is
     (1 - s) * (lse(x) - x_t) + s * (lse(x) - mean(x)),       lse = logsumexp,
@@ -38,8 +38,8 @@ def _chunk(
     lp = torch.log_softmax(logits, dim=-1)
     nll = -lp.gather(1, target[:, None]).squeeze(1)
     loss = (1.0 - smoothing) * nll - smoothing * lp.mean(dim=-1) if smoothing else nll
-    # where(), not boolean indexing: indexing needs the count of real tokens on the host (a device
-    # sync)
+    # where(), not boolean indexing: indexing needs the
+    # count of real tokens on the host (a device sync)
     sums = torch.where(real, loss, 0.0).sum(), torch.where(real, nll, 0.0).sum()
     if not grad:
         return *sums, None

@@ -1,5 +1,5 @@
-"""Corpus-level sacreBLEU, chrF and TER with their signatures (a building block for train and
-evaluate)."""
+"""Corpus-level sacreBLEU, chrF and TER with their
+signatures (a building block for train and evaluate)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from nmt.errors import NmtError
 
 
 def bleu_score(hyps: list[str], refs: list[str]) -> float:
-    """Cased corpus sacreBLEU (13a tokenization) of detokenized hypotheses against raw
-    references."""
+    """Cased corpus sacreBLEU (13a tokenization) of
+    detokenized hypotheses against raw references."""
     _check(hyps, refs)
     return BLEU().corpus_score(hyps, [refs]).score
 
 
 def score_all(hyps: list[str], refs: list[str], lang: Optional[str] = None) -> dict:
-    """BLEU, chrF and TER with signatures, and lowercased BLEU; with the target language `lang`,
-    also BLEU the way papers on Multi30k report it: lowercased, on Moses-tokenized text
-    (multi-bleu.perl style)."""
+    """BLEU, chrF and TER with signatures, and lowercased BLEU; with the
+    target language `lang`, also BLEU the way papers on Multi30k report
+    it: lowercased, on Moses-tokenized text (multi-bleu.perl style)."""
     _check(hyps, refs)
     metrics = {"bleu": BLEU(), "chrf": CHRF(), "ter": TER(), "bleu_lc": BLEU(lowercase=True)}
     out = {}
@@ -41,9 +41,9 @@ def score_all(hyps: list[str], refs: list[str], lang: Optional[str] = None) -> d
 
 
 def paper_bleu(hyps: list[str], refs: list[str], lang: str) -> dict:
-    """Lowercased BLEU on Moses-tokenized hypotheses and references (sacremoses, no escaping), no
-    smoothing: what `tokenizer.perl -l LANG | multi-bleu.perl -lc` gives, the number most Multi30k
-    papers print."""
+    """Lowercased BLEU on Moses-tokenized hypotheses and references
+    (sacremoses, no escaping), no smoothing: what `tokenizer.perl -l LANG |
+    multi-bleu.perl -lc` gives, the number most Multi30k papers print."""
     try:
         import sacremoses
     except ImportError:

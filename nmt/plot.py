@@ -1,5 +1,7 @@
-"""Pictures of a run: learning curves from metrics.jsonl. Needs the optional matplotlib (`pip
-install 'nmt[plot]'`)."""
+"""Pictures of a run: learning curves from metrics.jsonl.
+
+Needs the optional matplotlib (`pip install 'nmt[plot]'`, or `pip install -e ".[plot]"` in a clone).
+"""
 
 from __future__ import annotations
 
@@ -15,14 +17,14 @@ FIGSIZE, DPI = (15.0, 8.0), 100  # the PNG is 1500 x 800 pixels
 
 
 def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, or a one-line error saying how to install
-    it."""
+    """matplotlib.pyplot on the file-only Agg backend,
+    or a one-line error saying how to install it."""
     try:
         import matplotlib
     except ImportError:
         raise NmtError(
-            "plotting needs matplotlib, an optional extra: pip install 'nmt[plot]' (or pip install "
-            "matplotlib)"
+            "plotting needs matplotlib, an optional extra: "
+            "pip install 'nmt[plot]' (or pip install matplotlib)"
         ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

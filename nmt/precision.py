@@ -81,18 +81,18 @@ def decode_row_multiple(device: torch.device, precision: str) -> int:
 
 
 class PackedLinear(nn.Module):
-    """A bf16 nn.Linear for decoding on a CPU, its weight packed once into the blocked layout oneDNN
-    multiplies in.
+    """A bf16 nn.Linear for decoding on a CPU, its weight
+    packed once into the blocked layout oneDNN multiplies in.
 
-    torch's bf16 products on a CPU go to oneDNN, which otherwise repacks the weight at every call, a
-    large share of a layer's time at the few rows of a decoding step (the outputs are
-    bit-identical). Uses the operators torch's own compiler emits for CPU inference
-    (torch.ops.mkldnn).
+    torch's bf16 products on a CPU go to oneDNN, which otherwise repacks the
+    weight at every call, a large share of a layer's time at the few rows of
+    a decoding step (the outputs are bit-identical). Uses the operators
+    torch's own compiler emits for CPU inference (torch.ops.mkldnn).
 
-    oneDNN also builds a kernel for every new number of rows, so the rows are padded (padded_rows
-    with `rows`): a decoding step pads them once for all its layers (Transformer.step); the
-    encoder's batches (sentences x positions rows, a new count nearly every batch) are padded
-    here.
+    oneDNN also builds a kernel for every new number of rows, so the rows
+    are padded (padded_rows with `rows`): a decoding step pads them once
+    for all its layers (Transformer.step); the encoder's batches (sentences
+    x positions rows, a new count nearly every batch) are padded here.
 
     `relu`: the layer applies ReLU to its output, in the same kernel (oneDNN's post-op: one pass
     less over the output; ReLU commutes with the rounding to bf16, so the result is the same)."""

@@ -82,8 +82,8 @@ def sha256_file(path: Path) -> str:
 
 
 def fetch_multi30k(folder: Path, names: list[str]) -> None:
-    """Download the named Multi30k files into `folder` (unless already there) and verify
-    checksums."""
+    """Download the named Multi30k files into `folder`
+    (unless already there) and verify checksums."""
     for name in names:
         dest = folder / name
         if dest.is_file() and sha256_file(dest) == MULTI30K_SHA256[name]:
@@ -96,8 +96,8 @@ def fetch_multi30k(folder: Path, names: list[str]) -> None:
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise NmtError(
-                f"cannot download {url} ({reason}); with no network, point at a local copy of "
-                "Multi30k: "
+                f"cannot download {url} ({reason}); "
+                "with no network, point at a local copy of Multi30k: "
                 f"nmt prepare --config C --source DIR (or data.source: DIR), DIR holding {name}"
             ) from None
         got = hashlib.sha256(data).hexdigest()
@@ -109,8 +109,8 @@ def fetch_multi30k(folder: Path, names: list[str]) -> None:
 
 
 def corpus_files(cfg: Config, source: Optional[str]) -> dict[str, tuple[Path, Path]]:
-    """Resolve (src_path, tgt_path) for each role; fetch/verify Multi30k when that corpus is
-    named."""
+    """Resolve (src_path, tgt_path) for each role;
+    fetch/verify Multi30k when that corpus is named."""
     d = cfg.data
     folder = Path(source or d.source or MULTI30K_CACHE)
     stems = {"train": d.train, "valid": d.valid, "test": d.test}

@@ -46,8 +46,8 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def best_first(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Validated saves ranked best first: higher valid BLEU, then lower valid loss, then the earlier
-    step."""
+    """Validated saves ranked best first: higher valid
+    BLEU, then lower valid loss, then the earlier step."""
     return sorted(
         records,
         key=lambda r: (-r.get("valid_bleu", 0.0), r.get("valid_loss", float("inf")), r["step"]),
@@ -55,8 +55,8 @@ def best_first(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class Retention:
-    """Records each save and prunes old step files: keeps the last `keep_last` and the best
-    `keep_best`."""
+    """Records each save and prunes old step files: keeps
+    the last `keep_last` and the best `keep_best`."""
 
     def __init__(self, run_dir: Path, keep_last: int, keep_best: int):
         self.run_dir, self.keep_last, self.keep_best = Path(run_dir), keep_last, keep_best
@@ -71,8 +71,8 @@ class Retention:
             return {}
 
     def record(self, step: int, scores: Optional[dict[str, float]], best: bool) -> None:
-        """Call after last.pt holds step `step`; `scores` (valid_bleu, valid_loss) when it was
-        validated."""
+        """Call after last.pt holds step `step`; `scores`
+        (valid_bleu, valid_loss) when it was validated."""
         last = self.run_dir / "last.pt"
         name = step_name(step)
         atomic_link(last, self.folder / name)
@@ -105,8 +105,8 @@ def resume_candidates(run_dir: Path) -> list[Path]:
 def load_for_resume(
     run_dir: Path, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
 ) -> dict:
-    """Load the newest checkpoint of the run that is intact; set aside (rename to *.corrupt) the
-    damaged ones."""
+    """Load the newest checkpoint of the run that is intact;
+    set aside (rename to *.corrupt) the damaged ones."""
     bad = []
     for path in resume_candidates(run_dir):
         try:
@@ -124,7 +124,7 @@ def load_for_resume(
         return ckpt
     if bad:
         raise NmtError(
-            f"{run_dir}: every checkpoint is corrupt ({len(bad)} found); cannot resume, start a "
-            "new run"
+            f"{run_dir}: every checkpoint is corrupt ({len(bad)} found); "
+            "cannot resume, start a new run"
         )
     raise NmtError(f"{run_dir}: no checkpoint to resume from")

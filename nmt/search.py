@@ -11,11 +11,11 @@ beam search's first step, which decodes one row per sentence: its beams would al
 move only when the batch shrinks. Not copying them per beam saves the copies and their memory
 traffic in cross-attention.
 
-With `start(..., record=True)` a model also keeps the attention weights in its state, so they follow
-each hypothesis through beam reordering: `attn_static` {"encoder": (B, layers, heads, S, S)} and
-`attn_steps` {"cross": [(B, layers, heads, S) per step], "self": [(B, layers, heads, t + 1) per
-step]}. A finished hypothesis then carries the weights its own tokens were produced with
-(`attention_of`).
+With `start(..., record=True)` a model also keeps the attention weights in its
+state, so they follow each hypothesis through beam reordering: `attn_static`
+{"encoder": (B, layers, heads, S, S)} and `attn_steps` {"cross": [(B, layers, heads,
+S) per step], "self": [(B, layers, heads, t + 1) per step]}. A finished hypothesis
+then carries the weights its own tokens were produced with (`attention_of`).
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def select_beams(state: dict, rows: Tensor, sentences: Tensor, shrinking: bool) 
 
 
 def restrict(lp: Tensor, bos: int, eos: int, force_eos: Tensor) -> Tensor:
-    """Never emit PAD or BOS; rows where `force_eos` (...,) is True may only emit EOS. lp (..., V),
-    in place."""
+    """Never emit PAD or BOS; rows where `force_eos` (...,)
+    is True may only emit EOS. lp (..., V), in place."""
     lp[..., PAD] = -float("inf")
     lp[..., bos] = -float("inf")
     # only at the length limit; masked writes cost even when they write nothing
@@ -131,8 +131,8 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 def max_lengths(src_pad_mask: Tensor, a: float, b: int, cap: int) -> Tensor:
-    """(B,) maximum output length per sentence: a * source length + b, at most `cap` (EOS
-    included)."""
+    """(B,) maximum output length per sentence: a *
+    source length + b, at most `cap` (EOS included)."""
     src_len = (~src_pad_mask).sum(1)
     return torch.clamp((src_len.float() * a).long() + b, max=cap)
 
@@ -306,8 +306,8 @@ def beam_search(
     dev = src.device
     n = src.size(0)
     k = beam
-    # beams (rows) per live sentence: the k beams would start identical, so the first step decodes
-    # one row
+    # beams (rows) per live sentence: the k beams would
+    # start identical, so the first step decodes one row
     width = 1
     state = (
         model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
@@ -386,11 +386,11 @@ def decode_corpus(
     workers: int = 1,
     early_exit: bool = False,
 ) -> list[list[Hypothesis]]:
-    """Translate id sequences in length-sorted batches of about `max_tokens` source tokens (x beam);
-    return the `nbest` hypotheses of each, in input order. Empty inputs get an empty output. Greedy
-    search is beam search with one beam; the separate greedy loop is the faster path for it.
-    `workers` > 1: that many threads decode batches side by side (see in_threads). `early_exit`: see
-    beam_search."""
+    """Translate id sequences in length-sorted batches of about `max_tokens` source
+    tokens (x beam); return the `nbest` hypotheses of each, in input order. Empty
+    inputs get an empty output. Greedy search is beam search with one beam; the
+    separate greedy loop is the faster path for it. `workers` > 1: that many threads
+    decode batches side by side (see in_threads). `early_exit`: see beam_search."""
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in src_ids]
     todo = np.array([i for i, s in enumerate(src_ids) if s], dtype=np.int64)
     if len(todo) == 0:
@@ -437,8 +437,8 @@ def decode_corpus(
 
 
 def in_threads(fn: Callable[[Any], None], items: list, workers: int) -> None:
-    """fn(item) for every item, in `workers` threads that share torch's intra-op threads (each gets
-    its share).
+    """fn(item) for every item, in `workers` threads that
+    share torch's intra-op threads (each gets its share).
 
     Decoding a batch is a long series of small operations, each too small to keep two cores busy,
     with Python running between them: two batches side by side, one core each, keep both busy (torch

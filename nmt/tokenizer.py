@@ -23,8 +23,8 @@ PAD, UNK, BOS, EOS = 0, 1, 2, 3
 def train_spm(
     lines: Iterable[str], vocab_size: int, model_type: str, character_coverage: float, seed: int
 ) -> bytes:
-    """Train a SentencePiece model on `lines` and return it serialized (deterministic for a
-    seed)."""
+    """Train a SentencePiece model on `lines` and
+    return it serialized (deterministic for a seed)."""
     spm.set_random_generator_seed(seed)
     buf = io.BytesIO()
     try:

@@ -1,5 +1,5 @@
-"""Stage 2: the training loop, its state, the learning-rate schedule, the loss, validation,
-checkpoints.
+"""Stage 2: the training loop, its state, the
+learning-rate schedule, the loss, validation, checkpoints.
 
 One optimizer step = `accum_steps` token-budget batches; the loss is summed over real target
 tokens and divided by their total, so accumulation gives the same gradient as one big batch.
@@ -77,8 +77,8 @@ class TrainState:
 
 
 def lr_at(step: int, peak: float, warmup: int) -> float:
-    """Linear warmup to `peak` over `warmup` steps, then inverse-square-root decay (constant if
-    warmup=0)."""
+    """Linear warmup to `peak` over `warmup` steps, then
+    inverse-square-root decay (constant if warmup=0)."""
     if warmup == 0:
         return peak
     step = max(step, 1)
@@ -149,8 +149,8 @@ def environment() -> dict:
 
 
 class DeviceCounters:
-    """Per-step bookkeeping kept on the device, so that a step never waits for the GPU; read on
-    logging steps."""
+    """Per-step bookkeeping kept on the device, so that a
+    step never waits for the GPU; read on logging steps."""
 
     def __init__(self, device: torch.device, skipped: int, in_row: int):
         def scalar(v: float) -> torch.Tensor:
@@ -171,8 +171,8 @@ class DeviceCounters:
         torch.maximum(self.max_in_row, self.in_row, out=self.max_in_row)
 
     def read(self) -> tuple[float, int, int, int]:
-        """(loss summed since the last reset, skipped updates, in a row now, most in a row since the
-        last read)."""
+        """(loss summed since the last reset, skipped updates,
+        in a row now, most in a row since the last read)."""
         loss, skipped, in_row, max_in_row = torch.stack(
             [self.loss, self.skipped, self.in_row, self.max_in_row]
         ).tolist()
@@ -206,8 +206,8 @@ class Trainer:
         self.ddp = self.dist.wrap(self.objective, device)
         self.forward = torch.compile(self.ddp, dynamic=True) if cfg.train.compile else self.ddp
         t = cfg.train
-        # fused: one kernel for all parameters (CPU and CUDA), and it can skip an update without a
-        # host sync
+        # fused: one kernel for all parameters (CPU and CUDA),
+        # and it can skip an update without a host sync
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=t.lr,
@@ -216,8 +216,8 @@ class Trainer:
             weight_decay=t.weight_decay,
             fused=True,
         )
-        # loss scaling only for fp16 (bf16 has fp32's range); disabled, the scaler passes everything
-        # through
+        # loss scaling only for fp16 (bf16 has fp32's range);
+        # disabled, the scaler passes everything through
         self.scaler = torch.amp.GradScaler(
             device.type, init_scale=FP16_INIT_SCALE, enabled=t.precision == "fp16"
         )
@@ -227,8 +227,8 @@ class Trainer:
 
     # --- checkpoints ---
     def payload(self, rngs: list) -> dict:
-        """Everything a resumed run needs; `rngs`: the random states of every rank, in rank
-        order."""
+        """Everything a resumed run needs; `rngs`: the
+        random states of every rank, in rank order."""
         return {
             "config": self.cfg.to_dict(),
             "tokenizer": self.tok.to_state(),
@@ -263,8 +263,8 @@ class Trainer:
                 )
 
     def init_from(self, ckpt: dict) -> None:
-        """Fine-tuning: start from a checkpoint's weights, with a fresh optimizer, schedule and
-        state."""
+        """Fine-tuning: start from a checkpoint's weights,
+        with a fresh optimizer, schedule and state."""
         self.check_compatible(ckpt, "fine-tune from it", ("model",))
         self.model.load_state_dict(ckpt["model"])
 
@@ -372,8 +372,8 @@ class Trainer:
     # --- validation ---
     @torch.no_grad()
     def validate(self) -> dict:
-        """Valid loss/perplexity (teacher forced, no smoothing) and greedy sacreBLEU against the raw
-        references."""
+        """Valid loss/perplexity (teacher forced, no smoothing)
+        and greedy sacreBLEU against the raw references."""
         self.model.eval()
         nll_sum, n = 0.0, 0
         for index in bucket_batches(
@@ -428,8 +428,8 @@ class Trainer:
         return t.patience > 0 and s.bad_evals >= t.patience
 
     def run(self) -> Optional[str]:
-        """Train until a stopping rule fires; return the signal name if a SIGINT/SIGTERM stopped
-        it."""
+        """Train until a stopping rule fires; return the
+        signal name if a SIGINT/SIGTERM stopped it."""
         s, t = self.state, self.cfg.train
         bar = tqdm(
             total=t.max_steps,
@@ -458,8 +458,8 @@ class Trainer:
         return None
 
     def run_epoch(self, bar) -> Optional[str]:
-        """Train from the current position to the end of the epoch; return why training stops, if it
-        does."""
+        """Train from the current position to the end of the
+        epoch; return why training stops, if it does."""
         s, t = self.state, self.cfg.train
         batches = bucket_batches(
             self.train_split.src_lens, self.train_split.tgt_lens, t.max_tokens, t.seed, s.epoch
@@ -521,14 +521,14 @@ class Trainer:
             self.log_progress(bar)
 
     def check_oom(self, group: list[Batch]) -> None:
-        """Log a batch skipped for lack of memory; stop when it keeps happening (the budget is too
-        big)."""
+        """Log a batch skipped for lack of memory; stop
+        when it keeps happening (the budget is too big)."""
         s, t = self.state, self.cfg.train
         s.oom_skipped += 1
         s.oom_in_row += 1
         shapes = ", ".join(
-            f"{b.src.shape[0]} sentences x {b.src.shape[1]} source / {b.tgt_in.shape[1]} target "
-            "tokens"
+            f"{b.src.shape[0]} sentences x "
+            f"{b.src.shape[1]} source / {b.tgt_in.shape[1]} target tokens"
             for b in group
         )
         tqdm.write(
@@ -603,8 +603,8 @@ class Trainer:
         return bool(t.max_minutes) and self.state.train_seconds >= 60 * t.max_minutes
 
     def stop_reason(self, out_of_time: Optional[bool] = None) -> Optional[str]:
-        """Why training stops now, if it does; `out_of_time` as agreed by all ranks (default: this
-        one's clock)."""
+        """Why training stops now, if it does; `out_of_time`
+        as agreed by all ranks (default: this one's clock)."""
         s, t = self.state, self.cfg.train
         if s.step >= t.max_steps:
             return f"reached train.max_steps={t.max_steps}"
@@ -639,8 +639,8 @@ class Trainer:
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> bool:
-    """Check the run directory and clear what a killed run left half-written; return whether to
-    resume."""
+    """Check the run directory and clear what a killed
+    run left half-written; return whether to resume."""
     if not resume and has_checkpoint(run_dir):
         raise NmtError(
             f"{run_dir} already holds a run (last.pt); pass --resume to continue it or --run-dir "
@@ -684,8 +684,8 @@ def record_session(run_dir: Path, step: int, init: Optional[str], world: int = 1
 
 
 def trim_log(path: Path, step: int) -> None:
-    """Drop metrics recorded after `step`: a resumed run writes them again, so the curves have no
-    repeats."""
+    """Drop metrics recorded after `step`: a resumed run
+    writes them again, so the curves have no repeats."""
     if not path.exists():
         return
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -704,14 +704,14 @@ def trim_log(path: Path, step: int) -> None:
 def train(
     cfg: Config, run_dir: Optional[Path] = None, resume: bool = False, init: Optional[str] = None
 ) -> Path:
-    """Run stage 2 for `cfg` (from the weights of checkpoint `init` when given); return the run
-    directory. Under torchrun, every rank runs this; rank 0 alone reads checkpoints and writes the
-    run directory."""
+    """Run stage 2 for `cfg` (from the weights of checkpoint `init` when
+    given); return the run directory. Under torchrun, every rank runs
+    this; rank 0 alone reads checkpoints and writes the run directory."""
     run_dir = Path(run_dir or f"runs/{cfg.name}")
     if init and resume:
         raise NmtError(
-            "--init starts a new run from a checkpoint's weights; --resume continues a run: give "
-            "one of them"
+            "--init starts a new run from a checkpoint's weights; "
+            "--resume continues a run: give one of them"
         )
     manifest = read_manifest(cfg.prepared_dir, cfg)
     tok = Tokenizer.load(cfg.prepared_dir)

@@ -65,8 +65,8 @@ def load_translator(
         raise NmtError(f"--workers {workers}: expected 1 or more")
     if dev.type == "cuda" and precision == "int8":
         raise NmtError(
-            "--precision int8 is for decoding on the CPU (add --device cpu); on a GPU, use bf16 "
-            "(the default)"
+            "--precision int8 is for decoding on the CPU (add --device cpu); "
+            "on a GPU, use bf16 (the default)"
         )
     precision = decode_precision(dev, precision)
     wanted = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
@@ -87,10 +87,9 @@ def load_translator(
             )
         elif (own.data.src_lang, own.data.tgt_lang) != (cfg.data.src_lang, cfg.data.tgt_lang):
             raise NmtError(
-                f"{ckpt['path']}: translates {own.data.src_lang}->{own.data.tgt_lang}, but "
-                f"{paths[0]} "
-                f"{cfg.data.src_lang}->{cfg.data.tgt_lang}; an ensemble's checkpoints must "
-                "translate one direction"
+                f"{ckpt['path']}: translates {own.data.src_lang}->{own.data.tgt_lang}, "
+                f"but {paths[0]} {cfg.data.src_lang}->{cfg.data.tgt_lang}; "
+                "an ensemble's checkpoints must translate one direction"
             )
         models.append(ready_model(ckpt, own, own_tok, dev, precision))
         paths.append(ckpt["path"])
@@ -107,8 +106,8 @@ def load_translator(
 
 
 def members(tr: Translator) -> dict[str, list[str]]:
-    """{"ensemble": [checkpoints]} for an ensemble, {} for one model: what evaluate's and sweep's
-    results add."""
+    """{"ensemble": [checkpoints]} for an ensemble, {} for
+    one model: what evaluate's and sweep's results add."""
     return {"ensemble": list(tr.paths)} if len(tr.paths) > 1 else {}
 
 
@@ -141,9 +140,8 @@ def encode_lines(tr: Translator, lines: list[str]) -> list[list[int]]:
     long = [i for i, s in enumerate(src_ids) if len(s) > limit]
     if long:
         print(
-            f"warning: {len(long)} input line(s) longer than the model's {limit} subwords were "
-            "truncated "
-            f"(first: line {long[0] + 1})",
+            f"warning: {len(long)} input line(s) longer than the model's {limit} subwords "
+            f"were truncated (first: line {long[0] + 1})",
             file=sys.stderr,
         )
         src_ids = [s[:limit] for s in src_ids]
@@ -200,8 +198,8 @@ def format_output(tr: Translator, hyps: list[list[Hypothesis]], nbest: int) -> s
 
 
 def decode_settings(tr: Translator, **given: Any) -> DecodeConfig:
-    """The checkpoint's decode config with the options given on the command line (None: not
-    given)."""
+    """The checkpoint's decode config with the options
+    given on the command line (None: not given)."""
     return replace(tr.cfg.decode, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -234,9 +232,9 @@ def translate(
     workers: Optional[int] = None,
     **options: Any,
 ) -> None:
-    """Run stage 3: a file or stdin in, a file (written atomically) or stdout out. `options`: decode
-    settings. `attention_dir`: also write each sentence's attention weights and heatmaps there (see
-    attention.py)."""
+    """Run stage 3: a file or stdin in, a file (written atomically) or
+    stdout out. `options`: decode settings. `attention_dir`: also write each
+    sentence's attention weights and heatmaps there (see attention.py)."""
     tr = load_translator(checkpoint, device, precision, workers)
     d = decode_settings(tr, **options)
     if d.nbest > d.beam:

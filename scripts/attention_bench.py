@@ -58,8 +58,8 @@ def main() -> None:
         "heads; ms per call, fwd + bwd"
     )
     print(
-        "| batch x length | dtype | attention dropout | causal | SDPA | written out | SDPA / "
-        "written out |"
+        "| batch x length | dtype | attention dropout | causal "
+        "| SDPA | written out | SDPA / written out |"
     )
     print("|---|---|---|---|---|---|---|")
     for b, t in ((315, 13), (178, 21), (128, 32)):

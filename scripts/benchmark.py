@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Speed of `nmt` on this machine: training throughput and MFU, decoding speed and BLEU; peers side
-by side.
+r"""Speed of `nmt` on this machine: training throughput
+and MFU, decoding speed and BLEU; peers side by side.
 
     python scripts/benchmark.py --config configs/multi30k_en_de.yaml --checkpoint runs/x/best.pt \
         [--train-steps 20] [--threads 2] [--ct2] [--json bench.json]
@@ -22,8 +22,8 @@ by side.
   round (every round's time is in the JSON), the figure least disturbed by the rest of a shared
   machine.
 
-Prints one table and, with --json, writes every figure. Timings are wall clock; CUDA is
-synchronised.
+Prints one table and, with --json, writes every
+figure. Timings are wall clock; CUDA is synchronised.
 """
 
 from __future__ import annotations
@@ -403,8 +403,8 @@ gpu_ranks: []
 
 
 def bench_onmt_train(cfg, steps: int, warmup: int, threads: int) -> dict:
-    """OpenNMT-py (`onmt_train` on PATH) on the same pieces, model size, batch size and threads (CPU
-    only)."""
+    """OpenNMT-py (`onmt_train` on PATH) on the same pieces,
+    model size, batch size and threads (CPU only)."""
     import os
     import re
     import subprocess
@@ -511,9 +511,9 @@ def onmt_state(model, onmt_vocab: list[str], our_pieces: list[str]) -> tuple[dic
 def onmt_decoder(
     tr, src: list[str], refs: list[str], beams: list[int], threads: int, stack: ExitStack
 ) -> Callable[[], dict]:
-    """A function that decodes with OpenNMT-py's translator on the same weights (transplanted once
-    into a checkpoint it wrote itself, in a folder `stack` removes) and returns the results by
-    name."""
+    """A function that decodes with OpenNMT-py's translator on the
+    same weights (transplanted once into a checkpoint it wrote itself,
+    in a folder `stack` removes) and returns the results by name."""
     import os
     import re
     import subprocess
@@ -774,8 +774,8 @@ def add_round(decode: dict, outputs: dict, results: dict) -> None:
         kept = decode[name]
         if out != outputs[name]:
             raise SystemExit(
-                f"{name}: round {len(kept['seconds_rounds']) + 1} translated differently from "
-                "round 1"
+                f"{name}: round {len(kept['seconds_rounds']) + 1} "
+                "translated differently from round 1"
             )
         kept["seconds_rounds"].append(r["seconds"])
         kept["seconds"] = min(kept["seconds_rounds"])

@@ -1,15 +1,15 @@
-"""Train several recipes for the same wall-clock budget on the same prepared data, then compare them
-on test.
+"""Train several recipes for the same wall-clock budget
+on the same prepared data, then compare them on test.
 
     # the four Multi30k en->de recipes
     python scripts/compare_models.py --minutes 20 --threads 2
     # re-print the table from finished runs
     python scripts/compare_models.py --minutes 20 --only-table
 
-Each recipe trains in runs/compare/<name> with `train.max_minutes` (validation time excluded), is
-scored with beam search on test_2016_flickr, and gets one row: BLEU (cased sacreBLEU), chrF,
-parameters, steps, target tokens/s, and BLEU by source-sentence length bucket. A finished run is not
-trained again.
+Each recipe trains in runs/compare/<name> with `train.max_minutes` (validation
+time excluded), is scored with beam search on test_2016_flickr, and gets one
+row: BLEU (cased sacreBLEU), chrF, parameters, steps, target tokens/s, and
+BLEU by source-sentence length bucket. A finished run is not trained again.
 """
 
 from __future__ import annotations

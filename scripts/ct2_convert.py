@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Convert an `nmt` Transformer checkpoint to a CTranslate2 model directory (same weights, no
-training).
+"""Convert an `nmt` Transformer checkpoint to a
+CTranslate2 model directory (same weights, no training).
 
     pip install ctranslate2
     python scripts/ct2_convert.py runs/x/best.pt ct2_model/
 
-CTranslate2 then takes SentencePiece pieces with "</s>" appended (the model was trained with a
-source EOS):
+CTranslate2 then takes SentencePiece pieces with "</s>"
+appended (the model was trained with a source EOS):
 
     tr = ctranslate2.Translator("ct2_model")
     tr.translate_batch([pieces + ["</s>"]], beam_size=5)

@@ -1,4 +1,4 @@
-"""Training throughput with 1 and N processes (torchrun, DDP) on this machine, for one config.
+r"""Training throughput with 1 and N processes (torchrun, DDP) on this machine, for one config.
 
     python scripts/ddp_scaling.py --config configs/multi30k_en_de.yaml --steps 40 \
         --procs 1 2 --threads 2

@@ -22,11 +22,11 @@
 #            says so in the log; the table gives CTranslate2's BLEU beside nmt's.
 # Wheels in .whl/ are installed into /tmp/site first (e.g. ctranslate2 and sacremoses, fetched
 # beforehand with `pip download --no-deps` for the GPU machine's Python).
-# OUT receives at most 8 files: log.txt (the machine first), metrics.jsonl, test.json,
+# OUT receives the figures in these files: log.txt (the machine first), metrics.jsonl, test.json,
 # test.hyp.txt, bench_train.json, bench_train_cudnn.json, bench_decode.json, bench_decode_cudnn.json.
 # Checkpoints stay in RUN (default runs/gpu_session). Knobs: CONFIG, MINUTES, TRAIN_STEPS, WARMUP,
-# LIMIT (test sentences the decoding benchmark decodes), SETS (extra --set flags for prepare and
-# training, e.g. "--set train.seed=2"), STEPS. Times are in docs/speed.md.
+# LIMIT (test sentences the decoding benchmark decodes), SETS (extra --set flags for the prepare and
+# train steps, e.g. "--set train.seed=2"), STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_session_out}

@@ -1,5 +1,5 @@
-"""What the experiment scripts share: running `nmt` as a subprocess, and reading a finished run's
-log."""
+"""What the experiment scripts share: running `nmt`
+as a subprocess, and reading a finished run's log."""
 
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def nmt(*args: str, log: Optional[Path] = None) -> str:
 
 
 def train_stats(run_dir: Path) -> dict:
-    """Steps, training minutes (validation excluded), median target tokens/s, and the curve of valid
-    greedy BLEU against training minutes ([minutes, BLEU] at each validation) from the run's
-    metrics.jsonl."""
+    """Steps, training minutes (validation excluded), median target
+    tokens/s, and the curve of valid greedy BLEU against training minutes
+    ([minutes, BLEU] at each validation) from the run's metrics.jsonl."""
     logs = [
         json.loads(line)
         for line in (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -1,5 +1,5 @@
-"""Shared fixtures: where the repository and the local Multi30k copy are, and tiny aligned
-corpora."""
+"""Shared fixtures: where the repository and the
+local Multi30k copy are, and tiny aligned corpora."""
 
 from __future__ import annotations
 
@@ -137,8 +137,8 @@ CorpusFactory = Callable[..., Path]
 
 @pytest.fixture
 def make_corpus(tmp_path: Path) -> CorpusFactory:
-    """Factory writing an aligned corpus folder `{stem}.{lang}[.gz]` under tmp_path; returns the
-    folder.
+    """Factory writing an aligned corpus folder
+    `{stem}.{lang}[.gz]` under tmp_path; returns the folder.
 
     splits maps a file stem to (src_lines, tgt_lines); by default train/val/test_2016_flickr
     (the config's default stems) hold 120/12/12 toy pairs.

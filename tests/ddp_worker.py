@@ -1,5 +1,5 @@
-"""Run by torchrun in tests/test_distributed.py: `nmt train` in each rank, then save that rank's
-parameters.
+r"""Run by torchrun in tests/test_distributed.py: `nmt
+train` in each rank, then save that rank's parameters.
 
     torchrun --nproc_per_node 2 tests/ddp_worker.py CONFIG RUN_DIR OUT_DIR [--resume] \
         [section.key=value ...]

@@ -1,5 +1,5 @@
-"""Attention for plotting: what the decoder actually used, for the hypothesis actually returned; and
-the heatmaps."""
+"""Attention for plotting: what the decoder actually used,
+for the hypothesis actually returned; and the heatmaps."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def sources(n: int = 9, seed: int = 5) -> list[list[int]]:
 
 
 def teacher_forced(model, src: list[int], tokens: list[int]) -> dict[str, np.ndarray]:
-    """The weights of one sentence and one given output, recomputed in a single teacher-forced
-    pass."""
+    """The weights of one sentence and one given output,
+    recomputed in a single teacher-forced pass."""
     s = torch.tensor([src + [EOS]])
     tgt_in = torch.tensor([[BOS] + tokens])
     with torch.no_grad():
@@ -70,9 +70,9 @@ def teacher_forced(model, src: list[int], tokens: list[int]) -> dict[str, np.nda
 @pytest.mark.parametrize("make", [transformer, rnn], ids=["transformer", "rnn"])
 @pytest.mark.parametrize("beam", [1, 4])
 def test_recorded_attention_is_what_produced_the_returned_hypothesis(make, beam: int) -> None:
-    """Batched search with padding, beams reordered and finished sentences dropped; the weights a
-    hypothesis carries equal a fresh teacher-forced pass over its own tokens, and recording changes
-    no result."""
+    """Batched search with padding, beams reordered and finished sentences
+    dropped; the weights a hypothesis carries equal a fresh teacher-forced
+    pass over its own tokens, and recording changes no result."""
     model, src = make(), sources()
     plain = decode_corpus(model, src, beam=beam, **KW)
     recorded = decode_corpus(model, src, beam=beam, record=True, **KW)
@@ -111,8 +111,8 @@ def test_rows_are_distributions_over_real_positions_and_self_attention_is_masked
         steps = len(hyps[0].tokens) + 1  # one row per output token and EOS
         assert att["cross"].shape[2] == steps
         for name, w in att.items():
-            # the source axes were cut to the real positions: their rows still sum to 1, so padding
-            # had none
+            # the source axes were cut to the real positions:
+            # their rows still sum to 1, so padding had none
             np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5, err_msg=name)
             assert (w >= 0).all()
         if "self" in att:

@@ -1,5 +1,5 @@
-"""Checkpoint files: sealed with a checksum, written atomically, damage detected on load, old ones
-pruned safely."""
+"""Checkpoint files: sealed with a checksum, written
+atomically, damage detected on load, old ones pruned safely."""
 
 import os
 import signal
@@ -70,8 +70,8 @@ def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
 
 
 def saves(run_dir, keep_last, keep_best, scores):
-    """Save steps 1..len(scores) through Retention; scores[i] is a valid BLEU, or None for an
-    unvalidated save."""
+    """Save steps 1..len(scores) through Retention; scores[i]
+    is a valid BLEU, or None for an unvalidated save."""
     kept = Retention(run_dir, keep_last, keep_best)
     best = -1.0
     for step, bleu in enumerate(scores, start=1):

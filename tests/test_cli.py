@@ -1,5 +1,5 @@
-"""The command line, end to end on configs/smoke.yaml, and its error paths (one `error:` line, no
-traceback).
+"""The command line, end to end on configs/smoke.yaml,
+and its error paths (one `error:` line, no traceback).
 
 The end-to-end test runs the real program in subprocesses (`python -m nmt ...`) for each stage.
 Further calls, and most error paths, go through `nmt.cli.main` in-process: it is the console-script
@@ -53,8 +53,8 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def assert_one_error_line(code: object, stderr: str, *names: object) -> str:
-    """Non-zero exit, no traceback, exactly one non-empty stderr line `error: ...` naming each of
-    `names`."""
+    """Non-zero exit, no traceback, exactly one non-empty
+    stderr line `error: ...` naming each of `names`."""
     assert code not in (0, None)
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -77,8 +77,8 @@ class SmokeRun:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, toy_corpus: Path) -> SmokeRun:
-    """`nmt prepare` then `nmt train` on configs/smoke.yaml and the toy corpus, everything under a
-    tmp dir."""
+    """`nmt prepare` then `nmt train` on configs/smoke.yaml
+    and the toy corpus, everything under a tmp dir."""
     work = tmp_path_factory.mktemp("cli")
     cwd, prepared, run = work / "cwd", work / "prepared", work / "run"
     cwd.mkdir()
@@ -192,8 +192,8 @@ def test_end_to_end(smoke: SmokeRun, cli, tmp_path: Path) -> None:
 
     assert "bleu_paper" in result["metrics"]  # the checkpoint knows its target language
 
-    # evaluate --hyp --ref scores those same hypotheses identically (given the language, also
-    # paper-style)
+    # evaluate --hyp --ref scores those same hypotheses
+    # identically (given the language, also paper-style)
     code, out, err = cli("evaluate", "--hyp", hyp, "--ref", refs, "--lang", "de", "--json")
     assert code in (0, None), err
     assert json.loads(out)["metrics"] == result["metrics"]
@@ -246,8 +246,8 @@ def test_set_without_equals(cli) -> None:
 def test_prepare_source_flag_stands_in_for_data_source(
     cli, tiny_corpus: Path, repo_root: Path, tmp_path: Path
 ) -> None:
-    """configs/base.yaml leaves data.source null; `--source DIR` supplies it, as its comment
-    says."""
+    """configs/base.yaml leaves data.source null;
+    `--source DIR` supplies it, as its comment says."""
     out = tmp_path / "prepared"
     code, _, err = cli(
         "prepare",
@@ -662,10 +662,8 @@ def test_translate_a_line_longer_than_the_model_allows(cli, smoke: SmokeRun) -> 
     )
     assert code in (0, None), err
     assert len(out.splitlines()) == 2
-    assert (
-        "warning: 1 input line(s) longer than the model's 127 subwords were truncated (first: line "
-        "2)" in err
-    )
+    warning = "warning: 1 input line(s) longer than the model's 127 subwords were truncated"
+    assert f"{warning} (first: line 2)" in err
 
 
 def test_evaluate_empty_files(cli, tmp_path: Path) -> None:
@@ -770,8 +768,8 @@ def test_bleu_by_source_length_buckets() -> None:
 def test_paper_style_bleu_lowercases_and_moses_tokenizes(cli, tmp_path: Path) -> None:
     from nmt.metrics import paper_bleu, score_all
 
-    # case and detached punctuation do not count against a hypothesis (Moses splits "Rad." and
-    # "(links)")
+    # case and detached punctuation do not count against
+    # a hypothesis (Moses splits "Rad." and "(links)")
     refs = ["Ein Mann fährt mit dem Rad (links) nach Hause.", "Zwei Hunde spielen im Schnee."]
     hyps = ["ein mann fährt mit dem rad ( links ) nach hause .", "zwei Hunde spielen im Schnee ."]
     m = score_all(hyps, refs, "de")
@@ -858,8 +856,8 @@ def test_translate_length_limit_options(cli, smoke: SmokeRun) -> None:
 def test_translate_with_one_and_with_three_workers_gives_the_same_lines(
     cli, smoke: SmokeRun, monkeypatch
 ) -> None:
-    """Workers decode batches side by side; each line still gets its own translation, in input
-    order."""
+    """Workers decode batches side by side; each line
+    still gets its own translation, in input order."""
     import nmt.search
 
     threaded = []

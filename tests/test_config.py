@@ -1,5 +1,5 @@
-"""load_config: strict keys, types, ranges and cross-field rules, each error naming the key and the
-file."""
+"""load_config: strict keys, types, ranges and cross-field
+rules, each error naming the key and the file."""
 
 from __future__ import annotations
 
@@ -368,9 +368,9 @@ def test_every_direction_has_its_recipe_and_a_smaller_model() -> None:
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_recipes_share_their_directions_prepared_data(repo_root: Path, name: str) -> None:
-    """A variant (the RNNs, the smaller Transformer) reads the prepared data of its direction's
-    recipe, so `nmt prepare --config <recipe>` serves it, and its models build for that
-    vocabulary."""
+    """A variant (the RNNs, the smaller Transformer) reads the
+    prepared data of its direction's recipe, so `nmt prepare --config
+    <recipe>` serves it, and its models build for that vocabulary."""
     from nmt.data import data_settings
     from nmt.models import build_model
 

@@ -85,10 +85,9 @@ def test_two_ranks_train_in_step_and_equal_one_process_with_twice_the_batches(
     config, sets = setup
     steps = ["train.max_steps=8"]
     proc = torchrun(config, tmp_path / "ddp", tmp_path / "out", [*sets, *steps])
-    assert (
-        "x 2 processes" in proc.stderr
-        and proc.stderr.count("stopped: reached train.max_steps=8") == 1
-    )  # rank 0 speaks
+    # rank 0 speaks
+    assert "x 2 processes" in proc.stderr
+    assert proc.stderr.count("stopped: reached train.max_steps=8") == 1
     r0, r1 = params(tmp_path / "out" / "rank0.pt"), params(tmp_path / "out" / "rank1.pt")
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # every rank holds the same model
     saved = params(tmp_path / "ddp" / "last.pt")
@@ -143,9 +142,9 @@ def test_a_killed_two_rank_run_resumes_exactly(setup, tmp_path: Path) -> None:
     proc.wait()
     time.sleep(1)
     killed_at = load_checkpoint(run / "last.pt")["train_state"]["step"]
-    assert (
-        6 <= killed_at < 12 and load_checkpoint(run / "last.pt")["train_state"]["step"] == killed_at
-    )  # nothing runs on
+    # nothing runs on
+    assert 6 <= killed_at < 12
+    assert load_checkpoint(run / "last.pt")["train_state"]["step"] == killed_at
     resumed_run = torchrun(config, run, out, sets, "--resume")
     assert f"resuming {run} at step {killed_at}" in resumed_run.stderr
     straight, resumed = params(tmp_path / "straight" / "last.pt"), params(run / "last.pt")

@@ -1,5 +1,5 @@
-"""Ensembles (nmt.models.ensemble): the mean of the members' probabilities, decoded by the same
-search."""
+"""Ensembles (nmt.models.ensemble): the mean of the
+members' probabilities, decoded by the same search."""
 
 from __future__ import annotations
 
@@ -124,8 +124,8 @@ def test_search_uses_the_ensembles_log_probabilities_as_they_are(beam: int, monk
 
 
 def test_the_ensemble_differs_from_each_member() -> None:
-    """Not a member in disguise: on these random models, the ensemble's beam output is neither
-    member's."""
+    """Not a member in disguise: on these random models,
+    the ensemble's beam output is neither member's."""
     a, b, src = transformer(3), transformer(4), sources(12)
     outs = [
         [h[0].tokens for h in decode_corpus(m, src, beam=4, **KW)] for m in (a, b, Ensemble([a, b]))

@@ -57,8 +57,8 @@ def test_many_bad_steps_in_a_row_stop_with_advice(repo_root, toy_data, tmp_path,
 
 
 def out_of_memory(monkeypatch, bad_calls):
-    """Make the given calls (1-based) of the fused loss raise the out-of-memory error CUDA
-    raises."""
+    """Make the given calls (1-based) of the fused
+    loss raise the out-of-memory error CUDA raises."""
     real, calls = nmt.loss.projected_loss, [0]
 
     def projected_loss(hidden, weight, target, smoothing):

@@ -1,6 +1,6 @@
 """scripts/gpu_session.sh, the one command a GPU machine runs, works end to end (here on the CPU,
 with the smoke model, the toy corpus and a few seconds of training), in two calls as a time limit
-splits it (STEPS), and leaves its figures in at most 8 files."""
+splits it (STEPS), and leaves its figures in the 8 files it names."""
 
 import json
 import os

@@ -1,5 +1,5 @@
-"""Ctrl-C / SIGTERM during training: the step finishes, last.pt is written, the message says how to
-resume."""
+"""Ctrl-C / SIGTERM during training: the step finishes,
+last.pt is written, the message says how to resume."""
 
 import os
 import signal

@@ -1,5 +1,5 @@
-"""Stage 1 (nmt prepare): corpus checks, cleaning, train filtering, determinism, tokenizer,
-manifest."""
+"""Stage 1 (nmt prepare): corpus checks, cleaning,
+train filtering, determinism, tokenizer, manifest."""
 
 from __future__ import annotations
 
@@ -178,10 +178,8 @@ def test_warnings_for_crlf_and_duplicated_pairs_are_printed(make_corpus, tmp_pat
     manifest = prepare(files_cfg(folder, tmp_path / "out"), log=messages.append)
     assert manifest["counts"]["train"]["duplicates"] == 7
     assert "warning: train has 7 duplicated pairs (kept)" in messages
-    assert (
-        f"warning: {folder / 'val.de'}: 12 lines ended in CR (stripped), 0 byte-order marks "
-        "(stripped)" in messages
-    )
+    stripped = "12 lines ended in CR (stripped), 0 byte-order marks (stripped)"
+    assert f"warning: {folder / 'val.de'}: {stripped}" in messages
 
 
 def test_a_file_without_final_newline_loses_no_line(make_corpus, tmp_path: Path) -> None:
@@ -197,8 +195,8 @@ def test_a_file_without_final_newline_loses_no_line(make_corpus, tmp_path: Path)
 
 
 def filter_corpus(make_corpus) -> tuple[Path, list[tuple[str, str]], list[tuple[str, str]]]:
-    """Toy corpus plus pairs that are empty (3), too long (1, 80 words) and badly proportioned
-    (1)."""
+    """Toy corpus plus pairs that are empty (3), too
+    long (1, 80 words) and badly proportioned (1)."""
     folder = make_corpus()
     good = list(zip(read_lines(folder / "train.en"), read_lines(folder / "train.de")))[:60]
     long_src, long_tgt = " ".join(["the big dog"] * 27), " ".join(["der gross hund"] * 27)

@@ -109,8 +109,8 @@ def test_beam_one_equals_greedy_and_batched_search_equals_one_at_a_time(cell, at
 
 
 def reversal_accuracy(attention: str, length: int, steps: int = 300) -> float:
-    """Train a small GRU for `steps` to reverse random sequences of `length` symbols; token accuracy
-    (greedy)."""
+    """Train a small GRU for `steps` to reverse random
+    sequences of `length` symbols; token accuracy (greedy)."""
     rng = np.random.default_rng(0)
     rows = [rng.integers(4, VOCAB, size=length).tolist() for _ in range(2000)]
     split = Split.from_lists(rows, [r[::-1] for r in rows])
@@ -139,8 +139,8 @@ def reversal_accuracy(attention: str, length: int, steps: int = 300) -> float:
 
 
 def test_attention_learns_reversal_that_one_context_vector_finds_hard_on_longer_sequences():
-    # measured: attention 0.92 on length 10; without attention 0.93 on length 4 but 0.35 on length
-    # 10
+    # measured: attention 0.92 on length 10; without
+    # attention 0.93 on length 4 but 0.35 on length 10
     attention_long = reversal_accuracy("dot", 10)
     plain_short, plain_long = reversal_accuracy("none", 4), reversal_accuracy("none", 10)
     assert attention_long > 0.8, attention_long

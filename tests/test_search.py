@@ -146,8 +146,8 @@ def test_top_continuations_picks_scores_tokens_parents():
     scores = torch.tensor([[0.0, -1.0]])
     log_probs = torch.log(torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.5, 0.0]]) + 1e-12)
     s, tok, parent = top_continuations(scores, log_probs, 3)
-    # beam 0 + token 1: log .9 = -0.11; beam 1 + token 0 or 1: -1 + log .5 = -1.69; beam 0 + token
-    # 0: -2.30
+    # beam 0 + token 1: log .9 = -0.11; beam 1 + token 0
+    # or 1: -1 + log .5 = -1.69; beam 0 + token 0: -2.30
     assert tok.tolist() in ([[1, 0, 1]], [[1, 1, 0]])  # a tie
     assert parent.tolist() == [[0, 1, 1]]
     expected = torch.tensor([[math.log(0.9), -1.0 + math.log(0.5), -1.0 + math.log(0.5)]])
@@ -298,8 +298,8 @@ def beam_search_one(model, s, beam=1):
 
 
 def test_batched_decoding_equals_one_sentence_at_a_time():
-    """Finished sentences leave the batch and beams are reordered: none of it may change a
-    result."""
+    """Finished sentences leave the batch and beams
+    are reordered: none of it may change a result."""
     model, src = random_transformer(), sources(9, seed=5)
     kw = dict(
         device=torch.device("cpu"),

@@ -92,8 +92,8 @@ def test_fused_projected_loss_values_and_gradients_match_the_formula(smoothing, 
 
 
 def test_fused_projected_loss_under_bf16_autocast():
-    """Matmuls in bf16 (as nn.Linear's under autocast), gradients in the parameters' fp32, close to
-    fp32's."""
+    """Matmuls in bf16 (as nn.Linear's under autocast),
+    gradients in the parameters' fp32, close to fp32's."""
     torch.manual_seed(2)
     target = torch.randint(4, 40, (30,))
     results = []
@@ -132,8 +132,8 @@ def test_accumulated_micro_batches_equal_one_big_batch():
 
 
 def test_tiny_model_memorises_a_handful_of_pairs():
-    """Reversal of 6 short sequences: after training, greedy decoding must reproduce every
-    target."""
+    """Reversal of 6 short sequences: after training,
+    greedy decoding must reproduce every target."""
     rng = np.random.default_rng(0)
     src = [rng.integers(4, 24, int(rng.integers(2, 6))).tolist() for _ in range(6)]
     tgt = [s[::-1] for s in src]

@@ -1,5 +1,5 @@
-"""Properties of the Transformer a person can check: causality, padding invariance, cache =
-recompute."""
+"""Properties of the Transformer a person can check:
+causality, padding invariance, cache = recompute."""
 
 import pytest
 import torch
@@ -42,8 +42,8 @@ def test_output_shape(kw):
 
 @pytest.mark.parametrize("kw", VARIANTS)
 def test_decoder_is_causal(kw):
-    """Changing target token k leaves the logits of positions < k unchanged, and changes position
-    k."""
+    """Changing target token k leaves the logits of
+    positions < k unchanged, and changes position k."""
     model = tiny(**kw)
     src, mask, tgt = batch()
     before = model(src, mask, tgt)
@@ -211,9 +211,8 @@ def test_a_decoding_step_where_beams_share_a_row_of_keys_attends_as_if_each_had_
     torch.testing.assert_close(shared[: n * f], copied[:, 0])
     torch.testing.assert_close(weights[0], w_copied[:, :, 0])
     assert weights[0].shape == (n * f, 4, s) and (weights[0][f : 2 * f, :, 4:] == 0).all()
-    torch.testing.assert_close(
-        attn(x[: n * f, None], k[rows], v[rows], mask[rows])[:, 0], shared[: n * f]
-    )  # SDPA too
+    sdpa = attn(x[: n * f, None], k[rows], v[rows], mask[rows])[:, 0]  # SDPA too
+    torch.testing.assert_close(sdpa, shared[: n * f])
 
 
 def test_extend_reorders_and_appends_in_one_copy():
@@ -305,9 +304,9 @@ def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_d
 
 
 def test_under_autocast_decoding_keeps_the_caches_in_the_layers_dtype():
-    """Validation during CPU training decodes under bf16 autocast: the caches stay in the dtype the
-    projections make them in (bf16, as with bf16 weights), and greedy steps still match teacher
-    forcing."""
+    """Validation during CPU training decodes under bf16 autocast: the
+    caches stay in the dtype the projections make them in (bf16, as with
+    bf16 weights), and greedy steps still match teacher forcing."""
     model = tiny()
     src, mask, tgt = batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -1,5 +1,6 @@
-"""Decode with several models at once (fairseq's `--path a.pt:b.pt`, OpenNMT-py's `-model a.pt
-b.pt`).
+"""Decode with several models at once.
+
+As fairseq's `--path a.pt:b.pt` and OpenNMT-py's `-model a.pt b.pt` do.
 
 At every step each member predicts the next token from its own state, and the ensemble's
 distribution is the mean of the members' probabilities: log p(y) = log((p_1(y) + ... + p_n(y)) / n).

@@ -11,8 +11,8 @@ al. 2015: dot and general scores; Bahdanau et al. 2015: the additive score).
   attention, scores of h against every encoder state -> softmax over real positions -> context c ->
   attentional vector tanh(W [c; h]) -> output.
 
-Same interface as the Transformer: `forward` for training, `start`/`step` for search (see
-search.py).
+Same interface as the Transformer: `forward` for
+training, `start`/`step` for search (see search.py).
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ class RNNSeq2Seq(nn.Module):
         return torch.tanh(linear(final))
 
     def encode(self, src: Tensor, src_pad_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """src (B, S) -> memory (B, S, H), initial decoder state (B, layers, H[, 2 for LSTM h and
-        c])."""
+        """src (B, S) -> memory (B, S, H), initial decoder
+        state (B, layers, H[, 2 for LSTM h and c])."""
         lengths = (~src_pad_mask).sum(1).cpu()
         packed = pack_padded_sequence(
             self.drop(self.src_embed(src)), lengths, batch_first=True, enforce_sorted=False
@@ -150,8 +150,8 @@ class RNNSeq2Seq(nn.Module):
 
     # --- one decoder step (shared by training and search) ---
     def _rnn_state(self, state: Tensor):
-        """Batch-first state (B, layers, H[, 2]) -> what torch's RNN takes: (layers, B, H) (a pair
-        for LSTM)."""
+        """Batch-first state (B, layers, H[, 2]) -> what
+        torch's RNN takes: (layers, B, H) (a pair for LSTM)."""
         if self.cell == "lstm":
             return state[..., 0].transpose(0, 1).contiguous(), state[..., 1].transpose(
                 0, 1
@@ -164,8 +164,8 @@ class RNNSeq2Seq(nn.Module):
         return rnn_state.transpose(0, 1)
 
     def _step(self, prev: Tensor, st: dict) -> tuple[Tensor, dict, Tensor | None]:
-        """prev (B,) -> (output vector (B, H) before the vocabulary projection, new state, attention
-        (B, S))."""
+        """prev (B,) -> (output vector (B, H) before the
+        vocabulary projection, new state, attention (B, S))."""
         x = self.drop(self.tgt_embed(prev))
         if self.input_feeding:
             x = torch.cat([x, st["feed"]], dim=-1)
@@ -182,9 +182,9 @@ class RNNSeq2Seq(nn.Module):
 
     # --- the model interface ---
     def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> dict:
-        """With `record` (attentional models only), the state also keeps each step's attention
-        weights: "cross", (B, 1, 1, S) per step (one layer, one head), as the Transformer's (see
-        search.attention_of)."""
+        """With `record` (attentional models only), the state also keeps
+        each step's attention weights: "cross", (B, 1, 1, S) per step (one
+        layer, one head), as the Transformer's (see search.attention_of)."""
         if record and self.attention_kind == "none":
             raise ValueError("a seq2seq model without attention has no attention weights to record")
         memory, rnn_state = self.encode(src, src_pad_mask)

@@ -1,13 +1,13 @@
 """Encoder-decoder Transformer (Vaswani et al. 2017) on torch's scaled_dot_product_attention.
 
 Two ways in:
-- training: `forward(src, src_pad_mask, tgt_in) -> logits (B, T, V)` = `decode(tgt_in,
-  encode(...))`;
-- decoding: `start(src, src_pad_mask) -> state`, then `step(prev_tokens (B,), state) -> (logits (B,
-  V), state)`. The state is a plain dict of batch-first tensors (cross-attention keys/values
-  computed once, growing self-attention keys/values), so search can reorder it with `index_select`
-  on dim 0. `start(..., record=True)` also keeps the attention weights every step used (see
-  search.attention_of).
+- training: `forward(src, src_pad_mask, tgt_in) -> logits (B, T, V)`,
+  which is `decode(tgt_in, encode(...))`;
+- decoding: `start(src, src_pad_mask) -> state`, then
+  `step(prev_tokens (B,), state) -> (logits (B, V), state)`. The state is a plain dict of
+  batch-first tensors (cross-attention keys/values computed once, growing self-attention
+  keys/values), so search can reorder it with `index_select` on dim 0. `start(..., record=True)`
+  also keeps the attention weights every step used (see search.attention_of).
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def sinusoid_table(n: int, d: int) -> Tensor:
 
 
 class Dropout(nn.Module):
-    """nn.Dropout, but on the CPU the mask comes from uniform 15-bit integers compared with a
-    threshold and is applied by a multiplication: several times faster than the bernoulli kernel
-    torch uses there, which made dropout a large share of a CPU training step. The 15-bit draws are
-    cut from 64-bit ones (a quarter of the generator calls). p is rounded to a multiple of 1/32768
-    and the scale uses the rounded value, so the expectation is exact. On CUDA: torch's fused
-    kernel."""
+    """nn.Dropout, but on the CPU the mask comes from uniform 15-bit integers compared
+    with a threshold and is applied by a multiplication: several times faster than the
+    bernoulli kernel torch uses there, which made dropout a large share of a CPU
+    training step. The 15-bit draws are cut from 64-bit ones (a quarter of the
+    generator calls). p is rounded to a multiple of 1/32768 and the scale uses the
+    rounded value, so the expectation is exact. On CUDA: torch's fused kernel."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -129,8 +129,8 @@ class Attention(nn.Module):
                 )
             # in fp32 also for bf16 weights, as SDPA does: rows sum to 1
             w = a.softmax(dim=-1, dtype=torch.float32)
-            # else the weights are only recorded: the output is SDPA's, the same with or without
-            # them
+            # else the weights are only recorded: the output
+            # is SDPA's, the same with or without them
             if explicit:
                 y = self.drop(w).to(v.dtype) @ v
         b, h, t, dh = y.shape
@@ -138,8 +138,8 @@ class Attention(nn.Module):
         return (out, w) if need_weights else out
 
     def _explicit(self, q: Tensor) -> bool:
-        """Whether training on a CPU, where the written-out attention is the faster (see the
-        class)."""
+        """Whether training on a CPU, where the written-out
+        attention is the faster (see the class)."""
         dropout = self.training and self.drop.p > 0
         return (
             q.device.type == "cpu"
@@ -175,9 +175,10 @@ class Attention(nn.Module):
         f = rows // b
         sdpa = k.device.type == "cpu" and q.dtype == k.dtype == torch.bfloat16
         if sdpa:
+            # (B, H, f, D/H)
             y = F.scaled_dot_product_attention(
                 q.view(b, f, h, dh).transpose(1, 2), k, v, attn_mask=bias
-            )  # (B, H, f, D/H)
+            )
         if not sdpa or weights is not None:
             # a 1-dim tensor: the product takes its dtype
             scale = torch.full((1,), dh**-0.5, dtype=k.dtype, device=k.device)
@@ -202,9 +203,9 @@ class Attention(nn.Module):
 
 
 def extend(past: Tensor, new: Tensor, parents: Optional[Tensor]) -> Tensor:
-    """past (B', H, t, X) rows picked by `parents` (all, in order, when None), then new (B, H, X)
-    appended as position t: one copy of the cache per decoding step (an index_select and a cat would
-    make two)."""
+    """past (B', H, t, X) rows picked by `parents` (all, in order, when
+    None), then new (B, H, X) appended as position t: one copy of the
+    cache per decoding step (an index_select and a cat would make two)."""
     t = past.size(2)
     out = past.new_empty(new.size(0), new.size(1), t + 1, new.size(2))
     if parents is None:
@@ -402,8 +403,8 @@ class Transformer(nn.Module):
         return self.drop(emb(tokens) * math.sqrt(self.d_model) + pos)
 
     def encode(self, src: Tensor, src_pad_mask: Tensor, weights: Optional[list] = None) -> Tensor:
-        """src (B, S) -> memory (B, S, D); `weights`: a list to append each layer's self-attention
-        weights to."""
+        """src (B, S) -> memory (B, S, D); `weights`: a list
+        to append each layer's self-attention weights to."""
         x, mask = self._embed(self.src_embed, src), self._mem_mask(src_pad_mask)
         for layer in self.encoder:
             x = layer(x, mask, weights)
