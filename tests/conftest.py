@@ -1,5 +1,5 @@
-"""Shared fixtures: where the repository and the
-local Multi30k copy are, and tiny aligned corpora."""
+"""Shared fixtures: the repository, the toy corpus every end-to-end test trains on, tiny aligned
+corpora for the data checks, and real Multi30k for the few tests that need real language."""
 
 from __future__ import annotations
 
@@ -24,15 +24,8 @@ def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto` (pyproject's addopts): one worker per core this process may use, at most 4. Every
     worker imports torch (about 0.3 GB), and most of the suite's time is a few long tests (training
     runs, subprocesses), which more workers would not shorten."""
-    return max(
-        1,
-        min(
-            4,
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1,
-        ),
-    )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
