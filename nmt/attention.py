@@ -22,15 +22,18 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from nmt.checkpoint import atomic_write_bytes, atomic_write_text
+from nmt.config import ModelConfig
 from nmt.errors import NmtError
 from nmt.plot import pyplot
 from nmt.search import Hypothesis
+from nmt.tokenizer import Tokenizer
 
 DPI = 100
 # pixels: one matrix cell, and the margins around the matrix
@@ -180,3 +183,59 @@ def write_attention(
         )
         written += 1
     return written
+
+
+def check_request(
+    model: ModelConfig, n_models: int, path: str, out_dir: str, layer: Optional[int]
+) -> None:
+    """Refuse, before anything is decoded, what --attention-dir cannot show: an ensemble, a
+    seq2seq model without attention, a layer the model lacks, no matplotlib, a folder it cannot
+    make."""
+    if n_models > 1:
+        raise NmtError(
+            "--attention-dir shows one model's attention: give one --checkpoint (the "
+            "ensemble's members attend differently)"
+        )
+    if model.arch == "rnn" and model.attention == "none":
+        raise NmtError(
+            f"{path}: a seq2seq model without attention (model.attention: none) has no "
+            "attention to plot"
+        )
+    # an RNN's attention sits on its top layer
+    layers = 1 if model.arch == "rnn" else (model.dec_layers or model.layers)
+    if layer is not None and layer > layers:
+        raise NmtError(
+            f"--attention-layer {layer}: {path} has {layers} decoder layer(s) with attention"
+        )
+    pyplot()  # matplotlib missing: say so before decoding anything
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file of that name, no permission
+        raise NmtError(
+            f"--attention-dir {out_dir}: cannot create the folder: {e.strerror or e}"
+        ) from None
+
+
+def save(
+    out_dir: str,
+    layer: Optional[int],
+    sources: list[str],
+    src_ids: list[list[int]],
+    hyps: list[Hypothesis],
+    tok: Tokenizer,
+) -> None:
+    """write_attention for the best hypothesis of each source line, with one line on stderr."""
+    try:
+        n = write_attention(
+            Path(out_dir),
+            sources,
+            hyps,
+            tok.decode_tgt([h.tokens for h in hyps]),
+            src_ids,
+            tok.src_pieces,
+            tok.tgt_pieces,
+            layer,
+        )
+    except OSError as e:
+        raise NmtError(f"--attention-dir {out_dir}: cannot write: {e.strerror or e}") from None
+    print(f"attention of {n} sentence(s) written to {out_dir}", file=sys.stderr)

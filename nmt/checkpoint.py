@@ -18,8 +18,10 @@ import shutil
 import struct
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -44,8 +46,11 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file in the same dir, fsync, rename, fsync dir)."""
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write `path` with, piece by piece: a temp file in the same dir, fsynced and
+    renamed over `path` when the block ends; if it raises, the temp file goes and `path` is as it
+    was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
@@ -53,7 +58,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         # mkstemp creates 0600; give the file the usual permissions
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -61,6 +66,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (temp file in the same dir, fsync, rename, fsync dir)."""
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def _fsync_dir(folder: Path) -> None:

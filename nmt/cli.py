@@ -144,6 +144,11 @@ def translate(
     device: Optional[str] = DEVICE,
     precision: str = PRECISION,
     workers: Optional[int] = WORKERS,
+    buffer: int = typer.Option(
+        10_000,
+        help="Lines read and translated at a time (fewer when no more input is waiting); each "
+        "chunk's translations are written as soon as they are done.",
+    ),
 ) -> None:
     """Translate a text file or stdin with a trained checkpoint."""
     from nmt.translate import translate as run
@@ -157,6 +162,7 @@ def translate(
         attention_layer,
         precision,
         workers,
+        buffer,
         beam=beam,
         alpha=alpha,
         max_len_a=max_len_a,

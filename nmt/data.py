@@ -77,23 +77,26 @@ class TextFile:
     bom: int = 0
 
 
+def clean_line(raw: bytes, name: str, n: int) -> str:
+    """One line's bytes (without its newline) as text: BOM, CR and surrounding whitespace stripped,
+    inner whitespace runs made one space; `name`:`n` named on bad UTF-8."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NmtError(f"{name}:{n}: invalid UTF-8 at byte {e.start} of the line") from None
+    return " ".join(line.lstrip("\ufeff").split())
+
+
 def decode_lines(data: bytes, name: str) -> TextFile:
-    """Split UTF-8 bytes into lines; strip BOM, CR and
-    surrounding whitespace; name file:line on bad UTF-8."""
+    """Split UTF-8 bytes into lines and clean them (clean_line), counting CRs and BOMs."""
     raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
     out = TextFile(name, hashlib.sha256(data).hexdigest(), [])
     for n, raw in enumerate(raw_lines, 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise NmtError(f"{name}:{n}: invalid UTF-8 at byte {e.start} of the line") from None
-        out.crlf += line.endswith("\r")
-        if line.startswith("\ufeff"):
-            out.bom += 1
-            line = line.lstrip("\ufeff")
-        out.lines.append(" ".join(line.split()))
+        out.lines.append(clean_line(raw, name, n))
+        out.crlf += raw.endswith(b"\r")
+        out.bom += raw.startswith(b"\xef\xbb\xbf")
     return out
 
 

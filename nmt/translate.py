@@ -1,27 +1,30 @@
-"""Stage 3: load a checkpoint (or several, as an ensemble), read text, translate in length-sorted
-batches, write in input order."""
+"""Stage 3: load a checkpoint (or several, as an ensemble), read text in chunks, translate each in
+length-sorted batches, write its translations in input order as soon as they are done."""
 
 from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from nmt.checkpoint import atomic_write_text, load_checkpoint
+from nmt.attention import check_request, save
+from nmt.checkpoint import atomic_writer, load_checkpoint
 from nmt.config import Config, DecodeConfig, config_from_dict
-from nmt.data import decode_lines, read_text
 from nmt.errors import NmtError
 from nmt.models import build_model
 from nmt.models.ensemble import Ensemble
 from nmt.models.transformer import choose_attention_kernels
 from nmt.precision import DECODE_CHOICES, decode_precision, decode_row_multiple, pack_linear_layers
 from nmt.search import Hypothesis, decode_corpus
+from nmt.textstream import file_chunks, stream_chunks
 from nmt.tokenizer import BOS, EOS, Tokenizer
 
 
@@ -133,15 +136,16 @@ def ready_model(
     return model
 
 
-def encode_lines(tr: Translator, lines: list[str]) -> list[list[int]]:
-    """Source lines -> subword ids, cut (with a warning) to what the model's positions allow."""
+def encode_lines(tr: Translator, lines: list[str], first_line: int = 1) -> list[list[int]]:
+    """Source lines -> subword ids, cut (with a warning) to what the model's positions allow.
+    `first_line`: the input line number of lines[0], for the warning."""
     limit = tr.cfg.model.max_positions - 1  # one position is the source EOS
     src_ids = tr.tok.encode_src(lines)
     long = [i for i, s in enumerate(src_ids) if len(s) > limit]
     if long:
         print(
             f"warning: {len(long)} input line(s) longer than the model's {limit} subwords "
-            f"were truncated (first: line {long[0] + 1})",
+            f"were truncated (first: line {long[0] + first_line})",
             file=sys.stderr,
         )
         src_ids = [s[:limit] for s in src_ids]
@@ -186,12 +190,13 @@ def translate_lines(
     )
 
 
-def format_output(tr: Translator, hyps: list[list[Hypothesis]], nbest: int) -> str:
-    """One line per input, or with n-best, Moses-style `index ||| text ||| score` lines."""
+def format_output(tr: Translator, hyps: list[list[Hypothesis]], nbest: int, first: int = 0) -> str:
+    """One line per input, or with n-best, Moses-style `index ||| text ||| score` lines, the
+    indices counted from `first` (0-based, as Moses does)."""
     if nbest == 1:
         return "".join(t + "\n" for t in tr.tok.decode_tgt([h[0].tokens for h in hyps]))
     out = []
-    for i, hs in enumerate(hyps):
+    for i, hs in enumerate(hyps, first):
         for h, text in zip(hs, tr.tok.decode_tgt([h.tokens for h in hs])):
             out.append(f"{i} ||| {text} ||| {h.score:.4f}\n")
     return "".join(out)
@@ -221,6 +226,9 @@ def translate_with(
     )
 
 
+DEFAULT_BUFFER = 10_000  # lines read, sorted by length and translated at a time
+
+
 def translate(
     checkpoint: str | Sequence[str],
     input: Optional[str],
@@ -230,72 +238,56 @@ def translate(
     attention_layer: Optional[int] = None,
     precision: str = "auto",
     workers: Optional[int] = None,
+    buffer: int = DEFAULT_BUFFER,
     **options: Any,
 ) -> None:
-    """Run stage 3: a file or stdin in, a file (written atomically) or
-    stdout out. `options`: decode settings. `attention_dir`: also write each
-    sentence's attention weights and heatmaps there (see attention.py)."""
+    """Run stage 3: a file or stdin in, `buffer` lines at a time (fewer when no more input is
+    waiting), each chunk's translations written in input order as soon as they are done: to stdout,
+    or to a file written atomically. Memory is bounded by the chunk. `options`: decode settings.
+    `attention_dir`: also write each sentence's attention weights and heatmaps there (see
+    attention.py); the input is then read as one chunk, for a few sentences."""
+    if buffer < 1:
+        raise NmtError(f"--buffer {buffer}: expected 1 or more")
     tr = load_translator(checkpoint, device, precision, workers)
     d = decode_settings(tr, **options)
     if d.nbest > d.beam:
         raise NmtError(f"--nbest {d.nbest} is larger than --beam {d.beam}")
     if attention_dir:
-        from nmt.plot import pyplot
+        check_request(tr.cfg.model, len(tr.paths), tr.path, attention_dir, attention_layer)
+    size = sys.maxsize if attention_dir else buffer
+    chunks = (
+        file_chunks(Path(input), size)
+        if input
+        else stream_chunks(sys.stdin.buffer, "<stdin>", size)
+    )
+    bar = tqdm(unit=" lines", disable=not (output and sys.stderr.isatty()), file=sys.stderr)
+    with output_sink(output) as write, bar:
+        done = 0
+        for lines in chunks:
+            src_ids = encode_lines(tr, lines, first_line=done + 1)
+            hyps = translate_with(tr, src_ids, d, record=bool(attention_dir))
+            write(format_output(tr, hyps, d.nbest, first=done))
+            if attention_dir:
+                best = [h[0] for h in hyps]
+                save(attention_dir, attention_layer, lines, src_ids, best, tr.tok)
+            done += len(lines)
+            bar.update(len(lines))
 
-        if len(tr.paths) > 1:
-            raise NmtError(
-                "--attention-dir shows one model's attention: give one --checkpoint (the "
-                "ensemble's members attend differently)"
-            )
-        if tr.cfg.model.arch == "rnn" and tr.cfg.model.attention == "none":
-            raise NmtError(
-                f"{tr.path}: a seq2seq model without attention (model.attention: none) has no "
-                "attention to plot"
-            )
-        m = tr.cfg.model
-        # an RNN's attention sits on its top layer
-        layers = 1 if m.arch == "rnn" else (m.dec_layers or m.layers)
-        if attention_layer is not None and attention_layer > layers:
-            raise NmtError(
-                f"--attention-layer {attention_layer}: {tr.path} has {layers} decoder layer(s) "
-                "with attention"
-            )
-        pyplot()  # matplotlib missing: say so before decoding anything
-        try:
-            Path(attention_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as e:  # a file of that name, no permission
-            raise NmtError(
-                f"--attention-dir {attention_dir}: cannot create the folder: {e.strerror or e}"
-            ) from None
-    text = read_text(Path(input)) if input else decode_lines(sys.stdin.buffer.read(), "<stdin>")
-    src_ids = encode_lines(tr, text.lines)
-    hyps = translate_with(tr, src_ids, d, record=bool(attention_dir))
-    result = format_output(tr, hyps, d.nbest)
-    if attention_dir:
-        from nmt.attention import write_attention
 
-        best = [h[0] for h in hyps]
-        try:
-            n = write_attention(
-                Path(attention_dir),
-                text.lines,
-                best,
-                tr.tok.decode_tgt([h.tokens for h in best]),
-                src_ids,
-                tr.tok.src_pieces,
-                tr.tok.tgt_pieces,
-                attention_layer,
-            )
-        except OSError as e:
-            raise NmtError(
-                f"--attention-dir {attention_dir}: cannot write: {e.strerror or e}"
-            ) from None
-        print(f"attention of {n} sentence(s) written to {attention_dir}", file=sys.stderr)
-    if output:
-        try:
-            atomic_write_text(Path(output), result)
-        except OSError as e:  # a directory, a missing parent we may not create, no permission
-            raise NmtError(f"{output}: cannot write: {e.strerror or e}") from None
-    else:
-        sys.stdout.write(result)
-        sys.stdout.flush()
+@contextmanager
+def output_sink(output: Optional[str]) -> Iterator[Callable[[str], None]]:
+    """A function that writes text where translations go: stdout, flushed at every call, or the
+    file `output`, written atomically (the old file stays if anything fails on the way)."""
+    if not output:
+
+        def to_stdout(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        yield to_stdout
+        return
+    try:
+        with atomic_writer(Path(output)) as f:
+            yield lambda text: f.write(text.encode("utf-8"))
+    except OSError as e:  # a directory, a missing parent we may not create, no permission
+        raise NmtError(f"{output}: cannot write: {e.strerror or e}") from None
