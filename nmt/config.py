@@ -43,6 +43,7 @@ class DataConfig:
     max_len: int = _opt(128, min=1)
     max_len_ratio: float = _opt(3.0, min=1.0)
     seed: int = 1
+    tokenizer: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -240,12 +240,10 @@ def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
             f"is not {PREPARED_FORMAT} v{PREPARED_VERSION}; run `nmt prepare` again"
         )
     wanted = data_settings(cfg) if cfg is not None else manifest["data"]
-    if manifest["data"] != wanted:
-        diff = sorted(
-            k
-            for k in manifest["data"].keys() | wanted.keys()
-            if manifest["data"].get(k) != wanted.get(k)
-        )
+    # a key missing on one side is None there: settings added later (default None) match old dirs
+    have = manifest["data"]
+    diff = sorted(k for k in have.keys() | wanted.keys() if have.get(k) != wanted.get(k))
+    if diff:
         raise NmtError(
             f"{prepared_dir}: prepared with different data settings "
             f"({', '.join('data.' + k for k in diff)}); run `nmt prepare` again"

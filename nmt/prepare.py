@@ -29,7 +29,7 @@ from nmt.checkpoint import atomic_write_bytes, atomic_write_text
 from nmt.config import Config
 from nmt.data import PREPARED_FORMAT, PREPARED_VERSION, TextFile, data_settings, read_text
 from nmt.errors import NmtError
-from nmt.tokenizer import Tokenizer, train_spm
+from nmt.tokenizer import Tokenizer, load_kept, train_spm
 
 ROLES = ("train", "valid", "test")
 
@@ -185,7 +185,17 @@ def write_split(
 
 
 def build_tokenizer(cfg: Config, src_lines: list[str], tgt_lines: list[str]) -> Tokenizer:
+    """SentencePiece trained on the training text, or the one `data.tokenizer` names (kept)."""
     d = cfg.data
+    if d.tokenizer:
+        tok = load_kept(Path(d.tokenizer))
+        if tok.joint != d.joint_vocab:
+            kind = "one joint vocabulary" if tok.joint else "a source and a target vocabulary"
+            raise NmtError(
+                f"data.tokenizer: {d.tokenizer} has {kind}; set data.joint_vocab: "
+                f"{str(tok.joint).lower()}"
+            )
+        return tok
     args = (d.vocab_size, d.spm_type, d.character_coverage, d.seed)
     if d.joint_vocab:
         return Tokenizer(train_spm([*src_lines, *tgt_lines], *args))
@@ -270,9 +280,9 @@ def report(manifest: dict, out: Path, log) -> None:
         )
     if t["duplicates"]:
         log(f"warning: train has {t['duplicates']} duplicated pairs (kept)")
-    tk = manifest["tokenizer"]
+    tk, kept = manifest["tokenizer"], manifest["data"]["tokenizer"]
     log(
         f"vocabulary: {tk['src_vocab_size']} source / {tk['tgt_vocab_size']} target pieces "
-        f"({', '.join(tk['files'])})"
+        f"({', '.join(tk['files'])}{f', kept from {kept}' if kept else ''})"
     )
     log(f"wrote {out}")

@@ -141,3 +141,29 @@ class Tokenizer:
     @classmethod
     def from_state(cls, state: dict[str, Optional[bytes]], what: str) -> Tokenizer:
         return cls(state["src"], state["tgt"], what=what)
+
+
+def load_kept(path: Path) -> Tokenizer:
+    """The tokenizer a path names, to encode new data with an existing vocabulary: a checkpoint
+    (its tokenizer), a folder holding spm.model or spm.src.model + spm.tgt.model (a prepared
+    folder, a run folder), or one SentencePiece model file (a joint vocabulary)."""
+    what = f"data.tokenizer: {path}"
+    if path.is_dir():
+        if not any((path / n).exists() for n in ("spm.model", "spm.src.model")):
+            raise NmtError(f"{what}: the folder holds no spm.model (nor spm.src.model)")
+        return Tokenizer.load(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise NmtError(f"{what}: cannot read: {e.strerror or e}") from None
+    if data[:2] == b"PK":  # a zip file: torch's checkpoint format
+        from nmt.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        return Tokenizer.from_state(ckpt["tokenizer"], what=ckpt["path"])
+    try:
+        return Tokenizer(data, None, what=str(path))
+    except NmtError:
+        raise NmtError(
+            f"{what}: neither a checkpoint, a folder with spm.model, nor a SentencePiece model"
+        ) from None
