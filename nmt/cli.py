@@ -149,9 +149,30 @@ def translate(
         help="Lines read and translated at a time (fewer when no more input is waiting); each "
         "chunk's translations are written as soon as they are done.",
     ),
+    sample: bool = typer.Option(
+        False, "--sample", help="Draw each output token from the model instead of searching."
+    ),
+    topk: Optional[int] = typer.Option(
+        None, help="With --sample: draw among the K most probable tokens (0: all; default 0)."
+    ),
+    topp: Optional[float] = typer.Option(
+        None, help="With --sample: among the fewest tokens holding probability P (default 1)."
+    ),
+    temperature: Optional[float] = typer.Option(
+        None, help="With --sample: divide the log-probabilities by T (0: greedy; default 1)."
+    ),
+    seed: Optional[int] = typer.Option(
+        None, help="With --sample: the seed; each line's draws depend on it and its line number."
+    ),
 ) -> None:
     """Translate a text file or stdin with a trained checkpoint."""
+    from nmt.sampling import Sampling
     from nmt.translate import translate as run
+
+    knobs = {"topk": topk, "topp": topp, "temperature": temperature, "seed": seed}
+    given = {k: v for k, v in knobs.items() if v is not None}
+    if given and not sample:
+        raise NmtError(f"--{next(iter(given))} is a sampling option: add --sample")
 
     run(
         checkpoint,
@@ -163,6 +184,7 @@ def translate(
         precision,
         workers,
         buffer,
+        Sampling(**given) if sample else None,
         beam=beam,
         alpha=alpha,
         max_len_a=max_len_a,

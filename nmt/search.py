@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nmt.data import bucket_batches, make_batch
+from nmt.sampling import Sampler, Sampling
 from nmt.tokenizer import PAD
 
 
@@ -199,8 +200,11 @@ def greedy_search(
     bos: int,
     eos: int,
     record: bool = False,
+    sample: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
 ) -> list[Hypothesis]:
-    """Pick the most probable token at each step until EOS or `max_len` (B,) tokens."""
+    """Pick the most probable token at each step until EOS or `max_len` (B,) tokens; with `sample`
+    (log-probs (R, V) and the rows' places in the batch (R,) -> tokens (R,); see sampling.py),
+    draw it instead. A hypothesis's score is the model's log-probability of its tokens."""
     state = (
         model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
     )
@@ -221,9 +225,12 @@ def greedy_search(
         lp = next_log_probs(
             logits, bos, eos, max_len[alive] <= t + 1, normalised=normalised, workspace=workspace
         )
-        # one beam per sentence
-        best, prev, _ = top_continuations(lp.new_zeros(len(alive), 1), lp, 1)
-        best, prev = best[:, 0], prev[:, 0]
+        if sample is None:  # one beam per sentence
+            best, prev, _ = top_continuations(lp.new_zeros(len(alive), 1), lp, 1)
+            best, prev = best[:, 0], prev[:, 0]
+        else:
+            prev = sample(lp, alive)
+            best = lp.gather(1, prev[:, None]).squeeze(1)
         log_prob.index_add_(0, alive, best)
         tokens.append(prev)
         owners.append(alive)
@@ -385,12 +392,16 @@ def decode_corpus(
     record: bool = False,
     workers: int = 1,
     early_exit: bool = False,
+    sampling: Optional[Sampling] = None,
+    first_line: int = 1,
 ) -> list[list[Hypothesis]]:
     """Translate id sequences in length-sorted batches of about `max_tokens` source
     tokens (x beam); return the `nbest` hypotheses of each, in input order. Empty
     inputs get an empty output. Greedy search is beam search with one beam; the
     separate greedy loop is the faster path for it. `workers` > 1: that many threads
-    decode batches side by side (see in_threads). `early_exit`: see beam_search."""
+    decode batches side by side (see in_threads). `early_exit`: see beam_search.
+    `sampling`: draw one output per line instead of searching (beam and nbest unused);
+    `first_line`, the input line number of src_ids[0], seeds each line's draws."""
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in src_ids]
     todo = np.array([i for i, s in enumerate(src_ids) if s], dtype=np.int64)
     if len(todo) == 0:
@@ -401,13 +412,12 @@ def decode_corpus(
         index = todo[batch_pos]
         batch = make_batch([np.asarray(src_ids[i]) for i in index], None, index).to(device)
         max_len = max_lengths(batch.src_pad_mask, max_len_a, max_len_b, max_positions - 1)
-        if beam == 1 and nbest == 1 and not no_repeat_ngram:
-            hyps = [
-                [h]
-                for h in greedy_search(
-                    model, batch.src, batch.src_pad_mask, max_len, bos, eos, record
-                )
-            ]
+        if sampling is not None or (beam == 1 and nbest == 1 and not no_repeat_ngram):
+            sample = None if sampling is None else Sampler(sampling, (index + first_line).tolist())
+            found = greedy_search(
+                model, batch.src, batch.src_pad_mask, max_len, bos, eos, record, sample
+            )
+            hyps = [[h] for h in found]
         else:
             hyps = beam_search(
                 model,

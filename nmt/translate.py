@@ -23,6 +23,7 @@ from nmt.models import build_model
 from nmt.models.ensemble import Ensemble
 from nmt.models.transformer import choose_attention_kernels
 from nmt.precision import DECODE_CHOICES, decode_precision, decode_row_multiple, pack_linear_layers
+from nmt.sampling import Sampling
 from nmt.search import Hypothesis, decode_corpus
 from nmt.textstream import file_chunks, stream_chunks
 from nmt.tokenizer import BOS, EOS, Tokenizer
@@ -164,10 +165,14 @@ def translate_lines(
     no_repeat_ngram: Optional[int] = None,
     record: bool = False,
     early_exit: Optional[bool] = None,
+    sampling: Optional[Sampling] = None,
+    first_line: int = 1,
 ) -> list[list[Hypothesis]]:
     """Translate cleaned source lines (or their ids from `encode_lines`); returns the n-best
     hypotheses (token ids) per line, input order. Settings left None come from the checkpoint's
-    decode config. `record`: each hypothesis carries the attention weights it was decoded with."""
+    decode config. `record`: each hypothesis carries the attention weights it was decoded with.
+    `sampling`: one drawn translation per line (see sampling.py), seeded by its line number, the
+    first being `first_line`."""
     d = tr.cfg.decode
     src_ids = lines if lines and not isinstance(lines[0], str) else encode_lines(tr, lines)
     return decode_corpus(
@@ -187,6 +192,8 @@ def translate_lines(
         record=record,
         workers=tr.workers,
         early_exit=d.early_exit if early_exit is None else early_exit,
+        sampling=sampling,
+        first_line=first_line,
     )
 
 
@@ -209,12 +216,17 @@ def decode_settings(tr: Translator, **given: Any) -> DecodeConfig:
 
 
 def translate_with(
-    tr: Translator, lines: list[str] | list[list[int]], d: DecodeConfig, record: bool = False
+    tr: Translator,
+    lines: list[str] | list[list[int]],
+    d: DecodeConfig,
+    record: bool = False,
+    sampling: Optional[Sampling] = None,
+    first_line: int = 1,
 ) -> list[list[Hypothesis]]:
     return translate_lines(
         tr,
         lines,
-        d.beam,
+        1 if sampling else d.beam,
         d.alpha,
         d.nbest,
         d.max_len_a,
@@ -223,6 +235,8 @@ def translate_with(
         d.no_repeat_ngram,
         record,
         d.early_exit,
+        sampling,
+        first_line,
     )
 
 
@@ -239,18 +253,27 @@ def translate(
     precision: str = "auto",
     workers: Optional[int] = None,
     buffer: int = DEFAULT_BUFFER,
+    sampling: Optional[Sampling] = None,
     **options: Any,
 ) -> None:
     """Run stage 3: a file or stdin in, `buffer` lines at a time (fewer when no more input is
     waiting), each chunk's translations written in input order as soon as they are done: to stdout,
     or to a file written atomically. Memory is bounded by the chunk. `options`: decode settings.
     `attention_dir`: also write each sentence's attention weights and heatmaps there (see
-    attention.py); the input is then read as one chunk, for a few sentences."""
+    attention.py); the input is then read as one chunk, for a few sentences. `sampling`: draw one
+    translation per line instead of searching (see sampling.py)."""
     if buffer < 1:
         raise NmtError(f"--buffer {buffer}: expected 1 or more")
+    search_only = ("beam", "nbest", "no_repeat_ngram", "early_exit")
+    clash = [k for k in search_only if options.get(k) is not None]
+    if sampling is not None and clash:
+        flag = "--" + clash[0].replace("_", "-")
+        raise NmtError(f"--sample draws one translation per line: {flag} does not apply")
     tr = load_translator(checkpoint, device, precision, workers)
     d = decode_settings(tr, **options)
-    if d.nbest > d.beam:
+    if sampling is not None:
+        d = replace(d, nbest=1, no_repeat_ngram=0)
+    elif d.nbest > d.beam:
         raise NmtError(f"--nbest {d.nbest} is larger than --beam {d.beam}")
     if attention_dir:
         check_request(tr.cfg.model, len(tr.paths), tr.path, attention_dir, attention_layer)
@@ -265,7 +288,7 @@ def translate(
         done = 0
         for lines in chunks:
             src_ids = encode_lines(tr, lines, first_line=done + 1)
-            hyps = translate_with(tr, src_ids, d, record=bool(attention_dir))
+            hyps = translate_with(tr, src_ids, d, bool(attention_dir), sampling, done + 1)
             write(format_output(tr, hyps, d.nbest, first=done))
             if attention_dir:
                 best = [h[0] for h in hyps]

@@ -118,3 +118,39 @@ def test_buffer_below_one_is_one_error_line(checkpoint, monkeypatch, capsys):
         monkeypatch, capsys, "translate", "--checkpoint", checkpoint, "--buffer", 0, stdin=b"a\n"
     )
     assert code == 1 and err.strip() == "error: --buffer 0: expected 1 or more"
+
+
+def test_sampling_is_reproducible_for_a_seed_whatever_the_chunks(checkpoint, monkeypatch, capsys):
+    text = lines_in(30)
+    args = ["translate", "--checkpoint", checkpoint, "--sample", "--topk", 10]
+
+    def sample(*more: object) -> str:
+        code, out, err = run_cli(monkeypatch, capsys, *args, *more, stdin=text)
+        assert code in (0, None), err
+        return out
+
+    first = sample("--seed", 3)
+    assert sample("--seed", 3, "--buffer", 4) == first
+    assert sample("--seed", 4) != first
+    _, greedy, _ = run_cli(
+        monkeypatch, capsys, "translate", "--checkpoint", checkpoint, "--beam", 1, stdin=text
+    )
+    assert first != greedy and len(first.splitlines()) == 30
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--topk", 5], "--topk is a sampling option: add --sample"),
+        (["--sample", "--beam", 4], "--sample draws one translation per line: --beam"),
+        (["--sample", "--topp", 0], "--topp 0.0: expected a probability in (0, 1]"),
+    ],
+)
+def test_sampling_flags_that_do_not_fit_are_one_error(
+    checkpoint, monkeypatch, capsys, flags, message
+):
+    code, _, err = run_cli(
+        monkeypatch, capsys, "translate", "--checkpoint", checkpoint, *flags, stdin=b"a\n"
+    )
+    assert code == 1 and err.startswith("error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1
