@@ -54,11 +54,13 @@ class Split:
 
 
 def load_split(prepared_dir: Path, role: str) -> Split:
+    """The encoded split, memory-mapped read-only: a run reads the pages it uses, the ranks of a
+    torchrun job share them, and opening costs the same for any corpus size."""
     arrays = []
     for name in ("src", "src.off", "tgt", "tgt.off"):
         path = prepared_dir / f"{role}.{name}.npy"
         try:
-            arrays.append(np.load(path, allow_pickle=False))
+            arrays.append(np.load(path, allow_pickle=False, mmap_mode="r"))
         except (OSError, ValueError) as e:
             raise NmtError(
                 f"{path}: cannot read encoded split ({e}); run `nmt prepare` again"

@@ -513,3 +513,17 @@ def test_the_real_multi30k_matches_the_published_checksums_and_sizes(
     assert counts["valid"] == {"read": 1014, "kept": 1014}
     assert counts["test"] == {"read": 1000, "kept": 1000}
     assert manifest["tokenizer"]["src_vocab_size"] == cfg.data.vocab_size
+
+
+def test_encoded_splits_are_opened_memory_mapped_and_read_only(tiny_corpus: Path, tmp_path: Path):
+    """Training maps the prepared ids instead of reading them: its private memory does not grow
+    with the corpus, and torchrun's ranks share the pages."""
+    out = tmp_path / "out"
+    run_prepare(files_cfg(tiny_corpus, out))
+    split = load_split(out, "train")
+    first = read_lines(tiny_corpus / "train.en")[0]  # toy pairs: none is filtered out
+    arrays = (split._src, split._src_off, split._tgt, split._tgt_off)
+    assert all(isinstance(a, np.memmap) and not a.flags.writeable for a in arrays)
+    assert split.src(0).tolist() == Tokenizer.load(out).encode_src([first])[0]
+    with pytest.raises(ValueError):
+        split._src[0] = 1
