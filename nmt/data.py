@@ -219,9 +219,10 @@ def bucket_batches(
 
 
 def data_settings(cfg: Config) -> dict:
-    """The data settings that determine a prepared dir's contents (where it came from excluded)."""
+    """The data settings that determine a prepared dir's contents (where it came from and how many
+    processes made it excluded)."""
     d = asdict(cfg.data)
-    for key in ("source", "prepared_dir"):
+    for key in ("source", "prepared_dir", "workers"):
         d.pop(key)
     return d
 
@@ -242,8 +243,8 @@ def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
             f"is not {PREPARED_FORMAT} v{PREPARED_VERSION}; run `nmt prepare` again"
         )
     wanted = data_settings(cfg) if cfg is not None else manifest["data"]
-    # a key missing on one side is None there: settings added later (default None) match old dirs
-    have = manifest["data"]
+    # a setting added after the dir was prepared counts as its default, as the code then behaved
+    have = {**data_settings(Config()), **manifest["data"]}
     diff = sorted(k for k in have.keys() | wanted.keys() if have.get(k) != wanted.get(k))
     if diff:
         raise NmtError(

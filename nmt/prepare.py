@@ -6,7 +6,7 @@ and verified before use. Output (all written atomically, byte-identical for iden
 
     <prepared_dir>/manifest.json          counts, filters, settings, input checksums
     <prepared_dir>/spm.model              (or spm.src.model + spm.tgt.model)
-    <prepared_dir>/{train,valid,test}.{src,tgt}.txt      cleaned text (references for scoring)
+    <prepared_dir>/{valid,test}.{src,tgt}.txt            cleaned text (references for scoring)
     <prepared_dir>/{train,valid,test}.{src,tgt}.npy      token ids, concatenated (int32)
     <prepared_dir>/{train,valid,test}.{src,tgt}.off.npy  offsets into the above (int64, n+1)
 """
@@ -19,7 +19,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +28,7 @@ import numpy as np
 from nmt.checkpoint import atomic_write_bytes, atomic_write_text
 from nmt.config import Config
 from nmt.data import PREPARED_FORMAT, PREPARED_VERSION, TextFile, data_settings, read_text
+from nmt.encode import default_workers, encode_train, scan, sha256_file
 from nmt.errors import NmtError
 from nmt.tokenizer import Tokenizer, load_kept, train_spm
 
@@ -51,14 +52,6 @@ MULTI30K_SHA256 = {
 }
 
 
-@dataclass
-class TrainFilter:
-    read: int = 0
-    kept: int = 0
-    dropped: dict[str, int] = field(default_factory=lambda: {"empty": 0, "too_long": 0, "ratio": 0})
-    duplicates: int = 0
-
-
 def find_file(folder: Path, stem: str, lang: str) -> Path:
     """`{folder}/{stem}.{lang}` or its `.gz`; a one-line error naming both when neither exists."""
     for name in (f"{stem}.{lang}", f"{stem}.{lang}.gz"):
@@ -75,10 +68,6 @@ def read_parallel(src_path: Path, tgt_path: Path) -> tuple[TextFile, TextFile]:
             "files must be aligned line by line"
         )
     return src, tgt
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def fetch_multi30k(folder: Path, names: list[str]) -> None:
@@ -142,25 +131,6 @@ def corpus_files(cfg: Config, source: Optional[str]) -> dict[str, tuple[Path, Pa
     }
 
 
-def filter_train(
-    src_ids: list[list[int]], tgt_ids: list[list[int]], max_len: int, max_ratio: float
-) -> tuple[list[int], TrainFilter]:
-    """Indices of training pairs to keep, and how many were dropped for each reason."""
-    stats = TrainFilter(read=len(src_ids))
-    keep = []
-    for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
-        if not s or not t:
-            stats.dropped["empty"] += 1
-        elif len(s) > max_len or len(t) > max_len:
-            stats.dropped["too_long"] += 1
-        elif max(len(s), len(t)) / min(len(s), len(t)) > max_ratio:
-            stats.dropped["ratio"] += 1
-        else:
-            keep.append(i)
-    stats.kept = len(keep)
-    return keep, stats
-
-
 def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
@@ -203,59 +173,60 @@ def build_tokenizer(cfg: Config, src_lines: list[str], tgt_lines: list[str]) -> 
 
 
 def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
-    """Run stage 1 for `cfg`; return the manifest written to `<prepared_dir>/manifest.json`."""
+    """Run stage 1 for `cfg`; return the manifest written to `<prepared_dir>/manifest.json`. The
+    training files are streamed (nmt/encode.py): memory holds the SentencePiece sample and the
+    chunks in flight, not the corpus."""
+    d = cfg.data
     files = corpus_files(cfg, source)
-    texts = {role: read_parallel(*files[role]) for role in ROLES}
-    # before max_train_pairs
-    input_lines = {f.path: len(f.lines) for pair in texts.values() for f in pair}
-    train_src, train_tgt = texts["train"]
-    if cfg.data.max_train_pairs:
-        train_src.lines = train_src.lines[: cfg.data.max_train_pairs]
-        train_tgt.lines = train_tgt.lines[: cfg.data.max_train_pairs]
-    pairs = [(s, t) for s, t in zip(train_src.lines, train_tgt.lines) if s and t]
-    if not pairs:
-        raise NmtError(f"{files['train'][0]}: no non-empty training pairs")
-    tok = build_tokenizer(cfg, [s for s, _ in pairs], [t for _, t in pairs])
+    texts = {role: read_parallel(*files[role]) for role in ("valid", "test")}
+    src_path, tgt_path = files["train"]
+    pairs = d.spm_sample // 2 if d.joint_vocab else d.spm_sample
+    found = scan(src_path, tgt_path, d.max_train_pairs, pairs, d.seed)
+    if not found.sample:
+        raise NmtError(f"{src_path}: no non-empty training pairs")
+    tok = build_tokenizer(cfg, [s for s, _ in found.sample], [t for _, t in found.sample])
+    del found.sample
 
     out = cfg.prepared_dir
     out.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {
-        "format": PREPARED_FORMAT,
-        "version": PREPARED_VERSION,
-        "data": data_settings(cfg),
+    workers = d.workers or default_workers()
+    stats = encode_train(
+        src_path, tgt_path, d.max_train_pairs, tok, d.max_len, d.max_len_ratio, workers, out,
+        progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    if not stats.kept:
+        raise NmtError(
+            f"{src_path}: no training pairs left after filtering "
+            f"(data.max_len={d.max_len}, data.max_len_ratio={d.max_len_ratio})"
+        )
+    manifest: dict = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION}
+    manifest["data"] = data_settings(cfg)
+    manifest["counts"] = {"train": asdict(stats)}
+    train_files = zip(("src", "tgt"), (src_path, tgt_path), found.lines)
+    manifest["inputs"] = {
+        "train": {
+            side: {"path": str(path), "sha256": sha256_file(path), "lines": n}
+            for side, path, n in train_files
+        }
     }
-    manifest["inputs"] = {}
-    manifest["counts"] = {}
-    manifest["warnings"] = {}
-    for role in ROLES:
-        src, tgt = texts[role]
+    manifest["warnings"] = {
+        str(path): {"crlf_lines": crlf, "bom_lines": bom}
+        for path, crlf, bom in zip((src_path, tgt_path), found.crlf, found.bom)
+        if crlf or bom
+    }
+    for role, (src, tgt) in texts.items():
         src_ids, tgt_ids = tok.encode_src(src.lines), tok.encode_tgt(tgt.lines)
-        src_lines, tgt_lines = src.lines, tgt.lines
-        if role == "train":
-            keep, stats = filter_train(src_ids, tgt_ids, cfg.data.max_len, cfg.data.max_len_ratio)
-            if not keep:
-                raise NmtError(
-                    f"{src.path}: no training pairs left after filtering "
-                    f"(data.max_len={cfg.data.max_len}, "
-                    f"data.max_len_ratio={cfg.data.max_len_ratio})"
-                )
-            src_lines, tgt_lines = [src_lines[i] for i in keep], [tgt_lines[i] for i in keep]
-            src_ids, tgt_ids = [src_ids[i] for i in keep], [tgt_ids[i] for i in keep]
-            stats.duplicates = len(src_lines) - len(set(zip(src_lines, tgt_lines)))
-            manifest["counts"]["train"] = asdict(stats)
-        else:
-            manifest["counts"][role] = {"read": len(src_lines), "kept": len(src_lines)}
-        write_split(out, role, src_lines, tgt_lines, src_ids, tgt_ids)
+        manifest["counts"][role] = {"read": len(src.lines), "kept": len(src.lines)}
+        write_split(out, role, src.lines, tgt.lines, src_ids, tgt_ids)
         manifest["inputs"][role] = {
-            side: {"path": f.path, "sha256": f.sha256, "lines": input_lines[f.path]}
+            side: {"path": f.path, "sha256": f.sha256, "lines": len(f.lines)}
             for side, f in (("src", src), ("tgt", tgt))
         }
         for f in (src, tgt):
             if f.crlf or f.bom:
                 manifest["warnings"][f.path] = {"crlf_lines": f.crlf, "bom_lines": f.bom}
-    files_written = tok.save(out)
     manifest["tokenizer"] = {
-        "files": files_written,
+        "files": tok.save(out),
         "sha256": tok.sha256,
         "src_vocab_size": tok.src_vocab_size,
         "tgt_vocab_size": tok.tgt_vocab_size,

@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 from toy_language import TOY_SIZES
 
+import nmt.encode
 import nmt.prepare
 from nmt.config import Config, config_from_dict, load_config
 from nmt.data import load_split, read_manifest
+from nmt.encode import scan
 from nmt.errors import NmtError
 from nmt.prepare import prepare
 from nmt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer
@@ -51,6 +53,13 @@ def run_prepare(cfg: Config, source: str | None = None) -> dict:
 
 def read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def train_pairs(out: Path) -> list[tuple[str, str]]:
+    """The kept training pairs, decoded from the prepared ids (no training text is stored)."""
+    tok, split = Tokenizer.load(out), load_split(out, "train")
+    src = tok.src.decode([split.src(i).tolist() for i in range(len(split))])
+    return list(zip(src, tok.decode_tgt([split.tgt(i).tolist() for i in range(len(split))])))
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -162,7 +171,7 @@ def test_cr_bom_and_whitespace_are_stripped_and_counted(make_corpus, tmp_path: P
     )
     manifest = run_prepare(files_cfg(folder, tmp_path / "out"))
     assert manifest["warnings"] == {str(src_path): {"crlf_lines": len(clean), "bom_lines": 1}}
-    assert read_lines(tmp_path / "out" / "train.src.txt") == clean
+    assert [s for s, _ in train_pairs(tmp_path / "out")] == clean
     assert manifest["counts"]["train"]["kept"] == len(clean)
 
 
@@ -225,7 +234,7 @@ def test_train_filter_counts_each_reason(make_corpus, tmp_path: Path) -> None:
     assert train["dropped"] == {"empty": 3, "too_long": 1, "ratio": 1}
     assert (train["read"], train["kept"]) == (len(good) + 5, len(good))
     assert json.loads((out / "manifest.json").read_text())["counts"]["train"] == train
-    assert list(zip(read_lines(out / "train.src.txt"), read_lines(out / "train.tgt.txt"))) == good
+    assert train_pairs(out) == good
 
 
 def test_kept_training_pairs_satisfy_the_filters(make_corpus, tmp_path: Path) -> None:
@@ -256,7 +265,7 @@ def test_max_train_pairs_takes_the_first_pairs(make_corpus, tmp_path: Path) -> N
     out = tmp_path / "out"
     manifest = run_prepare(files_cfg(folder, out, max_train_pairs=30))
     assert manifest["counts"]["train"]["read"] == 30
-    assert read_lines(out / "train.src.txt") == read_lines(folder / "train.en")[:30]
+    assert [s for s, _ in train_pairs(out)] == read_lines(folder / "train.en")[:30]
     # `inputs` describes the files as stored (their checksum is of the whole file): all their lines
     assert manifest["inputs"]["train"]["src"]["lines"] == len(read_lines(folder / "train.en"))
 
@@ -306,12 +315,10 @@ def test_tokenizer_special_ids_and_encoded_data(tiny_corpus: Path, tmp_path: Pat
 def test_encoded_train_decodes_back_to_its_text(tiny_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_prepare(files_cfg(tiny_corpus, out))
-    tok, split = Tokenizer.load(out), load_split(out, "train")
-    decoded = tok.decode_tgt([split.tgt(i).tolist() for i in range(len(split))])
-    assert decoded == read_lines(out / "train.tgt.txt")
-    assert tok.src.decode([split.src(i).tolist() for i in range(len(split))]) == read_lines(
-        out / "train.src.txt"
-    )
+    corpus = list(zip(read_lines(tiny_corpus / "train.en"), read_lines(tiny_corpus / "train.de")))
+    assert train_pairs(out) == corpus  # toy pairs: none is filtered out
+    # the training text is not copied (valid and test text stay: they are the references)
+    assert not list(out.glob("train.*.txt")) and not list(out.glob(".*tmp"))
 
 
 def test_vocab_size_shrinks_to_what_a_small_corpus_supports(
@@ -527,3 +534,37 @@ def test_encoded_splits_are_opened_memory_mapped_and_read_only(tiny_corpus: Path
     assert split.src(0).tolist() == Tokenizer.load(out).encode_src([first])[0]
     with pytest.raises(ValueError):
         split._src[0] = 1
+
+
+# --- streamed, in worker processes ---
+
+
+def test_output_is_the_same_bytes_for_any_number_of_workers(
+    make_corpus, tmp_path: Path, monkeypatch
+) -> None:
+    """Chunks of 7 pairs, so that several are in flight in each of 2 and 3 worker processes."""
+    monkeypatch.setattr(nmt.encode, "CHUNK", 7)
+    folder, _, _ = filter_corpus(make_corpus)  # pairs dropped for every reason, and duplicates
+    outputs = []
+    for workers in (1, 2, 3):
+        out = tmp_path / f"w{workers}"
+        run_prepare(files_cfg(folder, out, max_len=60, workers=workers))
+        outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert len(load_split(tmp_path / "w2", "train")) > 7 * 3
+
+
+def test_sentencepiece_learns_from_a_seeded_sample(make_corpus, tmp_path: Path) -> None:
+    """spm_sample 40 sentences: 20 pairs of the 120 for a joint vocabulary, the same 20 for the same
+    seed; every pair is still encoded."""
+    folder = make_corpus()
+    src, tgt = folder / "train.en", folder / "train.de"
+    a, b = scan(src, tgt, 0, 20, seed=1), scan(src, tgt, 0, 20, seed=1)
+    assert len(a.sample) == 20 and a.sample == b.sample
+    assert scan(src, tgt, 0, 20, seed=2).sample != a.sample
+    pairs = list(zip(read_lines(src), read_lines(tgt)))
+    assert set(a.sample) <= set(pairs) and scan(src, tgt, 0, 500, 1).sample == pairs
+    manifest = run_prepare(files_cfg(folder, tmp_path / "out", spm_sample=40))
+    assert manifest["counts"]["train"]["kept"] == 120
+    again = run_prepare(files_cfg(folder, tmp_path / "again", spm_sample=40))
+    assert again["tokenizer"]["sha256"] == manifest["tokenizer"]["sha256"]
