@@ -44,7 +44,7 @@ class DataConfig:
     max_len_ratio: float = _opt(3.0, min=1.0)
     seed: int = 1
     tokenizer: Optional[str] = None
-    spm_sample: int = _opt(1_000_000, min=2)
+    spm_sample: int = _opt(700_000, min=2)
     workers: int = _opt(0, min=0)
 
 

@@ -20,7 +20,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import islice, zip_longest
+from itertools import chain, islice, zip_longest
 from pathlib import Path
 from typing import Optional
 
@@ -149,13 +149,15 @@ def _encode_chunk(job: tuple[list[bytes], list[bytes], int, float]) -> tuple:
     src = [clean_line(r, "", 0) for r in raw_src]  # valid UTF-8: the scan checked every line
     tgt = [clean_line(r, "", 0) for r in raw_tgt]
     tok = _TOKENIZER
-    src_ids, tgt_ids = tok.encode_src(src), tok.encode_tgt(tgt)
+    # one thread: the worker processes are the parallelism
+    src_ids, tgt_ids = tok.encode_src(src, threads=1), tok.encode_tgt(tgt, threads=1)
     keep, stats = filter_train(src_ids, tgt_ids, max_len, max_ratio)
     hashes = np.array([_pair_hash(src[i], tgt[i]) for i in keep], dtype=np.uint64)
     out = []
     for ids in (src_ids, tgt_ids):
         lens = np.array([len(ids[i]) for i in keep], dtype=np.int64)
-        flat = np.fromiter((t for i in keep for t in ids[i]), dtype=np.int32, count=int(lens.sum()))
+        tokens = chain.from_iterable(ids[i] for i in keep)
+        flat = np.fromiter(tokens, dtype=np.int32, count=int(lens.sum()))
         out += [flat, lens]
     return (*out, stats, hashes)
 

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict
@@ -190,6 +191,7 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
     out = cfg.prepared_dir
     out.mkdir(parents=True, exist_ok=True)
     workers = d.workers or default_workers()
+    started = time.perf_counter()
     stats = encode_train(
         src_path, tgt_path, d.max_train_pairs, tok, d.max_len, d.max_len_ratio, workers, out,
         progress=sys.stderr.isatty(),
@@ -199,6 +201,10 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
             f"{src_path}: no training pairs left after filtering "
             f"(data.max_len={d.max_len}, data.max_len_ratio={d.max_len_ratio})"
         )
+    log(
+        f"encoded {stats.read} training pairs in {time.perf_counter() - started:.1f} s "
+        f"({workers} worker process{'es' if workers > 1 else ''})"
+    )
     manifest: dict = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION}
     manifest["data"] = data_settings(cfg)
     manifest["counts"] = {"train": asdict(stats)}

@@ -93,11 +93,12 @@ class Tokenizer:
             h.update(b"\0tgt\0" + self.tgt_proto)
         return h.hexdigest()
 
-    def encode_src(self, lines: list[str]) -> list[list[int]]:
-        return self.src.encode(lines)
+    def encode_src(self, lines: list[str], threads: int = -1) -> list[list[int]]:
+        """Subword ids of each line; `threads`: SentencePiece's (-1: one per core)."""
+        return self.src.encode(lines, num_threads=threads)
 
-    def encode_tgt(self, lines: list[str]) -> list[list[int]]:
-        return self.tgt.encode(lines)
+    def encode_tgt(self, lines: list[str], threads: int = -1) -> list[list[int]]:
+        return self.tgt.encode(lines, num_threads=threads)
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         """Detokenize target ids; special ids are dropped and whitespace runs collapsed."""
