@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -26,12 +26,60 @@ def _opt(default: Any, **rules: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Corpus:
+    """One training corpus: the files {stem}.{lang}[.gz] in `source` (null: data.source, or
+    Multi30k), seen `weight` times per epoch."""
+
+    stem: str
+    source: Optional[str] = None
+    weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}/{self.stem}" if self.source else self.stem
+
+
+def _train_corpora(origin: str, key: str, value: Any) -> str | tuple[Corpus, ...]:
+    """data.train: one file stem, or a list of corpora, each a stem or a mapping with `stem` and
+    optionally `source` and `weight` (> 0)."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _fail(origin, key, f"expected a file stem or a list of corpora, got {value!r}")
+    corpora = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if isinstance(item, Corpus):
+            item = dataclasses.asdict(item)
+        if isinstance(item, str):
+            item = {"stem": item}
+        if not isinstance(item, dict):
+            raise _fail(origin, where, f"expected a file stem or a mapping, got {item!r}")
+        valid = [f.name for f in dataclasses.fields(Corpus)]
+        for k in item:
+            if k not in valid:
+                raise _unknown(origin, f"{where}.{k}", valid)
+        if "stem" not in item:
+            raise _fail(origin, where, "needs a stem: the files' name before .{lang}")
+        if not isinstance(item["stem"], str) or not item["stem"]:
+            raise _fail(origin, f"{where}.stem", f"expected a file stem, got {item['stem']!r}")
+        source = _check_value(origin, f"{where}.source", item.get("source"), Optional[str], {})
+        weight = _check_value(origin, f"{where}.weight", item.get("weight", 1.0), float, {"gt": 0})
+        corpora.append(Corpus(item["stem"], source, weight))
+    names = [c.name for c in corpora]
+    for name in names:
+        if names.count(name) > 1:
+            raise _fail(origin, key, f"corpus {name} is named twice")
+    return tuple(corpora)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     corpus: str = _opt("files", choices=("files", "multi30k"))
     source: Optional[str] = None
     src_lang: str = "en"
     tgt_lang: str = "de"
-    train: str = "train"
+    train: Union[str, tuple[Corpus, ...]] = _opt("train", parse=_train_corpora)
     valid: str = "val"
     test: str = "test_2016_flickr"
     prepared_dir: Optional[str] = None
@@ -46,6 +94,11 @@ class DataConfig:
     tokenizer: Optional[str] = None
     spm_sample: int = _opt(700_000, min=2)
     workers: int = _opt(0, min=0)
+
+    @property
+    def corpora(self) -> tuple[Corpus, ...]:
+        """The training corpora (one, of weight 1, when data.train is a file stem)."""
+        return (Corpus(self.train),) if isinstance(self.train, str) else self.train
 
 
 @dataclass(frozen=True)
@@ -126,6 +179,8 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["train"]["betas"] = list(d["train"]["betas"])
+        if not isinstance(self.data.train, str):
+            d["data"]["train"] = [dict(c) for c in d["data"]["train"]]
         return d
 
 
@@ -154,6 +209,8 @@ def _unknown(origin: str, key: str, valid: list[str]) -> NmtError:
 def _check_value(origin: str, key: str, value: Any, typ: Any, rules: dict[str, Any]) -> Any:
     """Check one value against its annotated type and rules;
     return it converted (int->float, list->tuple)."""
+    if "parse" in rules:
+        return rules["parse"](origin, key, value)
     if typing.get_origin(typ) is typing.Union:  # Optional[X]
         if value is None:
             return None

@@ -181,6 +181,22 @@ def split_batch(split: Split, index: np.ndarray, pin: bool = False) -> Batch:
     return make_batch([split.src(i) for i in index], [split.tgt(i) for i in index], index, pin)
 
 
+def pack(width: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """Cut a sequence of sentence widths into consecutive batches [a, b), greedily: each batch is as
+    long as rows x its widest row stays within `max_tokens` (at least one row). A loop over batches,
+    each found with numpy in a window that holds at most max_tokens // width[a] rows: 8M sentences
+    take a fraction of a second, where a loop over sentences took seconds."""
+    n, start, out = len(width), 0, []
+    while start < n:
+        window = width[start : start + max(2, max_tokens // int(width[start]) + 1)]
+        cost = np.maximum.accumulate(window) * np.arange(1, len(window) + 1)
+        over = np.flatnonzero(cost[1:] > max_tokens)
+        end = start + 1 + int(over[0]) if len(over) else start + len(window)
+        out.append((start, end))
+        start = end
+    return out
+
+
 def bucket_batches(
     src_lens: np.ndarray,
     tgt_lens: Optional[np.ndarray],
@@ -199,31 +215,81 @@ def bucket_batches(
         tgt_lens = np.zeros_like(src_lens)
     rng = np.random.default_rng([seed, epoch]) if seed is not None else None
     order = rng.permutation(n) if rng is not None else np.arange(n)
-    order = order[np.lexsort((src_lens[order], tgt_lens[order]))]  # stable: keeps random tie order
+    # by target length, then source length; stable, so ties keep their random order. One key of
+    # 16 bits where the lengths allow it, which numpy sorts by radix: 5x faster than np.lexsort
+    src_in, tgt_in = src_lens[order], tgt_lens[order]
+    key = tgt_in.astype(np.int64) * (int(src_in.max(initial=0)) + 1) + src_in
+    if len(key) and key.max() < 2**16:
+        key = key.astype(np.uint16)
+    order = order[np.argsort(key, kind="stable")]
     width = np.maximum(src_lens, tgt_lens)[order] + 1
-    batches, start, longest = [], 0, 0
-    for k in range(n):
-        longest_k = max(longest, int(width[k]))
-        if k > start and longest_k * (k - start + 1) > max_tokens:
-            batches.append(order[start:k])
-            start, longest_k = k, int(width[k])
-        longest = longest_k
-    if n > start:
-        batches.append(order[start:n])
+    batches = [order[a:b] for a, b in pack(width, max_tokens)]
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
+
+
+def epoch_sample(
+    sizes: list[int], weights: list[float], seed: int, epoch: int
+) -> Optional[np.ndarray]:
+    """The training pairs of one epoch when the corpora are weighted; None when every weight is 1
+    (each pair once). Corpus k is the next sizes[k] pairs of the split and comes weights[k] times:
+    int(w) copies of all its pairs, plus frac(w) x its size of them drawn without replacement (the
+    count rounded at random, so that it is right on average) as a pure function of (seed, epoch)."""
+    if all(w == 1.0 for w in weights):
+        return None
+    rng = np.random.default_rng(
+        [seed, epoch, 1]
+    )  # its own stream: bucket_batches uses [seed, epoch]
+    parts, start = [], 0
+    for n, w in zip(sizes, weights):
+        whole, part = int(w), (w - int(w)) * n
+        parts += [np.arange(start, start + n)] * whole
+        drawn = int(part) + int(rng.random() < part - int(part))
+        if drawn:
+            parts.append(start + np.sort(rng.choice(n, drawn, replace=False)))
+        start += n
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def epoch_batches(
+    split: Split, sizes: list[int], weights: list[float], max_tokens: int, seed: int, epoch: int
+) -> list[np.ndarray]:
+    """The training batches (positions in `split`) of `epoch`, the corpus weights applied
+    (epoch_sample); a pure function of (seed, epoch), so a position is still (epoch, batch)."""
+    pairs = epoch_sample(sizes, weights, seed, epoch)
+    if pairs is None:
+        return bucket_batches(split.src_lens, split.tgt_lens, max_tokens, seed, epoch)
+    if not len(pairs):
+        raise NmtError("data.train: the corpus weights leave no training pairs in an epoch")
+    lens = split.src_lens[pairs], split.tgt_lens[pairs]
+    return [pairs[b] for b in bucket_batches(*lens, max_tokens, seed, epoch)]
+
+
+def corpus_sizes(manifest: dict, cfg: Config) -> list[int]:
+    """Kept training pairs of each corpus of data.train, in order (as the split holds them)."""
+    corpora = manifest["counts"]["train"].get("corpora")
+    if corpora is None:  # prepared before several corpora existed: one
+        return [manifest["counts"]["train"]["kept"]]
+    if [c["corpus"] for c in corpora] != [c.name for c in cfg.data.corpora]:
+        raise NmtError(
+            f"{cfg.prepared_dir}: prepared from other corpora than data.train names; run `nmt "
+            "prepare` again"
+        )
+    return [c["kept"] for c in corpora]
 
 
 # --- the prepared directory's manifest (written by `nmt prepare`, read by every later stage) ---
 
 
 def data_settings(cfg: Config) -> dict:
-    """The data settings that determine a prepared dir's contents (where it came from and how many
-    processes made it excluded)."""
+    """The data settings that determine a prepared dir's contents (where it came from, how many
+    processes made it and the corpus weights excluded)."""
     d = asdict(cfg.data)
     for key in ("source", "prepared_dir", "workers"):
         d.pop(key)
+    if not isinstance(cfg.data.train, str):  # the corpora, in order; their weights act in training
+        d["train"] = [c.name for c in cfg.data.corpora]
     return d
 
 

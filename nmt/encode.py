@@ -88,21 +88,34 @@ def sha256_file(path: Path) -> str:
 
 @dataclass
 class Scan:
-    """What the first pass over the training files found."""
+    """What the first pass over one corpus's training files found."""
 
     lines: tuple[int, int]  # lines in the source and the target file
     crlf: tuple[int, int]
     bom: tuple[int, int]
-    sample: list[tuple[str, str]]  # non-empty pairs for SentencePiece, in file order when all fit
 
 
-def scan(src_path: Path, tgt_path: Path, limit: int, sample_size: int, seed: int) -> Scan:
-    """Read both files once: alignment, UTF-8 (name:line), CR/BOM counts, and a seeded reservoir
-    sample of at most `sample_size` non-empty pairs among the first `limit` (0: all)."""
-    rng = random.Random(seed)
-    n_src = n_tgt = seen = 0
+class Reservoir:
+    """A seeded uniform sample of at most `size` pairs from all the pairs offered to it (reservoir
+    sampling): a pure function of the seed and the pairs, in file order while they all fit."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seen, self.rng = size, 0, random.Random(seed)
+        self.sample: list[tuple[str, str]] = []
+
+    def offer(self, pair: tuple[str, str]) -> None:
+        if self.seen < self.size:
+            self.sample.append(pair)
+        elif (j := self.rng.randrange(self.seen + 1)) < self.size:
+            self.sample[j] = pair
+        self.seen += 1
+
+
+def scan(src_path: Path, tgt_path: Path, limit: int, reservoir: Reservoir) -> Scan:
+    """Read both files once: alignment, UTF-8 (name:line), CR/BOM counts; the non-empty pairs
+    among the first `limit` (0: all) are offered to the SentencePiece sample."""
+    n_src = n_tgt = 0
     crlf, bom = [0, 0], [0, 0]
-    sample: list[tuple[str, str]] = []
     for raw_s, raw_t in zip_longest(raw_lines(src_path), raw_lines(tgt_path)):
         texts = []
         for side, (raw, path) in enumerate(((raw_s, src_path), (raw_t, tgt_path))):
@@ -115,17 +128,13 @@ def scan(src_path: Path, tgt_path: Path, limit: int, sample_size: int, seed: int
         n_src, n_tgt = n_src + (raw_s is not None), n_tgt + (raw_t is not None)
         if len(texts) < 2 or (limit and n_src > limit) or not (texts[0] and texts[1]):
             continue
-        if seen < sample_size:
-            sample.append((texts[0], texts[1]))
-        elif (j := rng.randrange(seen + 1)) < sample_size:
-            sample[j] = (texts[0], texts[1])
-        seen += 1
+        reservoir.offer((texts[0], texts[1]))
     if n_src != n_tgt:
         raise NmtError(
             f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}: parallel files must be "
             "aligned line by line"
         )
-    return Scan((n_src, n_tgt), (crlf[0], crlf[1]), (bom[0], bom[1]), sample)
+    return Scan((n_src, n_tgt), (crlf[0], crlf[1]), (bom[0], bom[1]))
 
 
 # --- the second pass: encoding in worker processes ---
@@ -143,9 +152,10 @@ def _pair_hash(src: str, tgt: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-def _encode_chunk(job: tuple[list[bytes], list[bytes], int, float]) -> tuple:
-    """Raw line pairs -> kept ids (flat int32 and lengths, per side), filter counts, pair hashes."""
-    raw_src, raw_tgt, max_len, max_ratio = job
+def _encode_chunk(job: tuple[int, list[bytes], list[bytes], int, float]) -> tuple:
+    """Raw line pairs of corpus k -> k, kept ids (flat int32 and lengths, per side), filter counts,
+    pair hashes."""
+    k, raw_src, raw_tgt, max_len, max_ratio = job
     src = [clean_line(r, "", 0) for r in raw_src]  # valid UTF-8: the scan checked every line
     tgt = [clean_line(r, "", 0) for r in raw_tgt]
     tok = _TOKENIZER
@@ -159,15 +169,16 @@ def _encode_chunk(job: tuple[list[bytes], list[bytes], int, float]) -> tuple:
         tokens = chain.from_iterable(ids[i] for i in keep)
         flat = np.fromiter(tokens, dtype=np.int32, count=int(lens.sum()))
         out += [flat, lens]
-    return (*out, stats, hashes)
+    return (k, *out, stats, hashes)
 
 
-def _jobs(src_path: Path, tgt_path: Path, limit: int, max_len: int, max_ratio: float) -> Iterator:
-    pairs = zip(raw_lines(src_path), raw_lines(tgt_path))
-    if limit:
-        pairs = islice(pairs, limit)
-    while chunk := list(islice(pairs, CHUNK)):
-        yield [s for s, _ in chunk], [t for _, t in chunk], max_len, max_ratio
+def _jobs(corpora: list[tuple[Path, Path]], limit: int, max_len: int, max_ratio: float) -> Iterator:
+    for k, (src_path, tgt_path) in enumerate(corpora):
+        pairs = zip(raw_lines(src_path), raw_lines(tgt_path))
+        if limit:
+            pairs = islice(pairs, limit)
+        while chunk := list(islice(pairs, CHUNK)):
+            yield k, [s for s, _ in chunk], [t for _, t in chunk], max_len, max_ratio
 
 
 def _results(jobs: Iterator, tok: Tokenizer, workers: int) -> Iterator[tuple]:
@@ -195,8 +206,7 @@ def default_workers() -> int:
 
 
 def encode_train(
-    src_path: Path,
-    tgt_path: Path,
+    corpora: list[tuple[Path, Path]],
     limit: int,
     tok: Tokenizer,
     max_len: int,
@@ -204,35 +214,43 @@ def encode_train(
     workers: int,
     out: Path,
     progress: bool = False,
-) -> TrainFilter:
-    """Encode and filter the first `limit` (0: all) training pairs into out/train.{src,tgt}.npy and
-    .off.npy, streamed; return the counts, duplicates of kept pairs included."""
-    stats, hashes = TrainFilter(), []
+) -> tuple[list[TrainFilter], int]:
+    """Encode and filter the first `limit` (0: all) pairs of each corpus, one after the other,
+    into out/train.{src,tgt}.npy and .off.npy, streamed. Returns each corpus's counts (duplicates
+    within it included) and the number of kept pairs that repeat an earlier one of any corpus."""
+    stats = [TrainFilter() for _ in corpora]
+    hashes: list[list[np.ndarray]] = [[] for _ in corpora]
     lens: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
     raw = {side: out / f".train.{side}.ids.tmp" for side in ("src", "tgt")}
     bar = tqdm(unit=" pairs", disable=not progress, desc="encoding")
     try:
         with open(raw["src"], "wb") as fs, open(raw["tgt"], "wb") as ft, bar:
-            jobs = _jobs(src_path, tgt_path, limit, max_len, max_ratio)
-            for s_flat, s_lens, t_flat, t_lens, part, part_hashes in _results(jobs, tok, workers):
+            jobs = _jobs(corpora, limit, max_len, max_ratio)
+            for k, s_flat, s_lens, t_flat, t_lens, part, part_hashes in _results(
+                jobs, tok, workers
+            ):
                 fs.write(s_flat.tobytes())
                 ft.write(t_flat.tobytes())
                 lens["src"].append(s_lens)
                 lens["tgt"].append(t_lens)
-                stats.add(part)
-                hashes.append(part_hashes)
+                stats[k].add(part)
+                hashes[k].append(part_hashes)
                 bar.update(part.read)
-        all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-        stats.duplicates = int(len(all_hashes) - len(np.unique(all_hashes)))
+        each = [np.concatenate(h) if h else np.zeros(0, np.uint64) for h in hashes]
+        for corpus_stats, h in zip(stats, each):
+            corpus_stats.duplicates = int(len(h) - len(np.unique(h)))
+        every = np.concatenate(each)
+        duplicates = int(len(every) - len(np.unique(every)))
         for side in ("src", "tgt"):
-            offsets = np.concatenate([[0], np.cumsum(np.concatenate(lens[side]))]).astype(np.int64)
+            side_lens = np.concatenate(lens[side]) if lens[side] else np.zeros(0, np.int64)
+            offsets = np.concatenate([[0], np.cumsum(side_lens)]).astype(np.int64)
             _npy_from_raw(out / f"train.{side}.npy", raw[side], np.int32, int(offsets[-1]))
             with atomic_writer(out / f"train.{side}.off.npy") as f:
                 np.save(f, offsets, allow_pickle=False)
     finally:
         for path in raw.values():
             path.unlink(missing_ok=True)
-    return stats
+    return stats, duplicates
 
 
 def _npy_from_raw(path: Path, raw: Path, dtype: type, count: int) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from nmt.checkpoint import atomic_write_bytes, atomic_write_text
 from nmt.config import Config
 from nmt.data import PREPARED_FORMAT, PREPARED_VERSION, TextFile, data_settings, read_text
-from nmt.encode import default_workers, encode_train, scan, sha256_file
+from nmt.encode import Reservoir, TrainFilter, default_workers, encode_train, scan, sha256_file
 from nmt.errors import NmtError
 from nmt.tokenizer import Tokenizer, load_kept, train_spm
 
@@ -98,14 +98,15 @@ def fetch_multi30k(folder: Path, names: list[str]) -> None:
         atomic_write_bytes(dest, data)
 
 
-def corpus_files(cfg: Config, source: Optional[str]) -> dict[str, tuple[Path, Path]]:
-    """Resolve (src_path, tgt_path) for each role;
-    fetch/verify Multi30k when that corpus is named."""
+def corpus_files(cfg: Config, source: Optional[str]) -> dict:
+    """(src_path, tgt_path) of valid and test, and a list of them, one per corpus, for train;
+    Multi30k's files fetched/verified when that corpus is named (a training corpus with a folder
+    of its own is plain files)."""
     d = cfg.data
     folder = Path(source or d.source or MULTI30K_CACHE)
-    stems = {"train": d.train, "valid": d.valid, "test": d.test}
+    stems = [c.stem for c in d.corpora if not c.source] + [d.valid, d.test]
     if d.corpus == "multi30k":
-        names = [f"{stems[r]}.{lang}.gz" for r in ROLES for lang in (d.src_lang, d.tgt_lang)]
+        names = [f"{stem}.{lang}.gz" for stem in stems for lang in (d.src_lang, d.tgt_lang)]
         unknown = [n for n in names if n not in MULTI30K_SHA256]
         if unknown:
             raise NmtError(
@@ -126,9 +127,17 @@ def corpus_files(cfg: Config, source: Optional[str]) -> dict[str, tuple[Path, Pa
             fetch_multi30k(folder, names)
     elif not folder.is_dir():
         raise NmtError(f"{folder}: corpus folder not found (data.source)")
+
+    def pair(where: Path, stem: str) -> tuple[Path, Path]:
+        return find_file(where, stem, d.src_lang), find_file(where, stem, d.tgt_lang)
+
+    for c in d.corpora:
+        if c.source and not Path(c.source).is_dir():
+            raise NmtError(f"{c.source}: corpus folder not found (data.train, corpus {c.stem})")
     return {
-        r: (find_file(folder, stems[r], d.src_lang), find_file(folder, stems[r], d.tgt_lang))
-        for r in ROLES
+        "train": [pair(Path(c.source) if c.source else folder, c.stem) for c in d.corpora],
+        "valid": pair(folder, d.valid),
+        "test": pair(folder, d.test),
     }
 
 
@@ -180,46 +189,51 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
     d = cfg.data
     files = corpus_files(cfg, source)
     texts = {role: read_parallel(*files[role]) for role in ("valid", "test")}
-    src_path, tgt_path = files["train"]
-    pairs = d.spm_sample // 2 if d.joint_vocab else d.spm_sample
-    found = scan(src_path, tgt_path, d.max_train_pairs, pairs, d.seed)
-    if not found.sample:
-        raise NmtError(f"{src_path}: no non-empty training pairs")
-    tok = build_tokenizer(cfg, [s for s, _ in found.sample], [t for _, t in found.sample])
-    del found.sample
+    reservoir = Reservoir(d.spm_sample // 2 if d.joint_vocab else d.spm_sample, d.seed)
+    scans = [scan(src, tgt, d.max_train_pairs, reservoir) for src, tgt in files["train"]]
+    if not reservoir.sample:
+        raise NmtError(f"{files['train'][0][0]}: no non-empty training pairs")
+    tok = build_tokenizer(cfg, [s for s, _ in reservoir.sample], [t for _, t in reservoir.sample])
+    del reservoir
 
     out = cfg.prepared_dir
     out.mkdir(parents=True, exist_ok=True)
     workers = d.workers or default_workers()
     started = time.perf_counter()
-    stats = encode_train(
-        src_path, tgt_path, d.max_train_pairs, tok, d.max_len, d.max_len_ratio, workers, out,
+    each, duplicates = encode_train(
+        files["train"], d.max_train_pairs, tok, d.max_len, d.max_len_ratio, workers, out,
         progress=sys.stderr.isatty(),
     )  # fmt: skip
-    if not stats.kept:
-        raise NmtError(
-            f"{src_path}: no training pairs left after filtering "
-            f"(data.max_len={d.max_len}, data.max_len_ratio={d.max_len_ratio})"
-        )
+    for (src_path, _), stats in zip(files["train"], each):
+        if not stats.kept:
+            raise NmtError(
+                f"{src_path}: no training pairs left after filtering "
+                f"(data.max_len={d.max_len}, data.max_len_ratio={d.max_len_ratio})"
+            )
+    total = TrainFilter()
+    for stats in each:
+        total.add(stats)
+    total.duplicates = duplicates
     log(
-        f"encoded {stats.read} training pairs in {time.perf_counter() - started:.1f} s "
+        f"encoded {total.read} training pairs in {time.perf_counter() - started:.1f} s "
         f"({workers} worker process{'es' if workers > 1 else ''})"
     )
     manifest: dict = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION}
     manifest["data"] = data_settings(cfg)
-    manifest["counts"] = {"train": asdict(stats)}
-    train_files = zip(("src", "tgt"), (src_path, tgt_path), found.lines)
-    manifest["inputs"] = {
-        "train": {
-            side: {"path": str(path), "sha256": sha256_file(path), "lines": n}
-            for side, path, n in train_files
-        }
-    }
-    manifest["warnings"] = {
-        str(path): {"crlf_lines": crlf, "bom_lines": bom}
-        for path, crlf, bom in zip((src_path, tgt_path), found.crlf, found.bom)
-        if crlf or bom
-    }
+    corpora = [{"corpus": c.name, **asdict(stats)} for c, stats in zip(d.corpora, each)]
+    manifest["counts"] = {"train": {**asdict(total), "corpora": corpora}}
+    manifest["inputs"] = {"train": []}
+    manifest["warnings"] = {}
+    for c, (src_path, tgt_path), found in zip(d.corpora, files["train"], scans):
+        manifest["inputs"]["train"].append(
+            {"corpus": c.name} | {
+                side: {"path": str(path), "sha256": sha256_file(path), "lines": n}
+                for side, path, n in zip(("src", "tgt"), (src_path, tgt_path), found.lines)
+            }
+        )  # fmt: skip
+        for path, crlf, bom in zip((src_path, tgt_path), found.crlf, found.bom):
+            if crlf or bom:
+                manifest["warnings"][str(path)] = {"crlf_lines": crlf, "bom_lines": bom}
     for role, (src, tgt) in texts.items():
         src_ids, tgt_ids = tok.encode_src(src.lines), tok.encode_tgt(tgt.lines)
         manifest["counts"][role] = {"read": len(src.lines), "kept": len(src.lines)}
@@ -245,10 +259,15 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
 def report(manifest: dict, out: Path, log) -> None:
     c = manifest["counts"]
     t = c["train"]
-    log(
-        f"train: {t['read']} pairs read, {t['kept']} kept; dropped: "
-        + ", ".join(f"{k} {v}" for k, v in t["dropped"].items())
-    )
+    rows = [("train", t)]
+    if len(t["corpora"]) > 1:  # and each corpus's share
+        rows += [(f"  {corpus['corpus']}", corpus) for corpus in t["corpora"]]
+    for name, n in rows:
+        log(
+            f"{name}: {n['read']} pairs read, {n['kept']} kept; dropped: "
+            + ", ".join(f"{k} {v}" for k, v in n["dropped"].items())
+            + (f"; {n['duplicates']} duplicated" if n is not t and n["duplicates"] else "")
+        )
     log(f"valid: {c['valid']['kept']} pairs, test: {c['test']['kept']} pairs (never filtered)")
     for path, w in manifest["warnings"].items():
         log(

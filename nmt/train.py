@@ -37,6 +37,8 @@ from nmt.data import (
     Batch,
     Split,
     bucket_batches,
+    corpus_sizes,
+    epoch_batches,
     load_split,
     read_lines,
     read_manifest,
@@ -193,9 +195,12 @@ class Trainer:
         valid_split: Split,
         valid_refs: list[str],
         dist: Optional[Dist] = None,
+        corpus_sizes: Optional[list[int]] = None,
     ):
         self.cfg, self.run_dir, self.device, self.tok = cfg, run_dir, device, tok
         self.train_split, self.valid_split, self.valid_refs = train_split, valid_split, valid_refs
+        # pairs of each corpus of data.train, in the order the split holds them
+        self.corpus_sizes = corpus_sizes or [len(train_split)]
         self.dist = dist or Dist()
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
@@ -461,8 +466,9 @@ class Trainer:
         """Train from the current position to the end of the
         epoch; return why training stops, if it does."""
         s, t = self.state, self.cfg.train
-        batches = bucket_batches(
-            self.train_split.src_lens, self.train_split.tgt_lens, t.max_tokens, t.seed, s.epoch
+        weights = [c.weight for c in self.cfg.data.corpora]
+        batches = epoch_batches(
+            self.train_split, self.corpus_sizes, weights, t.max_tokens, t.seed, s.epoch
         )
         pin = self.device.type == "cuda"
         per_step = t.accum_steps * self.dist.world
@@ -719,12 +725,22 @@ def train(
         raise NmtError(
             f"{cfg.prepared_dir}: tokenizer does not match its manifest; run `nmt prepare` again"
         )
+    sizes = corpus_sizes(manifest, cfg)
     dist = Dist()
     device = dist.setup(pick_device(cfg.train.device))
     try:
-        return _train(cfg, run_dir, resume, init, tok, device, dist)
+        return _train(cfg, run_dir, resume, init, tok, sizes, device, dist)
     finally:
         dist.close()
+
+
+def weighted_epoch(cfg: Config, sizes: list[int]) -> str:
+    """What an epoch holds when the corpora are weighted ('' when they are not)."""
+    corpora = cfg.data.corpora
+    if all(c.weight == 1.0 for c in corpora):
+        return ""
+    shares = ", ".join(f"{c.name} {n} x {c.weight:g}" for c, n in zip(corpora, sizes))
+    return f"; an epoch: {sum(c.weight * n for c, n in zip(corpora, sizes)):.0f} ({shares})"
 
 
 def _train(
@@ -733,6 +749,7 @@ def _train(
     resume: bool,
     init: Optional[str],
     tok: Tokenizer,
+    sizes: list[int],
     device: torch.device,
     dist: Dist,
 ) -> Path:
@@ -753,6 +770,7 @@ def _train(
         load_split(cfg.prepared_dir, "valid"),
         read_lines(cfg.prepared_dir / "valid.tgt.txt"),
         dist,
+        sizes,
     )
     if resume:
         trainer.restore(dist.share(load_for_resume(run_dir, warn=say) if main else None))
@@ -776,7 +794,7 @@ def _train(
     say(
         f"model: {cfg.model.arch}, {n / 1e6:.2f}M parameters; device {device}{ranks}, "
         f"{describe(device, cfg.train.precision)}; "
-        f"{len(trainer.train_split)} training pairs"
+        f"{len(trainer.train_split)} training pairs{weighted_epoch(cfg, sizes)}"
     )
     interrupted = trainer.run()
     if interrupted:

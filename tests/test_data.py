@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from nmt.data import Split, bucket_batches, make_batch, split_batch
+from nmt.data import Split, bucket_batches, make_batch, pack, split_batch
 from nmt.tokenizer import BOS, EOS, PAD
 
 
@@ -60,3 +60,42 @@ def test_sorting_by_length_keeps_padding_small():
     assert padding_share(bucket_batches(src, tgt, 800, seed=1)) < 0.5 * padding_share(
         random_batches
     )
+
+
+def plain_pack(width: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """The packing rule, one sentence at a time: a sentence joins the batch unless rows x widest
+    would exceed the budget."""
+    out, start, longest = [], 0, 0
+    for k in range(len(width)):
+        longest_k = max(longest, int(width[k]))
+        if k > start and longest_k * (k - start + 1) > max_tokens:
+            out.append((start, k))
+            start, longest_k = k, int(width[k])
+        longest = longest_k
+    if len(width) > start:
+        out.append((start, len(width)))
+    return out
+
+
+def test_packing_equals_the_plain_rule():
+    rng = np.random.default_rng(3)
+    for max_tokens in (8, 50, 300, 4096):
+        for width in (
+            rng.integers(2, 60, 3000),
+            np.sort(rng.integers(2, 60, 3000)),
+            rng.integers(2, 400, 500),  # rows wider than the budget get a batch of their own
+            np.array([7]),
+            np.zeros(0, np.int64),
+        ):
+            assert pack(width, max_tokens) == plain_pack(width, max_tokens), (max_tokens, width)
+
+
+def test_buckets_sort_as_lexsort_by_target_then_source_length():
+    """The one-key radix sort orders as np.lexsort would, short lengths (16-bit key) or long."""
+    rng = np.random.default_rng(5)
+    for high in (40, 2000):
+        src, tgt = rng.integers(1, high, 3000), rng.integers(1, high, 3000)
+        order = np.random.default_rng([1, 0]).permutation(3000)
+        expected = order[np.lexsort((src[order], tgt[order]))]
+        got = np.concatenate(bucket_batches(src, tgt, 10**9, seed=1, epoch=0))  # one batch
+        assert np.array_equal(got, expected), high

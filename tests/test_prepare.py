@@ -22,7 +22,7 @@ import nmt.encode
 import nmt.prepare
 from nmt.config import Config, config_from_dict, load_config
 from nmt.data import load_split, read_manifest
-from nmt.encode import scan
+from nmt.encode import Reservoir, scan
 from nmt.errors import NmtError
 from nmt.prepare import prepare
 from nmt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer
@@ -140,7 +140,7 @@ def test_missing_corpus_folder_is_named(tmp_path: Path) -> None:
 def test_source_argument_overrides_data_source(make_corpus, tmp_path: Path) -> None:
     folder = make_corpus()
     manifest = run_prepare(files_cfg(tmp_path / "nowhere", tmp_path / "out"), source=str(folder))
-    assert manifest["inputs"]["train"]["src"]["path"] == str(folder / "train.en")
+    assert manifest["inputs"]["train"][0]["src"]["path"] == str(folder / "train.en")
 
 
 # --- cleaning ---
@@ -156,7 +156,7 @@ def test_gz_inputs_give_the_same_prepared_data_as_plain(make_corpus, tmp_path: P
         if name != "manifest.json":  # it records the input paths and checksums, which differ
             assert a[name] == b[name], name
     assert m_plain["counts"] == m_gz["counts"]
-    assert m_gz["inputs"]["train"]["src"]["path"].endswith("train.en.gz")
+    assert m_gz["inputs"]["train"][0]["src"]["path"].endswith("train.en.gz")
 
 
 def test_cr_bom_and_whitespace_are_stripped_and_counted(make_corpus, tmp_path: Path) -> None:
@@ -267,7 +267,7 @@ def test_max_train_pairs_takes_the_first_pairs(make_corpus, tmp_path: Path) -> N
     assert manifest["counts"]["train"]["read"] == 30
     assert [s for s, _ in train_pairs(out)] == read_lines(folder / "train.en")[:30]
     # `inputs` describes the files as stored (their checksum is of the whole file): all their lines
-    assert manifest["inputs"]["train"]["src"]["lines"] == len(read_lines(folder / "train.en"))
+    assert manifest["inputs"]["train"][0]["src"]["lines"] == len(read_lines(folder / "train.en"))
 
 
 def test_no_training_pairs_left_is_an_error(make_corpus, tmp_path: Path) -> None:
@@ -345,7 +345,8 @@ def test_manifest_records_input_checksums_and_line_counts(make_corpus, tmp_path:
     manifest = run_prepare(files_cfg(folder, tmp_path / "out"))
     for role, stem in ROLE_STEM.items():
         for side, lang in (("src", "en"), ("tgt", "de")):
-            entry = manifest["inputs"][role][side]
+            entry = manifest["inputs"][role]
+            entry = (entry[0] if role == "train" else entry)[side]
             path = folder / f"{stem}.{lang}.gz"
             assert entry["path"] == str(path)
             assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -559,11 +560,17 @@ def test_sentencepiece_learns_from_a_seeded_sample(make_corpus, tmp_path: Path) 
     seed; every pair is still encoded."""
     folder = make_corpus()
     src, tgt = folder / "train.en", folder / "train.de"
-    a, b = scan(src, tgt, 0, 20, seed=1), scan(src, tgt, 0, 20, seed=1)
-    assert len(a.sample) == 20 and a.sample == b.sample
-    assert scan(src, tgt, 0, 20, seed=2).sample != a.sample
+
+    def sample(size: int, seed: int) -> list[tuple[str, str]]:
+        reservoir = Reservoir(size, seed)
+        scan(src, tgt, 0, reservoir)
+        return reservoir.sample
+
+    a = sample(20, seed=1)
+    assert len(a) == 20 and a == sample(20, seed=1)
+    assert sample(20, seed=2) != a
     pairs = list(zip(read_lines(src), read_lines(tgt)))
-    assert set(a.sample) <= set(pairs) and scan(src, tgt, 0, 500, 1).sample == pairs
+    assert set(a) <= set(pairs) and sample(500, 1) == pairs
     manifest = run_prepare(files_cfg(folder, tmp_path / "out", spm_sample=40))
     assert manifest["counts"]["train"]["kept"] == 120
     again = run_prepare(files_cfg(folder, tmp_path / "again", spm_sample=40))

@@ -1,5 +1,6 @@
 """--resume continues a run where it stopped: same parameters as a run that never stopped."""
 
+import pytest
 import torch
 
 from nmt.checkpoint import load_checkpoint
@@ -8,11 +9,12 @@ from nmt.prepare import prepare
 from nmt.train import train
 
 
-def smoke(repo_root, toy_data, tmp_path, steps):
+def smoke(repo_root, toy_data, tmp_path, steps, *more):
     return load_config(
         repo_root / "configs" / "smoke.yaml",
         [
             *toy_data,
+            *more,
             f"data.prepared_dir={tmp_path / 'prepared'}",
             f"train.max_steps={steps}",
             "train.valid_every=10",
@@ -22,15 +24,19 @@ def smoke(repo_root, toy_data, tmp_path, steps):
     )
 
 
-def test_resumed_run_matches_uninterrupted_run(repo_root, toy_data, tmp_path):
-    prepare(smoke(repo_root, toy_data, tmp_path, 30), log=lambda m: None)
-    straight = train(smoke(repo_root, toy_data, tmp_path, 30), tmp_path / "straight")
+@pytest.mark.parametrize("more", [[], ["data.train=[{stem: train, weight: 0.3}]"]])
+def test_resumed_run_matches_uninterrupted_run(repo_root, toy_data, tmp_path, more):
+    """Also with a weighted corpus (a new 30% of it each epoch): the steps cross epochs."""
+    prepare(smoke(repo_root, toy_data, tmp_path, 30, *more), log=lambda m: None)
+    straight = train(smoke(repo_root, toy_data, tmp_path, 30, *more), tmp_path / "straight")
     # 20 steps, then "killed"
-    stopped = train(smoke(repo_root, toy_data, tmp_path, 20), tmp_path / "stopped")
+    stopped = train(smoke(repo_root, toy_data, tmp_path, 20, *more), tmp_path / "stopped")
     assert load_checkpoint(stopped / "last.pt")["train_state"]["step"] == 20
-    train(smoke(repo_root, toy_data, tmp_path, 30), stopped, resume=True)
+    train(smoke(repo_root, toy_data, tmp_path, 30, *more), stopped, resume=True)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(stopped / "last.pt")
     assert a["train_state"]["step"] == b["train_state"]["step"] == 30
+    if more:
+        assert a["train_state"]["epoch"] >= 2  # resampled more than once
     assert (
         a["train_state"]["epoch"] == b["train_state"]["epoch"]
         and a["train_state"]["batch_in_epoch"] == b["train_state"]["batch_in_epoch"]
