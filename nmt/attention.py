@@ -30,7 +30,7 @@ import numpy as np
 
 from nmt.checkpoint import atomic_write_bytes, atomic_write_text
 from nmt.config import ModelConfig
-from nmt.errors import NmtError
+from nmt.errors import NmtError, UsageError
 from nmt.plot import pyplot
 from nmt.search import Hypothesis
 from nmt.tokenizer import Tokenizer
@@ -156,7 +156,7 @@ def write_attention(
         layers = next(iter(hyp.attention.values())).shape[0]
         chosen = layer or layers
         if not 1 <= chosen <= layers:
-            raise NmtError(f"--attention-layer {chosen}: the model has {layers} decoder layer(s)")
+            raise UsageError(f"--attention-layer {chosen}: the model has {layers} decoder layer(s)")
         src = [*src_pieces(ids), "</s>"]
         out = [*tgt_pieces(hyp.tokens), "</s>"]
         dec_in = ["<s>", *tgt_pieces(hyp.tokens)]

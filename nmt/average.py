@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from nmt.checkpoint import load_checkpoint, save_checkpoint
+from nmt.checkpoint import check_output, load_checkpoint, save_checkpoint
 from nmt.errors import NmtError
 from nmt.retention import Retention, best_first, step_files
 
@@ -60,6 +60,8 @@ def average(paths: list[Path], output: Path) -> dict:
         raise NmtError(
             f"{output}: is one of the checkpoints being averaged; write the average to another name"
         )
+    if check_output(output) is None:
+        raise NmtError(f"--output {output}: a checkpoint is written to a file, not to stdout")
     total: dict[str, torch.Tensor] = {}
     first: dict = {}
     sources = []

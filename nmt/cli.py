@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -9,26 +10,31 @@ from typing import Optional
 
 import typer
 
-from nmt.errors import NmtError
+from nmt.errors import NmtError, UsageError, drop_stdout
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: wraps at the terminal's width, cuts nothing
     help="Train, run and evaluate neural machine translation models.",
 )
 
 CONFIG = typer.Option(
-    ..., "--config", "-c", help="YAML config (see configs/base.yaml for every key)."
+    ..., "--config", "-c", help="YAML config (see configs/base.yaml for every key).", metavar="FILE"
 )
-SETS = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable).")
+SETS = typer.Option(
+    [], "--set", help="Override a config key: section.key=value (repeatable).", metavar="KEY=VALUE"
+)
 
 
 @app.command()
 def prepare(
     config: Path = CONFIG,
     source: Optional[str] = typer.Option(
-        None, help="Local folder holding {split}.{lang}[.gz] (overrides data.source)."
+        None,
+        help="Local folder holding {split}.{lang}[.gz] (overrides data.source).",
+        metavar="DIR",
     ),
     set_: list[str] = SETS,
 ) -> None:
@@ -47,7 +53,7 @@ def prepare(
 def train(
     config: Path = CONFIG,
     run_dir: Optional[Path] = typer.Option(
-        None, help="Where checkpoints and logs go (default runs/<config name>)."
+        None, help="Where checkpoints and logs go (default runs/<config name>).", metavar="DIR"
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --run-dir from its newest intact checkpoint."
@@ -55,6 +61,7 @@ def train(
     init: Optional[str] = typer.Option(
         None,
         help="Fine-tune: start from this checkpoint's weights (same tokenizer and model config).",
+        metavar="CKPT",
     ),
     set_: list[str] = SETS,
 ) -> None:
@@ -68,23 +75,28 @@ def train(
 
 
 BEAM = typer.Option(
-    None, min=1, help="Beam size; 1 is greedy (default: the checkpoint's decode.beam)."
+    None, min=1, help="Beam size; 1 is greedy (default: the checkpoint's decode.beam).", metavar="N"
 )
 ALPHA = typer.Option(
     None,
     min=0.0,
     help="GNMT length penalty exponent; 0 ranks by log-probability (default: decode.alpha).",
+    metavar="A",
 )
 MAX_LEN_A = typer.Option(
     None,
     min=0.0,
     help="Output length limit: A x source length + B subwords (default: decode.max_len_a).",
+    metavar="A",
 )
-MAX_LEN_B = typer.Option(None, min=1, help="See --max-len-a (default: decode.max_len_b).")
+MAX_LEN_B = typer.Option(
+    None, min=1, help="See --max-len-a (default: decode.max_len_b).", metavar="B"
+)
 NO_REPEAT = typer.Option(
     None,
     min=0,
     help="Block any repeated n-gram of this size; 0 is off (default: decode.no_repeat_ngram).",
+    metavar="N",
 )
 EARLY_EXIT = typer.Option(
     None,
@@ -94,18 +106,20 @@ EARLY_EXIT = typer.Option(
     "(fairseq's and "
     "CTranslate2's; default: decode.early_exit).",
 )
-DEVICE = typer.Option(None, help="cpu or cuda (default: cuda when available).")
+DEVICE = typer.Option(None, help="cpu or cuda (default: cuda when available).", metavar="DEVICE")
 PRECISION = typer.Option(
     "auto",
     help="Weights for decoding: auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), "
     "fp32, bf16, or int8 (CPU only: every Linear layer quantized). int8, and bf16 on a CPU with "
     "bf16 instructions, decode faster than fp32 at about the same BLEU (docs/speed.md).",
+    metavar="P",
 )
 WORKERS = typer.Option(
     None,
     min=1,
     help="Batches decoded side by side, in threads that share the CPU threads (default: 2 on a CPU "
     "with two or more threads, 1 on a GPU).",
+    metavar="N",
 )
 
 
@@ -115,12 +129,13 @@ def translate(
         ...,
         help="A checkpoint file, or a run directory (uses best.pt). Repeat it to decode with "
         "the ensemble of several (same tokenizer and direction): their probabilities are averaged.",
+        metavar="CKPT",
     ),
     input: Optional[str] = typer.Option(
-        None, "--input", "-i", help="Text file to translate (default stdin)."
+        None, "--input", "-i", help="Text file to translate (default stdin).", metavar="FILE"
     ),
     output: Optional[str] = typer.Option(
-        None, "--output", "-o", help="Where to write (default stdout)."
+        None, "--output", "-o", help="Where to write (default stdout).", metavar="FILE"
     ),
     beam: Optional[int] = BEAM,
     alpha: Optional[float] = ALPHA,
@@ -129,17 +144,22 @@ def translate(
     no_repeat_ngram: Optional[int] = NO_REPEAT,
     early_exit: Optional[bool] = EARLY_EXIT,
     nbest: Optional[int] = typer.Option(
-        None, min=1, help="Hypotheses per sentence; >1 prints 'index ||| text ||| score'."
+        None,
+        min=1,
+        help="Hypotheses per sentence; >1 prints 'index ||| text ||| score'.",
+        metavar="N",
     ),
     attention_dir: Optional[str] = typer.Option(
         None,
         help="Also write each sentence's attention weights (JSON, NPZ) and heatmaps (PNG) here; "
         "for a few sentences.",
+        metavar="DIR",
     ),
     attention_layer: Optional[int] = typer.Option(
         None,
         min=1,
         help="With --attention-dir: the layer whose heads get a grid (default: the last).",
+        metavar="L",
     ),
     device: Optional[str] = DEVICE,
     precision: str = PRECISION,
@@ -148,21 +168,30 @@ def translate(
         10_000,
         help="Lines read and translated at a time (fewer when no more input is waiting); each "
         "chunk's translations are written as soon as they are done.",
+        metavar="N",
     ),
     sample: bool = typer.Option(
         False, "--sample", help="Draw each output token from the model instead of searching."
     ),
     topk: Optional[int] = typer.Option(
-        None, help="With --sample: draw among the K most probable tokens (0: all; default 0)."
+        None,
+        help="With --sample: draw among the K most probable tokens (0: all; default 0).",
+        metavar="K",
     ),
     topp: Optional[float] = typer.Option(
-        None, help="With --sample: among the fewest tokens holding probability P (default 1)."
+        None,
+        help="With --sample: among the fewest tokens holding probability P (default 1).",
+        metavar="P",
     ),
     temperature: Optional[float] = typer.Option(
-        None, help="With --sample: divide the log-probabilities by T (0: greedy; default 1)."
+        None,
+        help="With --sample: divide the log-probabilities by T (0: greedy; default 1).",
+        metavar="T",
     ),
     seed: Optional[int] = typer.Option(
-        None, help="With --sample: the seed; each line's draws depend on it and its line number."
+        None,
+        help="With --sample: the seed; each line's draws depend on it and its line number.",
+        metavar="S",
     ),
 ) -> None:
     """Translate a text file or stdin with a trained checkpoint."""
@@ -172,7 +201,7 @@ def translate(
     knobs = {"topk": topk, "topp": topp, "temperature": temperature, "seed": seed}
     given = {k: v for k, v in knobs.items() if v is not None}
     if given and not sample:
-        raise NmtError(f"--{next(iter(given))} is a sampling option: add --sample")
+        raise UsageError(f"--{next(iter(given))} is a sampling option: add --sample")
 
     run(
         checkpoint,
@@ -197,14 +226,17 @@ def translate(
 
 @app.command()
 def evaluate(
-    hyp: Optional[str] = typer.Option(None, help="Detokenized hypotheses, one per line."),
-    ref: Optional[str] = typer.Option(None, help="References, aligned with --hyp."),
+    hyp: Optional[str] = typer.Option(
+        None, help="Detokenized hypotheses, one per line.", metavar="FILE"
+    ),
+    ref: Optional[str] = typer.Option(None, help="References, aligned with --hyp.", metavar="FILE"),
     checkpoint: Optional[list[str]] = typer.Option(
         None,
         help="Translate --split with this checkpoint and score it; repeat it for an "
         "ensemble (see translate).",
+        metavar="CKPT",
     ),
-    split: str = typer.Option("test", help="valid or test (with --checkpoint)."),
+    split: str = typer.Option("test", help="valid or test (with --checkpoint).", metavar="SPLIT"),
     beam: Optional[int] = BEAM,
     alpha: Optional[float] = ALPHA,
     max_len_a: Optional[float] = MAX_LEN_A,
@@ -212,10 +244,12 @@ def evaluate(
     no_repeat_ngram: Optional[int] = NO_REPEAT,
     early_exit: Optional[bool] = EARLY_EXIT,
     lang: Optional[str] = typer.Option(
-        None, help="With --hyp/--ref: the target language; adds paper-style BLEU (Moses-tokenized)."
+        None,
+        help="With --hyp/--ref: the target language; adds paper-style BLEU (Moses-tokenized).",
+        metavar="LANG",
     ),
     prepared_dir: Optional[str] = typer.Option(
-        None, help="Prepared dir (default: the checkpoint's)."
+        None, help="Prepared dir (default: the checkpoint's).", metavar="DIR"
     ),
     device: Optional[str] = DEVICE,
     precision: str = PRECISION,
@@ -226,7 +260,7 @@ def evaluate(
     from nmt.evaluate import evaluate_checkpoint, evaluate_files, format_report
 
     if checkpoint and (hyp or ref):
-        raise NmtError("give either --checkpoint (and --split) or --hyp and --ref, not both")
+        raise UsageError("give either --checkpoint (and --split) or --hyp and --ref, not both")
     if checkpoint:
         result = evaluate_checkpoint(
             checkpoint,
@@ -243,22 +277,30 @@ def evaluate(
             early_exit=early_exit,
         )
     elif hyp and ref:
+        if lang:
+            from nmt.metrics import moses_languages
+
+            if lang not in moses_languages():
+                raise UsageError(
+                    f"--lang {lang}: the Moses tokenizer has no rules for it; one of "
+                    f"{' '.join(moses_languages())}"
+                )
         result = evaluate_files(hyp, ref, lang)
     else:
-        raise NmtError("give --hyp FILE --ref FILE, or --checkpoint P --split test")
-    print(json.dumps(result, indent=2) if as_json else format_report(result))
+        raise UsageError("give --hyp FILE --ref FILE, or --checkpoint P --split test")
+    say(json.dumps(result, indent=2) if as_json else format_report(result))
 
 
 def _numbers(text: str, kind: type, what: str, least: int) -> list:
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise NmtError(
+        raise UsageError(
             f"{what} {text!r}: expected comma-separated numbers, e.g. "
             f"{'1,4,8' if kind is int else '0.6,1.0'}"
         ) from None
     if not values or min(values) < least:
-        raise NmtError(f"{what} {text!r}: give one or more values, each at least {least}")
+        raise UsageError(f"{what} {text!r}: give one or more values, each at least {least}")
     return values
 
 
@@ -266,7 +308,7 @@ def _switches(text: str, what: str) -> list[bool]:
     words = {"no": False, "yes": True, "false": False, "true": True, "off": False, "on": True}
     values = [words.get(v.strip().lower()) for v in text.split(",") if v.strip()]
     if not values or None in values:
-        raise NmtError(f"{what} {text!r}: expected no, yes or no,yes")
+        raise UsageError(f"{what} {text!r}: expected no, yes or no,yes")
     return values
 
 
@@ -276,23 +318,27 @@ def sweep(
         ...,
         help="A checkpoint file, or a run directory (uses best.pt); repeat it for an ensemble "
         "(see translate).",
+        metavar="CKPT",
     ),
-    beam: str = typer.Option("1,4,5,8", help="Beam sizes to try, comma-separated."),
-    alpha: str = typer.Option("0.0,0.6,1.0", help="Length penalties to try, comma-separated."),
+    beam: str = typer.Option("1,4,5,8", help="Beam sizes to try, comma-separated.", metavar="LIST"),
+    alpha: str = typer.Option(
+        "0.0,0.6,1.0", help="Length penalties to try, comma-separated.", metavar="LIST"
+    ),
     no_repeat_ngram: str = typer.Option(
-        "0", help="n-gram blocking sizes to try (0 is off), comma-separated."
+        "0", help="n-gram blocking sizes to try (0 is off), comma-separated.", metavar="LIST"
     ),
     early_exit: str = typer.Option(
         "no",
         "--early-exit",
         help="Beam search stopping rules to try: no (fairseq's), yes (OpenNMT-py's "
         "early exit), or no,yes (see translate --early-exit).",
+        metavar="LIST",
     ),
     prepared_dir: Optional[str] = typer.Option(
-        None, help="Prepared dir (default: the checkpoint's)."
+        None, help="Prepared dir (default: the checkpoint's).", metavar="DIR"
     ),
     output: Optional[str] = typer.Option(
-        None, "--output", "-o", help="Also write every score as JSON here."
+        None, "--output", "-o", help="Also write every score as JSON here.", metavar="FILE"
     ),
     device: Optional[str] = DEVICE,
     precision: str = PRECISION,
@@ -314,7 +360,7 @@ def sweep(
         early_exits=_switches(early_exit, "--early-exit"),
     )
     b = result["best"]
-    print(
+    say(
         f"best on valid: --beam {b['beam']} --alpha {b['alpha']} --no-repeat-ngram "
         f"{b['no_repeat_ngram']} "
         f"--{'' if b['early_exit'] else 'no-'}early-exit  BLEU {b['bleu']:.2f}  "
@@ -328,17 +374,20 @@ def average(
         None, help="Checkpoint files to average (or --run-dir with --last/--best)."
     ),
     run_dir: Optional[Path] = typer.Option(
-        None, help="Take the checkpoints from this run's checkpoints/ folder."
+        None, help="Take the checkpoints from this run's checkpoints/ folder.", metavar="DIR"
     ),
-    last: Optional[int] = typer.Option(None, min=1, help="With --run-dir: the N newest saves."),
+    last: Optional[int] = typer.Option(
+        None, min=1, help="With --run-dir: the N newest saves.", metavar="N"
+    ),
     best: Optional[int] = typer.Option(
-        None, min=1, help="With --run-dir: the N best by valid BLEU."
+        None, min=1, help="With --run-dir: the N best by valid BLEU.", metavar="N"
     ),
     output: Optional[Path] = typer.Option(
         None,
         "--output",
         "-o",
         help="Where to write (default RUN_DIR/average-last-N.pt or -best-N.pt).",
+        metavar="FILE",
     ),
 ) -> None:
     """Average the weights of several checkpoints into a new checkpoint."""
@@ -347,18 +396,20 @@ def average(
 
     if run_dir is not None:
         if checkpoints:
-            raise NmtError("give checkpoint files or --run-dir, not both")
+            raise UsageError("give checkpoint files or --run-dir, not both")
         checkpoints = select(run_dir, last, best)
         output = output or run_dir / (
             f"average-last-{last}.pt" if last else f"average-best-{best}.pt"
         )
     elif not checkpoints:
-        raise NmtError("give checkpoint files to average, or --run-dir RUN --last N (or --best N)")
+        raise UsageError(
+            "give checkpoint files to average, or --run-dir RUN --last N (or --best N)"
+        )
     elif output is None:
-        raise NmtError("give --output FILE for the averaged checkpoint")
+        raise UsageError("give --output FILE for the averaged checkpoint")
     result = run(list(checkpoints), output)
     steps = ", ".join(str(s["step"]) for s in result["averaged_from"])
-    print(
+    say(
         f"averaged {len(result['averaged_from'])} checkpoints (steps {steps}) into "
         f"{result['output']}"
     )
@@ -368,21 +419,77 @@ def average(
 def plot(
     run_dir: Path = typer.Argument(..., help="A run directory (holds metrics.jsonl)."),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="PNG to write (default RUN_DIR/curves.png)."
+        None, "--output", "-o", help="PNG to write (default RUN_DIR/curves.png).", metavar="FILE"
     ),
 ) -> None:
     """Draw a run's learning curves (loss, BLEU, learning rate by step and time) into a PNG."""
     from nmt.plot import plot_curves
 
-    print(plot_curves(run_dir, output))
+    say(str(plot_curves(run_dir, output)))
+
+
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error, no-arguments-help and abort exceptions: typer's own copy of click
+    (newer typer) and click's (older typer)."""
+    found: tuple[list, list, list] = ([], [], [])
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for kinds, attr in zip(found, ("UsageError", "NoArgsIsHelpError", "Abort")):
+            if hasattr(module, attr):
+                kinds.append(getattr(module, attr))
+    usage, no_args, abort = found
+    return tuple(usage), tuple(no_args), tuple(abort)
+
+
+def say(text: str) -> None:
+    """A result on stdout: a failure to write it (a full disk, a closed pipe) is one error line."""
+    try:
+        print(text, flush=True)
+    except OSError as e:
+        drop_stdout()
+        reason = "the pipe was closed" if isinstance(e, BrokenPipeError) else e.strerror or e
+        raise NmtError(f"stdout: cannot write: {reason}") from None
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # a full disk behind a redirection
+        drop_stdout()
+        raise NmtError(f"stdout: cannot write: {e.strerror or e}") from None
 
 
 def main() -> None:
+    """The entry point: every error a user can cause is one `error:` line and a non-zero exit
+    (2 for a wrong command line), never a traceback."""
+    usage, no_args, abort = _click_errors()
     try:
-        app()
+        code = app(standalone_mode=False)
+        _flush_stdout()  # here, where a failure is one line, not at exit
+    except usage as e:
+        if isinstance(e, no_args):
+            print(e.format_message(), file=sys.stderr)  # `nmt` alone: the help
+            sys.exit(2)
+        print(f"error: {' '.join(e.format_message().split())}", file=sys.stderr)
+        sys.exit(2)
     except NmtError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
+        sys.exit(2 if isinstance(e, UsageError) else 1)
+    except (KeyboardInterrupt, *abort):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader went away (`| head`): say so once, without writing to the closed pipe again
+        drop_stdout()
+        print("error: stdout: the pipe was closed before the output ended", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # a full disk, a permission, a path that is not what it should be
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)  # typer turns Ctrl-C into 130

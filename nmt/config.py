@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from nmt.errors import NmtError
+from nmt.errors import NmtError, UsageError
 
 
 def _opt(default: Any, **rules: Any) -> Any:
@@ -359,15 +359,18 @@ def parse_yaml(text: str) -> Any:
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Parse 'section.key=value' (value in YAML syntax) into (['section', 'key'], value)."""
     if "=" not in item:
-        raise NmtError(f"--set {item}: expected section.key=value")
+        raise UsageError(f"--set {item}: expected section.key=value")
     key, text = item.split("=", 1)
     parts = key.strip().split(".")
     if len(parts) != 2 or not all(parts):
-        raise NmtError(f"--set {item}: expected section.key=value, e.g. train.max_steps=100")
+        raise UsageError(f"--set {item}: expected section.key=value, e.g. train.max_steps=100")
     try:
         value = parse_yaml(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(
+            f"--set {item}: the value is not valid YAML ({problem}); put a string in quotes"
+        ) from None
     return parts, value
 
 

@@ -53,6 +53,17 @@ class Split:
         return cls(*flat(src), *flat(tgt))
 
 
+def cut_to(split: Split, src_max: int, tgt_max: int) -> tuple[Split, int]:
+    """`split` with every source cut to `src_max` ids and every target to `tgt_max`, and how many
+    pairs were cut (the split itself when none is longer)."""
+    long = (split.src_lens > src_max) | (split.tgt_lens > tgt_max)
+    if not long.any():
+        return split, 0
+    src = [split.src(i)[:src_max].tolist() for i in range(len(split))]
+    tgt = [split.tgt(i)[:tgt_max].tolist() for i in range(len(split))]
+    return Split.from_lists(src, tgt), int(long.sum())
+
+
 def load_split(prepared_dir: Path, role: str) -> Split:
     """The encoded split, memory-mapped read-only: a run reads the pages it uses, the ranks of a
     torchrun job share them, and opening costs the same for any corpus size."""
@@ -65,6 +76,21 @@ def load_split(prepared_dir: Path, role: str) -> Split:
             raise NmtError(
                 f"{path}: cannot read encoded split ({e}); run `nmt prepare` again"
             ) from None
+    src, src_off, tgt, tgt_off = arrays
+    for ids, off, side in ((src, src_off, "src"), (tgt, tgt_off, "tgt")):
+        if (
+            ids.ndim != 1
+            or off.ndim != 1
+            or len(off) != len(src_off)
+            or not len(off)
+            or off[0] != 0
+            or off[-1] != len(ids)
+            or (np.diff(off) < 0).any()
+        ):
+            raise NmtError(
+                f"{prepared_dir / f'{role}.{side}.off.npy'}: offsets do not fit the encoded split; "
+                "run `nmt prepare` again"
+            )
     return Split(*arrays)
 
 
@@ -308,6 +334,14 @@ def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
             f"{path}: prepared-data format {manifest.get('format')} v{manifest.get('version')} "
             f"is not {PREPARED_FORMAT} v{PREPARED_VERSION}; run `nmt prepare` again"
         )
+    for name, entry in manifest.get("files", {}).items():  # folders prepared before: no entries
+        file = prepared_dir / name
+        size = file.stat().st_size if file.is_file() else None
+        if size != entry["bytes"]:
+            found = "missing" if size is None else f"{size} bytes, not the {entry['bytes']} written"
+            raise NmtError(
+                f"{file}: {found}; the prepared folder changed after `nmt prepare`: run it again"
+            )
     wanted = data_settings(cfg) if cfg is not None else manifest["data"]
     # a setting added after the dir was prepared counts as its default, as the code then behaved
     have = {**data_settings(Config()), **manifest["data"]}

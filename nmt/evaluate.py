@@ -10,10 +10,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
-from nmt.checkpoint import atomic_write_text
+from nmt.checkpoint import atomic_write_text, check_output
 from nmt.config import DecodeConfig
-from nmt.data import read_lines, read_text
-from nmt.errors import NmtError
+from nmt.data import read_lines, read_manifest, read_text
+from nmt.errors import NmtError, UsageError
 from nmt.metrics import bleu_by_length, score_all
 from nmt.precision import decode_precision
 from nmt.tokenizer import Tokenizer
@@ -46,8 +46,9 @@ def load_split(
     """(prepared dir, source lines, references) of `split`,
     refusing a prepared dir with another tokenizer."""
     if split not in SPLITS:
-        raise NmtError(f"--split {split}: must be one of {', '.join(SPLITS)}")
+        raise UsageError(f"--split {split}: must be one of {', '.join(SPLITS)}")
     pdir = Path(prepared_dir) if prepared_dir else tr.cfg.prepared_dir
+    read_manifest(pdir)  # a folder changed since `nmt prepare` is refused
     if Tokenizer.load(pdir).sha256 != tr.tok.sha256:
         raise NmtError(f"{tr.path} was trained with a different tokenizer than the one in {pdir}")
     return pdir, read_lines(pdir / f"{split}.src.txt"), read_lines(pdir / f"{split}.tgt.txt")
@@ -69,10 +70,12 @@ def evaluate_checkpoint(
     tr = load_translator(checkpoint, device, precision, workers)
     pdir, src, refs = load_split(tr, split, prepared_dir)
     d = decode_settings(tr, **options, nbest=1)
-    text = format_output(tr, translate_with(tr, src, d), 1)
     out_dir = Path(tr.path).parent
     settings = settings_tag(d, tr.cfg.decode, tr.precision, decode_precision(tr.device, "auto"))
     stem = f"{split}.{checkpoint_tag(tr)}.{settings}"
+    for name in (f"{stem}.hyp.txt", f"{stem}.json"):  # before decoding: beside the checkpoint
+        check_output(out_dir / name, "the results")
+    text = format_output(tr, translate_with(tr, src, d), 1)
     result = {
         "checkpoint": tr.path,
         **members(tr),

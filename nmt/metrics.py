@@ -40,6 +40,15 @@ def score_all(hyps: list[str], refs: list[str], lang: Optional[str] = None) -> d
     return out
 
 
+def moses_languages() -> list[str]:
+    """The language codes the Moses tokenizer has rules (non-breaking prefixes) for."""
+    try:
+        from sacremoses.corpus import NonbreakingPrefixes
+    except ImportError:
+        raise NmtError("paper-style BLEU needs sacremoses: pip install sacremoses") from None
+    return sorted(k for k in NonbreakingPrefixes().available_langs if len(k) <= 3)
+
+
 def paper_bleu(hyps: list[str], refs: list[str], lang: str) -> dict:
     """Lowercased BLEU on Moses-tokenized hypotheses and references
     (sacremoses, no escaping), no smoothing: what `tokenizer.perl -l LANG |
@@ -48,6 +57,11 @@ def paper_bleu(hyps: list[str], refs: list[str], lang: str) -> dict:
         import sacremoses
     except ImportError:
         raise NmtError("paper-style BLEU needs sacremoses: pip install sacremoses") from None
+    known = moses_languages()
+    if lang not in known:
+        raise NmtError(
+            f"--lang {lang}: the Moses tokenizer has no rules for it (it knows {' '.join(known)})"
+        )
     tok = sacremoses.MosesTokenizer(lang=lang)
 
     def split(lines: list[str]) -> list[str]:

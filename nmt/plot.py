@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from nmt.checkpoint import atomic_write_bytes
+from nmt.checkpoint import atomic_write_bytes, check_output
 from nmt.errors import NmtError
 
 FIGSIZE, DPI = (15.0, 8.0), 100  # the PNG is 1500 x 800 pixels
@@ -48,6 +48,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def plot_curves(run_dir: Path, output: Optional[Path] = None) -> Path:
     """Train loss, valid loss, valid BLEU and learning rate against step, and loss and BLEU against
     training time, in one PNG (default RUN_DIR/curves.png); returns its path."""
+    output = Path(output) if output else Path(run_dir) / "curves.png"
+    if check_output(output) is None:
+        raise NmtError(f"--output {output}: a PNG is written to a file, not to stdout")
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     train = [r for r in records if "train_loss" in r]
@@ -100,6 +103,5 @@ def plot_curves(run_dir: Path, output: Optional[Path] = None) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
-    output = Path(output) if output else run_dir / "curves.png"
     atomic_write_bytes(output, buf.getvalue())
     return output

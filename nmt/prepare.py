@@ -26,11 +26,12 @@ from typing import Optional
 
 import numpy as np
 
-from nmt.checkpoint import atomic_write_bytes, atomic_write_text
+from nmt.checkpoint import atomic_folder, atomic_write_bytes, atomic_write_text
 from nmt.config import Config
 from nmt.data import PREPARED_FORMAT, PREPARED_VERSION, TextFile, data_settings, read_text
 from nmt.encode import Reservoir, TrainFilter, default_workers, encode_train, scan, sha256_file
 from nmt.errors import NmtError
+from nmt.lock import hold
 from nmt.tokenizer import Tokenizer, load_kept, train_spm
 
 ROLES = ("train", "valid", "test")
@@ -185,19 +186,40 @@ def build_tokenizer(cfg: Config, src_lines: list[str], tgt_lines: list[str]) -> 
 def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
     """Run stage 1 for `cfg`; return the manifest written to `<prepared_dir>/manifest.json`. The
     training files are streamed (nmt/encode.py): memory holds the SentencePiece sample and the
-    chunks in flight, not the corpus."""
-    d = cfg.data
-    files = corpus_files(cfg, source)
-    texts = {role: read_parallel(*files[role]) for role in ("valid", "test")}
-    reservoir = Reservoir(d.spm_sample // 2 if d.joint_vocab else d.spm_sample, d.seed)
-    scans = [scan(src, tgt, d.max_train_pairs, reservoir) for src, tgt in files["train"]]
-    if not reservoir.sample:
-        raise NmtError(f"{files['train'][0][0]}: no non-empty training pairs")
-    tok = build_tokenizer(cfg, [s for s, _ in reservoir.sample], [t for _, t in reservoir.sample])
-    del reservoir
-
+    chunks in flight, not the corpus. The folder is built beside the old one and swapped in at the
+    end (atomic_folder), under the folder's lock: it is always wholly the old one or the new one."""
     out = cfg.prepared_dir
-    out.mkdir(parents=True, exist_ok=True)
+    with hold(out, "nmt prepare"):
+        d = cfg.data
+        files = corpus_files(cfg, source)
+        texts = {role: read_parallel(*files[role]) for role in ("valid", "test")}
+        for role, (src, _) in texts.items():
+            if not src.lines:
+                raise NmtError(f"{src.path}: the {role} split is empty (data.{role})")
+        reservoir = Reservoir(d.spm_sample // 2 if d.joint_vocab else d.spm_sample, d.seed)
+        scans = [scan(src, tgt, d.max_train_pairs, reservoir) for src, tgt in files["train"]]
+        if not reservoir.sample:
+            raise NmtError(f"{files['train'][0][0]}: no non-empty training pairs")
+        tok = build_tokenizer(
+            cfg, [s for s, _ in reservoir.sample], [t for _, t in reservoir.sample]
+        )
+        del reservoir
+        try:
+            with atomic_folder(out) as work:
+                manifest = build(cfg, files, scans, texts, tok, work, log)
+        except OSError as e:  # a full disk, a folder that turned read-only
+            raise NmtError(
+                f"{e.filename or out}: {e.strerror or e}; {out} is as it was before"
+            ) from None
+    report(manifest, out, log)
+    return manifest
+
+
+def build(
+    cfg: Config, files: dict, scans: list, texts: dict, tok: Tokenizer, out: Path, log
+) -> dict:
+    """Write the prepared folder's files into `out` (a fresh folder); return the manifest."""
+    d = cfg.data
     workers = d.workers or default_workers()
     started = time.perf_counter()
     each, duplicates = encode_train(
@@ -251,8 +273,13 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
         "src_vocab_size": tok.src_vocab_size,
         "tgt_vocab_size": tok.tgt_vocab_size,
     }
+    # every file's size and checksum: what later stages check the folder against
+    manifest["files"] = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(out.iterdir())
+        if p.is_file()
+    }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    report(manifest, out, log)
     return manifest
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nmt.errors import NmtError
+from nmt.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,11 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if self.topk < 0:
-            raise NmtError(f"--topk {self.topk}: expected 0 (all tokens) or more")
+            raise UsageError(f"--topk {self.topk}: expected 0 (all tokens) or more")
         if not 0.0 < self.topp <= 1.0:
-            raise NmtError(f"--topp {self.topp}: expected a probability in (0, 1]")
+            raise UsageError(f"--topp {self.topp}: expected a probability in (0, 1]")
         if self.temperature < 0.0:
-            raise NmtError(f"--temperature {self.temperature}: expected 0 or more")
+            raise UsageError(f"--temperature {self.temperature}: expected 0 or more")
 
 
 def draw(log_probs: Tensor, u: Tensor, s: Sampling) -> Tensor:

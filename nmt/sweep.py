@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Optional
 
 from sacrebleu.metrics import BLEU
 
-from nmt.checkpoint import atomic_write_text
+from nmt.checkpoint import atomic_write_text, check_output
 from nmt.errors import NmtError
 from nmt.evaluate import load_split
 from nmt.translate import decode_settings, load_translator, members, translate_with
@@ -56,6 +56,7 @@ def sweep(
         raise NmtError(
             "give at least one value each for --beam, --alpha, --no-repeat-ngram and --early-exit"
         )
+    target = check_output(output) if output else None  # before any decoding
     tr = load_translator(checkpoint, device, precision, workers)
     _, src, refs = load_split(tr, "valid", prepared_dir)
     rows, metric = [], BLEU()
@@ -93,9 +94,11 @@ def sweep(
         "rows": rows,
         "best": best,
     }
-    if output:
+    if output and target is None:  # /dev/stdout
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    elif target:
         try:
-            atomic_write_text(Path(output), json.dumps(result, indent=2) + "\n")
+            atomic_write_text(target, json.dumps(result, indent=2) + "\n")
         except OSError as e:
             raise NmtError(f"{output}: cannot write: {e.strerror or e}") from None
     return result

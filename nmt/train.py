@@ -38,6 +38,7 @@ from nmt.data import (
     Split,
     bucket_batches,
     corpus_sizes,
+    cut_to,
     epoch_batches,
     load_split,
     read_lines,
@@ -47,6 +48,7 @@ from nmt.data import (
 from nmt.distributed import Dist, my_share
 from nmt.errors import NmtError
 from nmt.interrupt import GracefulStop
+from nmt.lock import hold
 from nmt.loss import Objective
 from nmt.metrics import bleu_score
 from nmt.models import build_model, count_parameters
@@ -199,6 +201,16 @@ class Trainer:
     ):
         self.cfg, self.run_dir, self.device, self.tok = cfg, run_dir, device, tok
         self.train_split, self.valid_split, self.valid_refs = train_split, valid_split, valid_refs
+        # valid is never filtered: pairs longer than the model's positions are cut for the loss
+        # and the translations (BLEU is still scored against the whole references)
+        limit = cfg.model.max_positions - 1  # + EOS (source), + BOS or EOS (target)
+        self.valid_split, cut = cut_to(valid_split, limit, limit)
+        if cut and (dist is None or dist.main):
+            tqdm.write(
+                f"warning: {cut} valid pair(s) longer than the model's {limit} subwords are cut "
+                "for validation (model.max_positions)",
+                file=sys.stderr,
+            )
         # pairs of each corpus of data.train, in the order the split holds them
         self.corpus_sizes = corpus_sizes or [len(train_split)]
         self.dist = dist or Dist()
@@ -303,10 +315,18 @@ class Trainer:
         states go into the checkpoint); rank 0 writes."""
         self.sync_counters()
         rngs = self.dist.gather(rng_state())
-        if self.dist.main:
+        if not self.dist.main:
+            return
+        try:
             save_checkpoint(self.run_dir / "last.pt", self.payload(rngs))
             if step_file:
                 self.kept.record(self.state.step, scores, best)
+        except OSError as e:  # a full disk, a folder gone read-only: the files written stay whole
+            raise NmtError(
+                f"{e.filename or self.run_dir}: cannot save step {self.state.step}: "
+                f"{e.strerror or e}; the checkpoints saved before are intact: make room, then "
+                f"continue with: nmt train --config <config> --run-dir {self.run_dir} --resume"
+            ) from None
 
     def note(self, message: str) -> None:
         """A line on stderr, from rank 0 only."""
@@ -618,10 +638,24 @@ class Trainer:
             return f"reached train.max_minutes={t.max_minutes:g}"
         return None
 
+    def checked_validation(self) -> dict:
+        """validate(), or {"error": why} if it fails: training must not lose its steps to it."""
+        try:
+            return self.validate()
+        except Exception as e:  # noqa: BLE001 - whatever it is, the steps are saved first
+            return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+
     def validate_and_save(self, bar) -> Optional[str]:
         start = time.perf_counter()
         # rank 0 validates, every rank decides
-        metrics = self.dist.share(self.validate() if self.dist.main else None)
+        metrics = self.dist.share(self.checked_validation() if self.dist.main else None)
+        if "error" in metrics:
+            self.save(step_file=False)
+            raise NmtError(
+                f"validation failed at step {self.state.step} ({metrics['error'][:300]}); "
+                f"{self.run_dir / 'last.pt'} saved; continue with: nmt train --config <config> "
+                f"--run-dir {self.run_dir} --resume"
+            )
         stop = self.after_validation(metrics)
         record = {
             "step": self.state.step,
@@ -647,6 +681,8 @@ class Trainer:
 def prepare_run_dir(run_dir: Path, resume: bool) -> bool:
     """Check the run directory and clear what a killed
     run left half-written; return whether to resume."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NmtError(f"{run_dir}: exists and is not a folder (--run-dir)")
     if not resume and has_checkpoint(run_dir):
         raise NmtError(
             f"{run_dir} already holds a run (last.pt); pass --resume to continue it or --run-dir "
@@ -729,7 +765,9 @@ def train(
     dist = Dist()
     device = dist.setup(pick_device(cfg.train.device))
     try:
-        return _train(cfg, run_dir, resume, init, tok, sizes, device, dist)
+        # one writer per run folder: rank 0 writes it
+        with hold(run_dir, "nmt train") if dist.main else nullcontext():
+            return _train(cfg, run_dir, resume, init, tok, sizes, device, dist)
     finally:
         dist.close()
 

@@ -16,9 +16,9 @@ from torch import nn
 from tqdm import tqdm
 
 from nmt.attention import check_request, save
-from nmt.checkpoint import atomic_writer, load_checkpoint
+from nmt.checkpoint import atomic_writer, check_output, load_checkpoint
 from nmt.config import Config, DecodeConfig, config_from_dict
-from nmt.errors import NmtError
+from nmt.errors import NmtError, UsageError, drop_stdout
 from nmt.models import build_model
 from nmt.models.ensemble import Ensemble
 from nmt.models.transformer import choose_attention_kernels
@@ -60,13 +60,13 @@ def load_translator(
     except RuntimeError:
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda"):
-        raise NmtError(f"--device {device}: expected cpu or cuda (or cuda:N)")
+        raise UsageError(f"--device {device}: expected cpu or cuda (or cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NmtError(f"--device {device}: no CUDA device is available here")
+        raise UsageError(f"--device {device}: no CUDA device is available here")
     if precision not in DECODE_CHOICES:
-        raise NmtError(f"--precision {precision}: expected one of {', '.join(DECODE_CHOICES)}")
+        raise UsageError(f"--precision {precision}: expected one of {', '.join(DECODE_CHOICES)}")
     if workers is not None and workers < 1:
-        raise NmtError(f"--workers {workers}: expected 1 or more")
+        raise UsageError(f"--workers {workers}: expected 1 or more")
     if dev.type == "cuda" and precision == "int8":
         raise NmtError(
             "--precision int8 is for decoding on the CPU (add --device cpu); "
@@ -263,18 +263,20 @@ def translate(
     attention.py); the input is then read as one chunk, for a few sentences. `sampling`: draw one
     translation per line instead of searching (see sampling.py)."""
     if buffer < 1:
-        raise NmtError(f"--buffer {buffer}: expected 1 or more")
+        raise UsageError(f"--buffer {buffer}: expected 1 or more")
     search_only = ("beam", "nbest", "no_repeat_ngram", "early_exit")
     clash = [k for k in search_only if options.get(k) is not None]
     if sampling is not None and clash:
         flag = "--" + clash[0].replace("_", "-")
-        raise NmtError(f"--sample draws one translation per line: {flag} does not apply")
+        raise UsageError(f"--sample draws one translation per line: {flag} does not apply")
+    if output:
+        check_output(output)  # before any work
     tr = load_translator(checkpoint, device, precision, workers)
     d = decode_settings(tr, **options)
     if sampling is not None:
         d = replace(d, nbest=1, no_repeat_ngram=0)
     elif d.nbest > d.beam:
-        raise NmtError(f"--nbest {d.nbest} is larger than --beam {d.beam}")
+        raise UsageError(f"--nbest {d.nbest} is larger than --beam {d.beam}")
     if attention_dir:
         check_request(tr.cfg.model, len(tr.paths), tr.path, attention_dir, attention_layer)
     size = sys.maxsize if attention_dir else buffer
@@ -300,17 +302,30 @@ def translate(
 @contextmanager
 def output_sink(output: Optional[str]) -> Iterator[Callable[[str], None]]:
     """A function that writes text where translations go: stdout, flushed at every call, or the
-    file `output`, written atomically (the old file stays if anything fails on the way)."""
+    file `output`, written atomically (the old file stays if anything fails on the way), or
+    /dev/null or /dev/stdout, written through (see check_output)."""
+    target = check_output(output) if output else None
+    if output and target is None:
+        with open(output, "w", encoding="utf-8") as through:
+            yield through.write
+        return
     if not output:
 
         def to_stdout(text: str) -> None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except BrokenPipeError:  # the reader went away (`| head`): the output is cut short
+                drop_stdout()
+                raise NmtError("stdout: the pipe was closed before the output ended") from None
+            except OSError as e:  # e.g. a full disk behind a redirection
+                drop_stdout()
+                raise NmtError(f"stdout: cannot write: {e.strerror or e}") from None
 
         yield to_stdout
         return
     try:
-        with atomic_writer(Path(output)) as f:
+        with atomic_writer(target) as f:
             yield lambda text: f.write(text.encode("utf-8"))
     except OSError as e:  # a directory, a missing parent we may not create, no permission
         raise NmtError(f"{output}: cannot write: {e.strerror or e}") from None

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -1161,7 +1162,7 @@ def test_attention_dir_errors(cli, smoke: SmokeRun, tmp_path: Path, monkeypatch)
     # unwritable outputs of average and sweep
     (tmp_path / "a_dir").mkdir()
     code, _, err = cli("average", smoke.run / "best.pt", "-o", tmp_path / "a_dir")
-    assert_one_error_line(code, err, "a_dir", "cannot write")
+    assert_one_error_line(code, err, "a_dir", "is a folder")
     code, _, err = cli(
         "sweep",
         "--checkpoint",
@@ -1173,7 +1174,7 @@ def test_attention_dir_errors(cli, smoke: SmokeRun, tmp_path: Path, monkeypatch)
         "-o",
         tmp_path / "a_dir",
     )
-    assert_one_error_line(code, err[err.index("error:") :], "a_dir", "cannot write")
+    assert_one_error_line(code, err[err.index("error:") :], "a_dir", "is a folder")
     # matplotlib missing: the one-line hint, before any decoding
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, _, err = cli(
@@ -1418,3 +1419,119 @@ def test_weighted_corpora_through_the_cli(cli, make_corpus, tmp_path: Path) -> N
     (extra / "bt.de").unlink()
     code, _, err = cli("prepare", "--config", SMOKE, *sets(0.5))
     assert_one_error_line(code, err, extra / "bt.de")
+
+
+# --- usage errors, outputs checked before the work, OS errors on the way out ---
+
+
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["translate", "--checkpoint", "x", "--beam", "0"], ["'--beam'", "1"]),
+        (["translate", "--checkpoint", "x", "--alpha", "-1"], ["'--alpha'", "0"]),
+        (["translate", "--checkpoint", "x", "--workers", "0"], ["'--workers'", "1"]),
+        (["translate", "--checkpoint", "x", "--buffer", "0"], ["--buffer 0", "1 or more"]),
+        (["translate", "--checkpoint", "x", "--beam", "two"], ["'--beam'", "integer"]),
+        (["translate", "--checkpoint", "x", "--topk", "3"], ["--topk", "--sample"]),
+        (["translate", "--checkpoint", "x", "--bogus"], ["--bogus"]),
+        (["train"], ["--config"]),
+        (["frobnicate"], ["frobnicate"]),
+        (["prepare", "--config", SMOKE, "--set", "data.src_lang=[en"], ["--set", "[en", "YAML"]),
+        (["evaluate", "--hyp", "h", "--ref", "r", "--lang", "xx"], ["--lang xx", "de"]),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_status_2(cli, args: list, names: list) -> None:
+    code, _, err = cli(*args)
+    assert code == 2
+    assert_one_error_line(code, err, *names)
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "translate", "evaluate", "sweep"])
+def test_help_fits_an_80_column_terminal(command: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nmt", command, "--help"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"}, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in proc.stdout
+    assert all(flag in proc.stdout for flag in ("--config" if command in ("prepare", "train")
+               else "--checkpoint",))  # fmt: skip
+
+
+def test_outputs_are_checked_before_any_work(cli, tmp_path: Path) -> None:
+    """The checkpoint does not even exist: the output is refused first."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    try:
+        for output, names in (
+            (locked / "out.txt", [locked, "permission denied"]),
+            (tmp_path, [tmp_path, "folder"]),
+            (fifo, [fifo, "FIFO"]),
+            ("/dev/full", ["/dev/full", "device"]),
+            (tmp_path / "file.txt" / "below", [tmp_path / "file.txt", "not a folder"]),
+        ):
+            (tmp_path / "file.txt").write_text("x")
+            for args in (
+                ["translate", "--checkpoint", tmp_path / "none.pt", "-o", output],
+                ["sweep", "--checkpoint", tmp_path / "none.pt", "-o", output],
+                ["average", tmp_path / "none.pt", "-o", output],
+                ["plot", tmp_path / "no_run", "-o", output],
+            ):
+                if os.geteuid() == 0 and output == locked / "out.txt":
+                    continue  # root may write anywhere
+                code, _, err = cli(*args, stdin=b"a\n")
+                assert_one_error_line(code, err, *names)
+        assert stat.S_ISFIFO(fifo.stat().st_mode)  # still a FIFO
+    finally:
+        locked.chmod(0o700)
+
+
+def test_translate_follows_a_symlink_and_writes_through_dev_null(
+    cli, smoke: SmokeRun, tmp_path: Path
+) -> None:
+    target = tmp_path / "target.txt"
+    target.write_text("old\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    ckpt = smoke.run / "best.pt"
+    code, _, err = cli("translate", "--checkpoint", ckpt, "-o", link, stdin=SHORT.encode() + b"\n")
+    assert code in (0, None), err
+    assert link.is_symlink() and target.read_text() != "old\n" and len(target.read_text()) > 1
+    code, _, err = cli("translate", "--checkpoint", ckpt, "-o", "/dev/null", stdin=b"a\n")
+    assert code in (0, None), err
+    assert Path("/dev/null").is_char_device()
+
+
+def test_a_full_disk_behind_stdout_is_one_error_line(smoke: SmokeRun, tmp_path: Path) -> None:
+    for args in (
+        ["translate", "--checkpoint", smoke.run / "best.pt"],
+        ["evaluate", "--hyp", smoke.prepared / "valid.tgt.txt", "--ref",
+         smoke.prepared / "valid.tgt.txt", "--json"],
+    ):  # fmt: skip
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(
+                [sys.executable, "-m", "nmt", *map(str, args)], input=(SHORT + "\n") * 50,
+                stdout=full, stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=300,
+            )  # fmt: skip
+        assert_one_error_line(proc.returncode, proc.stderr, "stdout", "No space left on device")
+
+
+def test_a_reader_that_goes_away_is_one_error_line(smoke: SmokeRun, tmp_path: Path) -> None:
+    """`nmt translate ... | head -c 100`: the output was cut, so the exit status says so."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nmt", "translate", "--checkpoint", smoke.run / "best.pt",
+         "--buffer", "20", "--beam", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    proc.stdin.write(((SHORT + "\n") * 2000).encode())
+    proc.stdin.close()
+    assert len(proc.stdout.read(100)) == 100
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert_one_error_line(proc.returncode, err, "stdout", "pipe")

@@ -12,7 +12,7 @@ from nmt.errors import NmtError
 from nmt.prepare import prepare
 
 
-def smoke(repo_root, toy_data, tmp_path, steps):
+def smoke(repo_root, toy_data, tmp_path, steps, *more):
     cfg = load_config(
         repo_root / "configs" / "smoke.yaml",
         [
@@ -22,6 +22,7 @@ def smoke(repo_root, toy_data, tmp_path, steps):
             "train.valid_every=1000",
             "train.threads=1",
             "train.valid_bleu=false",
+            *more,
         ],
     )
     prepare(cfg, log=lambda m: None)
@@ -96,3 +97,81 @@ def test_repeated_out_of_memory_stops_with_advice(repo_root, toy_data, tmp_path,
         match=r"out of memory on 5 batches in a row .* lower train\.max_tokens \(now 1024\)",
     ):
         train_mod.train(cfg, tmp_path / "run")
+
+
+def test_valid_lines_longer_than_the_model_are_cut_with_a_warning(
+    repo_root, toy_corpus, tmp_path, capsys
+):
+    """One 400-word line in val.en (and val.de): validation runs, a checkpoint is written."""
+    import gzip
+    import shutil
+
+    folder = tmp_path / "corpus"
+    shutil.copytree(toy_corpus, folder)
+    for lang, word in (("en", "dog"), ("de", "hund")):
+        path = folder / f"val.{lang}.gz"
+        lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+        lines[3] = " ".join([word] * 400)
+        path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    data = ["data.corpus=files", f"data.source={folder}"]
+    cfg = smoke(repo_root, data, tmp_path, 4, "train.valid_every=2", "train.valid_bleu=true")
+    run = train_mod.train(cfg, tmp_path / "run")
+    assert load_checkpoint(run / "last.pt")["train_state"]["step"] == 4
+    assert (
+        "warning: 1 valid pair(s) longer than the model's 127 subwords" in capsys.readouterr().err
+    )
+
+
+def test_a_failing_validation_saves_the_steps_first(repo_root, toy_data, tmp_path, monkeypatch):
+    cfg = smoke(repo_root, toy_data, tmp_path, 100, "train.valid_every=3")
+
+    def broken(self):
+        raise RuntimeError("something inside validation broke\nwith a second line")
+
+    monkeypatch.setattr(train_mod.Trainer, "validate", broken)
+    run = tmp_path / "run"
+    with pytest.raises(NmtError) as info:
+        train_mod.train(cfg, run)
+    message = str(info.value)
+    assert (
+        "validation failed at step 3 (RuntimeError: something inside validation broke)" in message
+    )
+    assert f"{run / 'last.pt'} saved" in message and "--resume" in message
+    assert "\n" not in message
+    assert load_checkpoint(run / "last.pt")["train_state"]["step"] == 3
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EACCES"])
+def test_a_save_that_fails_keeps_the_last_good_checkpoint(
+    repo_root, toy_data, tmp_path, monkeypatch, errno_name
+):
+    """The disk fills (or the folder turns read-only) at the second save: one error naming the
+    file and the reason, the first save intact, no temporary file left, --resume goes on."""
+    import errno
+    import os
+
+    import nmt.checkpoint
+
+    cfg = smoke(repo_root, toy_data, tmp_path, 6, "train.valid_every=2")
+    real, calls = nmt.checkpoint.os.fsync, [0]
+
+    def fsync(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".last.pt."):
+            calls[0] += 1
+            if calls[0] == 2:
+                code = getattr(errno, errno_name)
+                raise OSError(code, os.strerror(code))
+        return real(fd)
+
+    monkeypatch.setattr(nmt.checkpoint.os, "fsync", fsync)
+    run = tmp_path / "run"
+    with pytest.raises(NmtError) as info:
+        train_mod.train(cfg, run)
+    message = str(info.value)
+    reason = os.strerror(getattr(errno, errno_name))
+    assert f"cannot save step 4: {reason}" in message and "--resume" in message
+    assert load_checkpoint(run / "last.pt")["train_state"]["step"] == 2
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    monkeypatch.setattr(nmt.checkpoint.os, "fsync", real)
+    train_mod.train(cfg, run, resume=True)
+    assert load_checkpoint(run / "last.pt")["train_state"]["step"] == 6

@@ -117,7 +117,7 @@ def test_buffer_below_one_is_one_error_line(checkpoint, monkeypatch, capsys):
     code, _, err = run_cli(
         monkeypatch, capsys, "translate", "--checkpoint", checkpoint, "--buffer", 0, stdin=b"a\n"
     )
-    assert code == 1 and err.strip() == "error: --buffer 0: expected 1 or more"
+    assert code == 2 and err.strip() == "error: --buffer 0: expected 1 or more"
 
 
 def test_sampling_is_reproducible_for_a_seed_whatever_the_chunks(checkpoint, monkeypatch, capsys):
@@ -152,5 +152,5 @@ def test_sampling_flags_that_do_not_fit_are_one_error(
     code, _, err = run_cli(
         monkeypatch, capsys, "translate", "--checkpoint", checkpoint, *flags, stdin=b"a\n"
     )
-    assert code == 1 and err.startswith("error: ") and message in err, err
+    assert code == 2 and err.startswith("error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1
