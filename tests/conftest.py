@@ -164,3 +164,28 @@ def make_corpus(tmp_path: Path) -> CorpusFactory:
 def tiny_corpus(make_corpus: CorpusFactory) -> Path:
     """A folder with the default toy corpus (plain text, en/de)."""
     return make_corpus()
+
+
+@pytest.fixture
+def fail_fsync(monkeypatch) -> Callable[..., None]:
+    """install(name="", nth=1, code=ENOSPC): the nth fsync of a temporary file nmt writes (whose
+    name starts with `.{name}`) raises OSError(code), as a full disk or a folder turned read-only
+    would; every other fsync runs. monkeypatch.undo() puts fsync back."""
+    import errno
+
+    real = os.fsync
+
+    def install(name: str = "", nth: int = 1, code: int = errno.ENOSPC) -> None:
+        calls = [0]
+
+        def fsync(fd: int) -> None:
+            base = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+            if base.startswith(f".{name}") and base.endswith(".tmp"):
+                calls[0] += 1
+                if calls[0] == nth:
+                    raise OSError(code, os.strerror(code))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    return install

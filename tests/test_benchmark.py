@@ -5,10 +5,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import nmt.train as train_mod
 from nmt.config import load_config
+from nmt.data import bucket_batches, load_split
 from nmt.prepare import prepare
 
 
@@ -61,7 +63,13 @@ def test_benchmark_reports_training_and_decoding(repo_root, toy_data, tmp_path):
     assert t["tgt_tokens_per_s"] > 0 and t["src_tokens_per_s"] > 0
     assert 0 <= t["padding_share"] < 1
     assert 0 < t["mfu"] < 1  # a tiny model on one thread cannot beat a large matmul
-    assert abs(t["mfu"] - t["model_tflops_per_s"] / t["peak_matmul_tflops"]) < 1e-9
+    # the target tokens of the timed steps, counted from the split: the third to fifth batches of
+    # the first epoch in training's order (accum_steps 1)
+    split = load_split(cfg.prepared_dir, "train")
+    order = bucket_batches(split.src_lens, split.tgt_lens, cfg.train.max_tokens, 1, 0)
+    tokens = sum(int(split.tgt_lens[b].sum()) + len(b) for b in order[2:5])  # + EOS each
+    timed = t["step_seconds_mean"] * t["steps"]
+    assert abs(t["tgt_tokens_per_s"] * timed - tokens) < 1e-6 * tokens
 
     # beam search under both stopping rules
     assert sorted(report["decode"]) == ["nmt_beam1", "nmt_beam5", "nmt_beam5_early"]
@@ -88,6 +96,33 @@ def load_benchmark(repo_root):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
+
+
+def test_training_flops_agree_with_torchs_flop_counter(repo_root, toy_data, tmp_path):
+    """useful_flops (the benchmark's MFU numerator) against torch's count of one training step's
+    matmul FLOPs, forward and backward, on a batch without padding."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nmt.data import make_batch
+    from nmt.loss import Objective
+    from nmt.models import build_model
+
+    bench = load_benchmark(repo_root)
+    cfg = load_config(repo_root / "configs" / "smoke.yaml", ["model.layers=2"])
+    model = build_model(cfg.model, 400, 400)
+    rng = np.random.default_rng(0)
+    src = [rng.integers(4, 400, 17) for _ in range(6)]
+    tgt = [rng.integers(4, 400, 13) for _ in range(6)]
+    batch = make_batch(src, tgt, np.arange(6))
+    objective = Objective(model, 0.0)
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = objective(batch.src, batch.src_pad_mask, batch.tgt_in, batch.tgt_out)
+        loss.backward()
+    counted = counter.get_total_flops()
+    assert 0.9 < bench.useful_flops(model, batch) / counted < 1.1, (
+        bench.useful_flops(model, batch),
+        counted,
+    )
 
 
 def test_rounds_report_the_fastest_and_must_translate_alike(repo_root):
@@ -192,8 +227,6 @@ def test_a_failing_peer_is_reported_and_nmt_figures_are_kept(repo_root, capsys):
 def test_benchmark_steps_follow_training_order_across_epochs(repo_root, toy_data, tmp_path):
     """Warm-up and timed steps are the batches training would take, epoch after epoch, so a warm-up
     longer than an epoch leaves the timed steps on shapes already seen."""
-    from nmt.data import bucket_batches, load_split
-
     bench = load_benchmark(repo_root)
     cfg = load_config(
         repo_root / "configs" / "smoke.yaml",

@@ -242,6 +242,7 @@ def test_set_with_a_bad_value(cli) -> None:
 
 def test_set_without_equals(cli) -> None:
     code, _, err = cli("train", "--config", SMOKE, "--set", "train.max_steps")
+    assert code == 2
     assert_one_error_line(code, err, "train.max_steps")
 
 
@@ -428,6 +429,7 @@ def test_nbest_larger_than_beam(cli, smoke: SmokeRun) -> None:
         "2",
         stdin=b"a\n",
     )
+    assert code == 2
     assert_one_error_line(code, err, "--nbest 3", "--beam 2")
 
 
@@ -462,6 +464,7 @@ def test_evaluate_needs_exactly_one_way_in(cli, args: list[str]) -> None:
 
 def test_evaluate_unknown_split(cli, smoke: SmokeRun) -> None:
     code, _, err = cli("evaluate", "--checkpoint", smoke.run / "best.pt", "--split", "train")
+    assert code == 2
     assert_one_error_line(code, err, "--split train")
 
 
@@ -1001,6 +1004,7 @@ def test_sweep_scores_a_grid_on_valid_and_agrees_with_evaluate(
 )
 def test_sweep_with_a_bad_grid(cli, smoke: SmokeRun, flag: str, value: str) -> None:
     code, _, err = cli("sweep", "--checkpoint", smoke.run / "best.pt", flag, value)
+    assert code == 2
     assert_one_error_line(code, err, flag)
 
 
@@ -1266,6 +1270,7 @@ def test_unknown_precision_is_one_error_line(cli, smoke: SmokeRun) -> None:
     code, _, err = cli(
         "translate", "--checkpoint", smoke.run / "best.pt", "--precision", "fp8", stdin=b"a\n"
     )
+    assert code == 2
     assert_one_error_line(code, err, "--precision fp8", "auto, fp32, bf16, int8")
 
 
@@ -1278,6 +1283,7 @@ def test_translate_on_a_device_that_is_not_there(cli, smoke: SmokeRun, device: s
     code, _, err = cli(
         "translate", "--checkpoint", smoke.run / "best.pt", "--device", device, stdin=b"a\n"
     )
+    assert code == 2
     assert_one_error_line(code, err, f"--device {device}")
 
 
@@ -1459,11 +1465,17 @@ def test_help_fits_an_80_column_terminal(command: str, tmp_path: Path) -> None:
                else "--checkpoint",))  # fmt: skip
 
 
-def test_outputs_are_checked_before_any_work(cli, tmp_path: Path) -> None:
+def test_outputs_are_checked_before_any_work(cli, tmp_path: Path, monkeypatch) -> None:
     """The checkpoint does not even exist: the output is refused first."""
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    real_access = os.access  # root may write anywhere: the folder reads as read-only for all
+
+    def access(path, mode, *args, **kwargs):
+        return False if Path(path) == locked else real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     try:
@@ -1481,8 +1493,6 @@ def test_outputs_are_checked_before_any_work(cli, tmp_path: Path) -> None:
                 ["average", tmp_path / "none.pt", "-o", output],
                 ["plot", tmp_path / "no_run", "-o", output],
             ):
-                if os.geteuid() == 0 and output == locked / "out.txt":
-                    continue  # root may write anywhere
                 code, _, err = cli(*args, stdin=b"a\n")
                 assert_one_error_line(code, err, *names)
         assert stat.S_ISFIFO(fifo.stat().st_mode)  # still a FIFO
@@ -1535,3 +1545,14 @@ def test_a_reader_that_goes_away_is_one_error_line(smoke: SmokeRun, tmp_path: Pa
     err = proc.stderr.read().decode()
     proc.wait(timeout=300)
     assert_one_error_line(proc.returncode, err, "stdout", "pipe")
+
+
+def test_a_full_disk_under_an_output_file_keeps_the_old_file(
+    cli, smoke: SmokeRun, tmp_path: Path, fail_fsync
+) -> None:
+    out = tmp_path / "out.txt"
+    out.write_text("old\n")
+    fail_fsync()
+    code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "-o", out, stdin=b"a\n")
+    assert_one_error_line(code, err, out, "No space left on device")
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]

@@ -9,6 +9,7 @@ import nmt.train as train_mod
 from nmt.checkpoint import load_checkpoint
 from nmt.config import load_config
 from nmt.errors import NmtError
+from nmt.evaluate import evaluate_checkpoint
 from nmt.prepare import prepare
 
 
@@ -102,17 +103,19 @@ def test_repeated_out_of_memory_stops_with_advice(repo_root, toy_data, tmp_path,
 def test_valid_lines_longer_than_the_model_are_cut_with_a_warning(
     repo_root, toy_corpus, tmp_path, capsys
 ):
-    """One 400-word line in val.en (and val.de): validation runs, a checkpoint is written."""
+    """One 400-word line in val and in test: validation runs, a checkpoint is written, and
+    `nmt evaluate` scores test (the line cut as translate cuts it)."""
     import gzip
     import shutil
 
     folder = tmp_path / "corpus"
     shutil.copytree(toy_corpus, folder)
-    for lang, word in (("en", "dog"), ("de", "hund")):
-        path = folder / f"val.{lang}.gz"
-        lines = gzip.decompress(path.read_bytes()).decode().splitlines()
-        lines[3] = " ".join([word] * 400)
-        path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    for stem in ("val", "test_2016_flickr"):
+        for lang, word in (("en", "dog"), ("de", "hund")):
+            path = folder / f"{stem}.{lang}.gz"
+            lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+            lines[3] = " ".join([word] * 400)
+            path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
     data = ["data.corpus=files", f"data.source={folder}"]
     cfg = smoke(repo_root, data, tmp_path, 4, "train.valid_every=2", "train.valid_bleu=true")
     run = train_mod.train(cfg, tmp_path / "run")
@@ -120,6 +123,9 @@ def test_valid_lines_longer_than_the_model_are_cut_with_a_warning(
     assert (
         "warning: 1 valid pair(s) longer than the model's 127 subwords" in capsys.readouterr().err
     )
+    result = evaluate_checkpoint(str(run / "last.pt"), "test", beam=1)
+    assert result["metrics"]["bleu"]["score"] >= 0
+    assert "1 input line(s) longer than the model's 127 subwords" in capsys.readouterr().err
 
 
 def test_a_failing_validation_saves_the_steps_first(repo_root, toy_data, tmp_path, monkeypatch):
@@ -143,27 +149,15 @@ def test_a_failing_validation_saves_the_steps_first(repo_root, toy_data, tmp_pat
 
 @pytest.mark.parametrize("errno_name", ["ENOSPC", "EACCES"])
 def test_a_save_that_fails_keeps_the_last_good_checkpoint(
-    repo_root, toy_data, tmp_path, monkeypatch, errno_name
+    repo_root, toy_data, tmp_path, monkeypatch, fail_fsync, errno_name
 ):
     """The disk fills (or the folder turns read-only) at the second save: one error naming the
     file and the reason, the first save intact, no temporary file left, --resume goes on."""
     import errno
     import os
 
-    import nmt.checkpoint
-
     cfg = smoke(repo_root, toy_data, tmp_path, 6, "train.valid_every=2")
-    real, calls = nmt.checkpoint.os.fsync, [0]
-
-    def fsync(fd):
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".last.pt."):
-            calls[0] += 1
-            if calls[0] == 2:
-                code = getattr(errno, errno_name)
-                raise OSError(code, os.strerror(code))
-        return real(fd)
-
-    monkeypatch.setattr(nmt.checkpoint.os, "fsync", fsync)
+    fail_fsync("last.pt.", nth=2, code=getattr(errno, errno_name))
     run = tmp_path / "run"
     with pytest.raises(NmtError) as info:
         train_mod.train(cfg, run)
@@ -172,6 +166,6 @@ def test_a_save_that_fails_keeps_the_last_good_checkpoint(
     assert f"cannot save step 4: {reason}" in message and "--resume" in message
     assert load_checkpoint(run / "last.pt")["train_state"]["step"] == 2
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
-    monkeypatch.setattr(nmt.checkpoint.os, "fsync", real)
+    monkeypatch.undo()
     train_mod.train(cfg, run, resume=True)
     assert load_checkpoint(run / "last.pt")["train_state"]["step"] == 6

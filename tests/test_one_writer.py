@@ -218,3 +218,54 @@ def test_an_empty_valid_or_test_split_is_an_error(
     )
     with pytest.raises(NmtError, match=f"{folder / stem}.en: the {role} split is empty"):
         prepare(cfg, log=lambda m: None)
+
+
+def test_a_full_disk_during_prepare_leaves_the_old_folder(
+    toy_data: list[str], make_corpus, tmp_path: Path, fail_fsync
+) -> None:
+    out = tmp_path / "prepared"
+    prepare(load_config(SMOKE, [*toy_data, f"data.prepared_dir={out}"]), log=lambda m: None)
+    old = snapshot(out)
+    other = make_corpus("other")
+    fail_fsync()
+    cfg = load_config(SMOKE, ["data.corpus=files", f"data.source={other}", "data.vocab_size=60"]
+                      + [f"data.prepared_dir={out}"])  # fmt: skip
+    with pytest.raises(NmtError, match=f"No space left on device; {out} is as it was before"):
+        prepare(cfg, log=lambda m: None)
+    assert snapshot(out) == old
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".prepared")) == [
+        ".prepared.lock"
+    ]
+
+
+def test_folders_that_cannot_be_used_are_one_error(
+    toy_data: list[str], prepared: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A --run-dir that is a file; a folder whose lock cannot be created (read-only parent)."""
+    import errno
+
+    import nmt.lock
+    from nmt.train import train
+
+    cfg = load_config(SMOKE, [*toy_data, f"data.prepared_dir={prepared}", "train.max_steps=1"])
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NmtError, match=f"{tmp_path / 'a_file'}: exists and is not a folder"):
+        train(cfg, tmp_path / "a_file")
+    real = nmt.lock.os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(nmt.lock.os, "open", read_only)
+    (tmp_path / "ro").mkdir()
+    for call in (
+        lambda: train(cfg, tmp_path / "ro" / "run"),
+        lambda: prepare(
+            load_config(SMOKE, [*toy_data, f"data.prepared_dir={tmp_path / 'ro' / 'p'}"]),
+            log=lambda m: None,
+        ),
+    ):
+        with pytest.raises(NmtError, match="cannot create .* beside it: Permission denied"):
+            call()

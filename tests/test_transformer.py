@@ -175,8 +175,10 @@ def test_attention_dropout_on_a_cpu_drops_weights_in_training_only():
 
     torch.manual_seed(0)
     attn = Attention(32, 4, dropout=0.5)
+    plain = Attention(32, 4, dropout=0.0)  # the same weights, no dropout: in training mode
+    plain.load_state_dict(attn.state_dict())
     x, k, v = torch.randn(2, 5, 32), torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)
-    torch.testing.assert_close(attn.eval()(x, k, v), attn(x, k, v))
+    torch.testing.assert_close(attn.eval()(x, k, v), plain.train()(x, k, v))
     attn.train()
     assert attn._explicit(attn._split(attn.q(x))) and not torch.allclose(
         attn(x, k, v), attn(x, k, v)
