@@ -28,9 +28,9 @@ from typing import Optional
 
 import numpy as np
 
-from nmt.checkpoint import atomic_write_bytes, atomic_write_text
 from nmt.config import ModelConfig
 from nmt.errors import NmtError, UsageError
+from nmt.files import atomic_write_bytes, atomic_write_text
 from nmt.plot import pyplot
 from nmt.search import Hypothesis
 from nmt.tokenizer import Tokenizer

@@ -13,8 +13,9 @@ from typing import Optional
 
 import torch
 
-from nmt.checkpoint import check_output, load_checkpoint, save_checkpoint
+from nmt.checkpoint import load_checkpoint, save_checkpoint
 from nmt.errors import NmtError
+from nmt.files import check_output
 from nmt.retention import Retention, best_first, step_files
 
 TRAINING_FILES = ("last.pt", "best.pt")

@@ -27,9 +27,9 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from nmt.checkpoint import atomic_writer
 from nmt.data import clean_line
 from nmt.errors import NmtError
+from nmt.files import atomic_writer
 from nmt.tokenizer import Tokenizer
 
 CHUNK = 10_000  # pairs a worker encodes at a time

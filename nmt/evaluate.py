@@ -10,10 +10,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
-from nmt.checkpoint import atomic_write_text, check_output
 from nmt.config import DecodeConfig
 from nmt.data import read_lines, read_manifest, read_text
 from nmt.errors import NmtError, UsageError
+from nmt.files import atomic_write_text, check_output
 from nmt.metrics import bleu_by_length, score_all
 from nmt.precision import decode_precision
 from nmt.tokenizer import Tokenizer

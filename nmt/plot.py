@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from nmt.checkpoint import atomic_write_bytes, check_output
 from nmt.errors import NmtError
+from nmt.files import atomic_write_bytes, check_output
 
 FIGSIZE, DPI = (15.0, 8.0), 100  # the PNG is 1500 x 800 pixels
 

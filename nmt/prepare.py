@@ -26,11 +26,11 @@ from typing import Optional
 
 import numpy as np
 
-from nmt.checkpoint import atomic_folder, atomic_write_bytes, atomic_write_text
 from nmt.config import Config
 from nmt.data import PREPARED_FORMAT, PREPARED_VERSION, TextFile, data_settings, read_text
 from nmt.encode import Reservoir, TrainFilter, default_workers, encode_train, scan, sha256_file
 from nmt.errors import NmtError
+from nmt.files import atomic_folder, atomic_write_bytes, atomic_write_text
 from nmt.lock import hold
 from nmt.tokenizer import Tokenizer, load_kept, train_spm
 

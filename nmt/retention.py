@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Optional
 
-from nmt.checkpoint import CorruptCheckpoint, atomic_link, atomic_write_text, load_checkpoint
+from nmt.checkpoint import CorruptCheckpoint, load_checkpoint
 from nmt.errors import NmtError
+from nmt.files import atomic_link, atomic_write_text
 
 STEP_DIR = "checkpoints"
 INDEX = "index.json"

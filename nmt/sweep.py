@@ -15,9 +15,9 @@ from typing import Optional
 
 from sacrebleu.metrics import BLEU
 
-from nmt.checkpoint import atomic_write_text, check_output
 from nmt.errors import NmtError
 from nmt.evaluate import load_split
+from nmt.files import atomic_write_text, check_output
 from nmt.translate import decode_settings, load_translator, members, translate_with
 
 

@@ -14,8 +14,8 @@ from typing import Optional
 
 import sentencepiece as spm
 
-from nmt.checkpoint import atomic_write_bytes
 from nmt.errors import NmtError
+from nmt.files import atomic_write_bytes
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 

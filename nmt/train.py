@@ -7,11 +7,7 @@ tokens and divided by their total, so accumulation gives the same gradient as on
 
 from __future__ import annotations
 
-import json
 import math
-import platform
-import random
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -19,26 +15,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import sacrebleu
-import sentencepiece
 import torch
 import yaml
 from tqdm import tqdm
 
-from nmt.checkpoint import (
-    atomic_write_text,
-    load_checkpoint,
-    remove_stale_temp_files,
-    save_checkpoint,
-)
+from nmt.checkpoint import load_checkpoint, save_checkpoint
 from nmt.config import Config
 from nmt.data import (
     Batch,
     Split,
-    bucket_batches,
     corpus_sizes,
-    cut_to,
     epoch_batches,
     load_split,
     read_lines,
@@ -47,19 +33,25 @@ from nmt.data import (
 )
 from nmt.distributed import Dist, my_share
 from nmt.errors import NmtError
+from nmt.files import atomic_write_text
 from nmt.interrupt import GracefulStop
 from nmt.lock import hold
 from nmt.loss import Objective
-from nmt.metrics import bleu_score
 from nmt.models import build_model, count_parameters
 from nmt.models.transformer import choose_attention_kernels
 from nmt.precision import autocast_for, describe
-from nmt.retention import STEP_DIR, Retention, has_checkpoint, load_for_resume
-from nmt.search import decode_corpus
-from nmt.tokenizer import BOS, EOS, Tokenizer
+from nmt.progress import Progress
+from nmt.retention import Retention, load_for_resume
+from nmt.rundir import (
+    prepare_run_dir,
+    record_session,
+    rng_state,
+    set_rng_state,
+    trim_log,
+)
+from nmt.tokenizer import Tokenizer
+from nmt.validation import Validation
 
-MAX_NONFINITE_IN_ROW = 10
-MAX_OOM_IN_ROW = 5
 FP16_INIT_SCALE = 2.0**7  # fairseq's starting loss scale: few overflows while the scale settles
 
 
@@ -97,93 +89,6 @@ def pick_device(name: str) -> torch.device:
     )
 
 
-def rng_state() -> dict:
-    """Every random number generator training could touch: python, numpy, torch CPU and CUDA."""
-    np_state = np.random.get_state(legacy=False)
-    np_state["state"]["key"] = np_state["state"]["key"].tolist()
-    rng = {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def set_rng_state(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    if "python" in rng:
-        version, state, gauss = rng["python"]
-        random.setstate((version, tuple(state), gauss))
-    if "numpy" in rng:
-        np_state = dict(rng["numpy"], state=dict(rng["numpy"]["state"]))
-        np_state["state"]["key"] = np.array(np_state["state"]["key"], dtype=np.uint32)
-        np.random.set_state(np_state)
-
-
-def environment() -> dict:
-    """Versions, git commit and command line: recorded in the run directory for reproducibility."""
-    try:
-        here = Path(__file__).resolve().parent
-        r = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-        commit = r.stdout.strip() if r.returncode == 0 else ""
-        r = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        dirty = bool(r.stdout.strip()) if commit and r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", None
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "sentencepiece": sentencepiece.__version__,
-        "sacrebleu": sacrebleu.__version__,
-        "git_commit": commit or None,
-        # uncommitted changes to tracked files: the commit alone does not describe the code
-        "git_dirty": dirty,
-        "command": sys.argv,
-        "machine": platform.machine(),
-        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-
-
-class DeviceCounters:
-    """Per-step bookkeeping kept on the device, so that a
-    step never waits for the GPU; read on logging steps."""
-
-    def __init__(self, device: torch.device, skipped: int, in_row: int):
-        def scalar(v: float) -> torch.Tensor:
-            return torch.tensor(float(v), device=device)
-
-        self.loss, self.skipped, self.in_row, self.max_in_row = (
-            scalar(0),
-            scalar(skipped),
-            scalar(in_row),
-            scalar(in_row),
-        )
-
-    def add(self, loss_sum: torch.Tensor, skipped: torch.Tensor) -> None:
-        """`skipped` is 1.0 when this step's update was skipped (non-finite gradient), else 0.0."""
-        self.loss += loss_sum
-        self.skipped += skipped
-        self.in_row.add_(skipped).mul_(skipped)  # consecutive skipped updates
-        torch.maximum(self.max_in_row, self.in_row, out=self.max_in_row)
-
-    def read(self) -> tuple[float, int, int, int]:
-        """(loss summed since the last reset, skipped updates,
-        in a row now, most in a row since the last read)."""
-        loss, skipped, in_row, max_in_row = torch.stack(
-            [self.loss, self.skipped, self.in_row, self.max_in_row]
-        ).tolist()
-        self.max_in_row.copy_(self.in_row)
-        return loss, int(skipped), int(in_row), int(max_in_row)
-
-
 class Trainer:
     """Holds what one run needs; `run()` is the loop. Created only through `train()`."""
 
@@ -200,20 +105,12 @@ class Trainer:
         corpus_sizes: Optional[list[int]] = None,
     ):
         self.cfg, self.run_dir, self.device, self.tok = cfg, run_dir, device, tok
-        self.train_split, self.valid_split, self.valid_refs = train_split, valid_split, valid_refs
-        # valid is never filtered: pairs longer than the model's positions are cut for the loss
-        # and the translations (BLEU is still scored against the whole references)
-        limit = cfg.model.max_positions - 1  # + EOS (source), + BOS or EOS (target)
-        self.valid_split, cut = cut_to(valid_split, limit, limit)
-        if cut and (dist is None or dist.main):
-            tqdm.write(
-                f"warning: {cut} valid pair(s) longer than the model's {limit} subwords are cut "
-                "for validation (model.max_positions)",
-                file=sys.stderr,
-            )
+        self.train_split = train_split
         # pairs of each corpus of data.train, in the order the split holds them
         self.corpus_sizes = corpus_sizes or [len(train_split)]
         self.dist = dist or Dist()
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.progress = Progress(cfg, self.dist, device, self.metrics_path)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
         choose_attention_kernels(device)
@@ -221,7 +118,11 @@ class Trainer:
         # decoding use the plain model
         self.objective = Objective(self.model, cfg.train.label_smoothing)
         self.ddp = self.dist.wrap(self.objective, device)
-        self.forward = torch.compile(self.ddp, dynamic=True) if cfg.train.compile else self.ddp
+        # the loss as training computes it: through DDP, compiled with train.compile
+        self.loss_fn = torch.compile(self.ddp, dynamic=True) if cfg.train.compile else self.ddp
+        self.validation = Validation(
+            cfg, self.model, self.objective, tok, valid_split, valid_refs, device, self.note
+        )
         t = cfg.train
         # fused: one kernel for all parameters (CPU and CUDA),
         # and it can skip an update without a host sync
@@ -239,8 +140,10 @@ class Trainer:
             device.type, init_scale=FP16_INIT_SCALE, enabled=t.precision == "fp16"
         )
         self.state = TrainState()
-        self.metrics_path = run_dir / "metrics.jsonl"
         self.kept = Retention(run_dir, t.keep_last, t.keep_best)
+        # what the loop carries between steps (set again by run(), after a restore)
+        self.last_valid_step = -1
+        self.signal: Optional[GracefulStop] = None
 
     # --- checkpoints ---
     def payload(self, rngs: list) -> dict:
@@ -313,7 +216,7 @@ class Trainer:
         only, so that the step files, which `nmt average --last N` takes, stay on the grid of
         valid_every/save_every and keep_last keeps them all. Every rank calls it (their random
         states go into the checkpoint); rank 0 writes."""
-        self.sync_counters()
+        self.progress.sync(self.state)
         rngs = self.dist.gather(rng_state())
         if not self.dist.main:
             return
@@ -330,8 +233,7 @@ class Trainer:
 
     def note(self, message: str) -> None:
         """A line on stderr, from rank 0 only."""
-        if self.dist.main:
-            tqdm.write(message, file=sys.stderr)
+        self.progress.note(message)
 
     # --- one step ---
     def train_step(
@@ -371,7 +273,7 @@ class Trainer:
             )
             with sync:
                 with autocast_for(self.device, self.cfg.train.precision):
-                    loss, _ = self.forward(b.src, b.src_pad_mask, b.tgt_in, b.tgt_out)
+                    loss, _ = self.loss_fn(b.src, b.src_pad_mask, b.tgt_in, b.tgt_out)
                 self.scaler.scale(loss * scale).backward()
             total += loss.detach()
         lr = lr_at(self.state.step + 1, self.cfg.train.lr, self.cfg.train.warmup_steps)
@@ -393,52 +295,6 @@ class Trainer:
                 del self.optimizer.grad_scale, self.optimizer.found_inf
         self.optimizer.zero_grad(set_to_none=True)
         return total, n_tgt, skipped
-
-    # --- validation ---
-    @torch.no_grad()
-    def validate(self) -> dict:
-        """Valid loss/perplexity (teacher forced, no smoothing)
-        and greedy sacreBLEU against the raw references."""
-        self.model.eval()
-        nll_sum, n = 0.0, 0
-        for index in bucket_batches(
-            self.valid_split.src_lens, self.valid_split.tgt_lens, self.cfg.train.max_tokens
-        ):
-            b = split_batch(self.valid_split, index).to(self.device)
-            with autocast_for(self.device, self.cfg.train.precision):
-                # plain NLL, no smoothing
-                nll_sum += float(self.objective(b.src, b.src_pad_mask, b.tgt_in, b.tgt_out)[1])
-            n += b.n_tgt
-        out = {"valid_loss": nll_sum / n, "valid_ppl": math.exp(min(nll_sum / n, 50.0))}
-        if self.cfg.train.valid_bleu:
-            hyps = self.translate_split(self.valid_split, beam=1)
-            out["valid_bleu"] = bleu_score(hyps, self.valid_refs)
-        return out
-
-    def translate_split(self, split: Split, beam: int) -> list[str]:
-        d, m = self.cfg.decode, self.cfg.model
-        src_ids = [split.src(i).tolist() for i in range(len(split))]
-        with autocast_for(self.device, self.cfg.train.precision):
-            hyps = decode_corpus(
-                self.model,
-                src_ids,
-                self.device,
-                d.max_tokens,
-                beam,
-                d.alpha,
-                d.max_len_a,
-                d.max_len_b,
-                m.max_positions,
-                BOS,
-                EOS,
-            )
-        return self.tok.decode_tgt([h[0].tokens for h in hyps])
-
-    def log(self, record: dict) -> None:
-        if not self.dist.main:
-            return
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
 
     def after_validation(self, metrics: dict) -> bool:
         """Update best/early-stopping state, write checkpoints; True when patience is exhausted."""
@@ -464,10 +320,7 @@ class Trainer:
             dynamic_ncols=True,
             file=sys.stderr,
         )
-        # target tokens and start time of the tokens/s window
-        self.window = [0, time.perf_counter()]
-        self.counters = DeviceCounters(self.device, s.skipped_steps, s.nonfinite_in_row)
-        self.loss_tokens = 0  # target tokens behind counters.loss
+        self.progress.start(s)
         self.last_valid_step = s.step if s.step > 0 else -1
         stop = self.stop_reason()  # a resumed run may already be finished: take no extra step
         with GracefulStop() as self.signal:
@@ -503,9 +356,10 @@ class Trainer:
             result = self.train_step(group, n_tgt)
             s.batch_in_epoch += len(indices)
             if result is None:
-                self.check_oom(group)
+                self.progress.oom(s, group)
             else:
-                self.count_step(*result, time.perf_counter() - start, bar)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.progress.step_done(s, *result, time.perf_counter() - start, bar, lr)
             signalled, out_of_time = self.dist.any(
                 self.signal.requested is not None, self.out_of_time()
             )
@@ -531,99 +385,6 @@ class Trainer:
             return f"reached train.max_epochs={t.max_epochs}"
         return None
 
-    def count_step(
-        self, loss_sum: torch.Tensor, n_tgt: int, skipped: torch.Tensor, seconds: float, bar
-    ) -> None:
-        s = self.state
-        s.step += 1
-        s.oom_in_row = 0
-        self.counters.add(loss_sum, skipped)
-        self.loss_tokens += n_tgt
-        s.train_tokens += n_tgt
-        s.train_seconds += seconds
-        self.window[0] += n_tgt
-        bar.update(1)
-        if s.step % self.cfg.train.log_every == 0 or s.step == 1:
-            self.log_progress(bar)
-
-    def check_oom(self, group: list[Batch]) -> None:
-        """Log a batch skipped for lack of memory; stop
-        when it keeps happening (the budget is too big)."""
-        s, t = self.state, self.cfg.train
-        s.oom_skipped += 1
-        s.oom_in_row += 1
-        shapes = ", ".join(
-            f"{b.src.shape[0]} sentences x "
-            f"{b.src.shape[1]} source / {b.tgt_in.shape[1]} target tokens"
-            for b in group
-        )
-        tqdm.write(
-            f"warning: out of memory after step {s.step} on a batch of {shapes}; batch skipped "
-            f"({s.oom_skipped} so far)",
-            file=sys.stderr,
-        )
-        self.log(
-            {
-                "step": s.step,
-                "epoch": s.epoch,
-                "oom_skipped": s.oom_skipped,
-                "batch_shapes": [[*b.src.shape, b.tgt_in.shape[1]] for b in group],
-            }
-        )
-        if s.oom_in_row >= MAX_OOM_IN_ROW:
-            raise NmtError(
-                f"out of memory on {s.oom_in_row} batches in a row (after step {s.step}): lower "
-                "train.max_tokens "
-                f"(now {t.max_tokens}) and raise train.accum_steps (now {t.accum_steps}) to keep "
-                "the same batch size"
-            )
-
-    def log_progress(self, bar) -> None:
-        """Log the mean training loss per target token since the last log, the lr and tokens/s."""
-        s = self.state
-        # n_tgt counts every rank
-        loss_sum, tokens = self.dist.sum([self.sync_counters(), self.loss_tokens / self.dist.world])
-        loss = loss_sum / max(tokens, 1)
-        self.counters.loss.zero_()
-        self.loss_tokens = 0
-        tps = self.window[0] / max(time.perf_counter() - self.window[1], 1e-9)
-        lr = self.optimizer.param_groups[0]["lr"]
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-        self.log(
-            {
-                "step": s.step,
-                "epoch": s.epoch,
-                "train_loss": loss,
-                "lr": lr,
-                "tgt_tokens_per_s": tps,
-                "time": s.train_seconds,
-            }
-        )
-        self.window = [0, time.perf_counter()]
-
-    def sync_counters(self) -> float:
-        """Bring the device counters into the train state (one sync); warn about skipped updates,
-        and stop the run when too many came in a row (something is wrong, not noise). Returns the
-        loss sum of the window."""
-        s, t = self.state, self.cfg.train
-        loss, skipped, in_row, max_in_row = self.counters.read()
-        if skipped > s.skipped_steps:
-            self.note(
-                f"warning: {skipped - s.skipped_steps} update(s) skipped for a non-finite loss or "
-                "gradient by step "
-                f"{s.step} ({skipped} so far)"
-            )
-        s.skipped_steps, s.nonfinite_in_row = skipped, in_row
-        if max_in_row >= MAX_NONFINITE_IN_ROW:
-            raise NmtError(
-                f"{max_in_row} updates in a row had a non-finite loss or gradient (by step "
-                f"{s.step}): the learning "
-                f"rate is likely too high (train.lr={t.lr:g}) or the precision too low "
-                f"(train.precision={t.precision}); "
-                "lower train.lr, raise train.warmup_steps or set train.precision=fp32"
-            )
-        return loss
-
     def out_of_time(self) -> bool:
         t = self.cfg.train
         return bool(t.max_minutes) and self.state.train_seconds >= 60 * t.max_minutes
@@ -638,17 +399,10 @@ class Trainer:
             return f"reached train.max_minutes={t.max_minutes:g}"
         return None
 
-    def checked_validation(self) -> dict:
-        """validate(), or {"error": why} if it fails: training must not lose its steps to it."""
-        try:
-            return self.validate()
-        except Exception as e:  # noqa: BLE001 - whatever it is, the steps are saved first
-            return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-
     def validate_and_save(self, bar) -> Optional[str]:
         start = time.perf_counter()
         # rank 0 validates, every rank decides
-        metrics = self.dist.share(self.checked_validation() if self.dist.main else None)
+        metrics = self.dist.share(self.validation.checked() if self.dist.main else None)
         if "error" in metrics:
             self.save(step_file=False)
             raise NmtError(
@@ -665,9 +419,9 @@ class Trainer:
             "valid_seconds": time.perf_counter() - start,
             "skipped_steps": self.state.skipped_steps,
         }
-        self.log(record)
+        self.progress.log(record)
         self.last_valid_step = self.state.step
-        self.window = [0, time.perf_counter()]  # tokens/s excludes validation
+        self.progress.restart_clock()  # tokens/s excludes validation
         shown = " ".join(
             f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
         )
@@ -676,71 +430,6 @@ class Trainer:
         if stop:
             return f"no improvement in {self.cfg.train.patience} validations (train.patience)"
         return None
-
-
-def prepare_run_dir(run_dir: Path, resume: bool) -> bool:
-    """Check the run directory and clear what a killed
-    run left half-written; return whether to resume."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NmtError(f"{run_dir}: exists and is not a folder (--run-dir)")
-    if not resume and has_checkpoint(run_dir):
-        raise NmtError(
-            f"{run_dir} already holds a run (last.pt); pass --resume to continue it or --run-dir "
-            "to start another"
-        )
-    if resume and not has_checkpoint(run_dir):
-        if not (run_dir / "config.yaml").exists():
-            raise NmtError(f"{run_dir / 'last.pt'}: nothing to resume")
-        tqdm.write(
-            f"warning: {run_dir} stopped before its first checkpoint; "
-            "starting it again from step 0",
-            file=sys.stderr,
-        )
-        resume = False
-    run_dir.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temp_files(run_dir) + remove_stale_temp_files(run_dir / STEP_DIR)
-    if stale:
-        tqdm.write(
-            f"removed {len(stale)} partly written file(s) a killed run left in {run_dir}",
-            file=sys.stderr,
-        )
-    return resume
-
-
-def record_session(run_dir: Path, step: int, init: Optional[str], world: int = 1) -> None:
-    """Append this invocation (versions, git commit, command line, starting step) to env.json."""
-    path = run_dir / "env.json"
-    try:
-        sessions = json.loads(path.read_text(encoding="utf-8"))["sessions"] if step > 0 else []
-    except (OSError, ValueError, KeyError, TypeError):
-        sessions = []
-    session = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "start_step": step,
-        "processes": world,
-        **environment(),
-    }
-    if init:
-        session["init_from"] = init
-    atomic_write_text(path, json.dumps({"sessions": [*sessions, session]}, indent=2) + "\n")
-
-
-def trim_log(path: Path, step: int) -> None:
-    """Drop metrics recorded after `step`: a resumed run
-    writes them again, so the curves have no repeats."""
-    if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = []
-    for line in lines:
-        try:
-            if json.loads(line)["step"] > step:
-                continue
-        except (ValueError, KeyError, TypeError):  # a line half-written when the run was killed
-            continue
-        kept.append(line)
-    if kept != lines:
-        atomic_write_text(path, "".join(kept))
 
 
 def train(

@@ -16,9 +16,10 @@ from torch import nn
 from tqdm import tqdm
 
 from nmt.attention import check_request, save
-from nmt.checkpoint import atomic_writer, check_output, load_checkpoint
+from nmt.checkpoint import load_checkpoint
 from nmt.config import Config, DecodeConfig, config_from_dict
 from nmt.errors import NmtError, UsageError, drop_stdout
+from nmt.files import atomic_writer, check_output
 from nmt.models import build_model
 from nmt.models.ensemble import Ensemble
 from nmt.models.transformer import choose_attention_kernels

@@ -10,13 +10,8 @@ import time
 import pytest
 import torch
 
-from nmt.checkpoint import (
-    CorruptCheckpoint,
-    atomic_link,
-    load_checkpoint,
-    remove_stale_temp_files,
-    save_checkpoint,
-)
+from nmt.checkpoint import CorruptCheckpoint, load_checkpoint, save_checkpoint
+from nmt.files import atomic_link, remove_stale_temp_files
 from nmt.retention import Retention, load_for_resume, step_files
 
 

@@ -11,6 +11,7 @@ from nmt.config import load_config
 from nmt.errors import NmtError
 from nmt.evaluate import evaluate_checkpoint
 from nmt.prepare import prepare
+from nmt.validation import Validation
 
 
 def smoke(repo_root, toy_data, tmp_path, steps, *more):
@@ -134,7 +135,7 @@ def test_a_failing_validation_saves_the_steps_first(repo_root, toy_data, tmp_pat
     def broken(self):
         raise RuntimeError("something inside validation broke\nwith a second line")
 
-    monkeypatch.setattr(train_mod.Trainer, "validate", broken)
+    monkeypatch.setattr(Validation, "run", broken)
     run = tmp_path / "run"
     with pytest.raises(NmtError) as info:
         train_mod.train(cfg, run)

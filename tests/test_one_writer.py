@@ -128,7 +128,7 @@ STOP_AT = {
     "encoding": "nmt.encode._npy_from_raw",
     "writing valid and test": "nmt.prepare.write_split",
     "hashing inputs and outputs": "nmt.prepare.sha256_file",
-    "swapping the folders": "nmt.checkpoint._exchange",
+    "swapping the folders": "nmt.files._exchange",
 }
 CHILD = """
 import importlib, os, signal, sys
