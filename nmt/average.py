@@ -53,16 +53,17 @@ def average(paths: list[Path], output: Path) -> dict:
     if len(paths) < 1:
         raise NmtError("nothing to average")
     output = Path(output)
-    if output.name in TRAINING_FILES:
+    target = check_output(output)  # the file written: a symlink's target
+    if target is None:
+        raise NmtError(f"--output {output}: a checkpoint is written to a file, not to stdout")
+    if target.name in TRAINING_FILES:
         raise NmtError(
-            f"{output}: {output.name} belongs to training; write the average to another name"
+            f"{output}: {target.name} belongs to training; write the average to another name"
         )
-    if any(output.resolve() == Path(p).resolve() for p in paths):
+    if any(target == Path(p).resolve() for p in paths):
         raise NmtError(
             f"{output}: is one of the checkpoints being averaged; write the average to another name"
         )
-    if check_output(output) is None:
-        raise NmtError(f"--output {output}: a checkpoint is written to a file, not to stdout")
     total: dict[str, torch.Tensor] = {}
     first: dict = {}
     sources = []

@@ -441,6 +441,7 @@ def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...
             if hasattr(module, attr):
                 kinds.append(getattr(module, attr))
     usage, no_args, abort = found
+    abort.append(typer.Abort)  # typer's own (end of input at a prompt)
     return tuple(usage), tuple(no_args), tuple(abort)
 
 

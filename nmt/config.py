@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -64,7 +66,10 @@ def _train_corpora(origin: str, key: str, value: Any) -> str | tuple[Corpus, ...
         if not isinstance(item["stem"], str) or not item["stem"]:
             raise _fail(origin, f"{where}.stem", f"expected a file stem, got {item['stem']!r}")
         source = _check_value(origin, f"{where}.source", item.get("source"), Optional[str], {})
+        source = os.path.normpath(source) if source else source  # one name for each folder
         weight = _check_value(origin, f"{where}.weight", item.get("weight", 1.0), float, {"gt": 0})
+        if not math.isfinite(weight):
+            raise _fail(origin, f"{where}.weight", f"must be a finite number, got {weight!r}")
         corpora.append(Corpus(item["stem"], source, weight))
     names = [c.name for c in corpora]
     for name in names:

@@ -261,7 +261,8 @@ def epoch_sample(
     """The training pairs of one epoch when the corpora are weighted; None when every weight is 1
     (each pair once). Corpus k is the next sizes[k] pairs of the split and comes weights[k] times:
     int(w) copies of all its pairs, plus frac(w) x its size of them drawn without replacement (the
-    count rounded at random, so that it is right on average) as a pure function of (seed, epoch)."""
+    count rounded at random, so that it is right on average) as a pure function of (seed, epoch);
+    at least one pair in all."""
     if all(w == 1.0 for w in weights):
         return None
     rng = np.random.default_rng(
@@ -275,7 +276,10 @@ def epoch_sample(
         if drawn:
             parts.append(start + np.sort(rng.choice(n, drawn, replace=False)))
         start += n
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if not parts:  # weights so small that nothing was drawn: one pair, from the largest share
+        k = int(np.argmax([w * n for n, w in zip(sizes, weights)]))
+        parts.append(np.array([sum(sizes[:k]) + int(rng.integers(sizes[k]))]))
+    return np.concatenate(parts)
 
 
 def epoch_batches(
@@ -286,8 +290,6 @@ def epoch_batches(
     pairs = epoch_sample(sizes, weights, seed, epoch)
     if pairs is None:
         return bucket_batches(split.src_lens, split.tgt_lens, max_tokens, seed, epoch)
-    if not len(pairs):
-        raise NmtError("data.train: the corpus weights leave no training pairs in an epoch")
     lens = split.src_lens[pairs], split.tgt_lens[pairs]
     return [pairs[b] for b in bucket_batches(*lens, max_tokens, seed, epoch)]
 
@@ -314,9 +316,25 @@ def data_settings(cfg: Config) -> dict:
     d = asdict(cfg.data)
     for key in ("source", "prepared_dir", "workers"):
         d.pop(key)
-    if not isinstance(cfg.data.train, str):  # the corpora, in order; their weights act in training
-        d["train"] = [c.name for c in cfg.data.corpora]
+    corpora = cfg.data.corpora
+    if len(corpora) > 1 or corpora[0].source:  # the corpora, in order; weights act in training
+        d["train"] = [c.name for c in corpora]
+    else:
+        d["train"] = corpora[0].stem
     return d
+
+
+def settings_diff(have: dict, wanted: dict, read_pairs: Optional[int] = None) -> list[str]:
+    """The data settings that differ. A setting added after `have` was recorded counts as its
+    default, as the code then behaved. data.spm_sample counts only where it changes the sample:
+    not when both samples hold all `read_pairs` training pairs (None: never compared)."""
+    have = {**data_settings(Config()), **have}
+    diff = sorted(k for k in have.keys() | wanted.keys() if have.get(k) != wanted.get(k))
+    if "spm_sample" in diff and "joint_vocab" not in diff:
+        pairs = min(have["spm_sample"], wanted["spm_sample"]) // (2 if have["joint_vocab"] else 1)
+        if read_pairs is None or read_pairs <= pairs:
+            diff.remove("spm_sample")
+    return diff
 
 
 def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
@@ -343,9 +361,7 @@ def read_manifest(prepared_dir: Path, cfg: Optional[Config] = None) -> dict:
                 f"{file}: {found}; the prepared folder changed after `nmt prepare`: run it again"
             )
     wanted = data_settings(cfg) if cfg is not None else manifest["data"]
-    # a setting added after the dir was prepared counts as its default, as the code then behaved
-    have = {**data_settings(Config()), **manifest["data"]}
-    diff = sorted(k for k in have.keys() | wanted.keys() if have.get(k) != wanted.get(k))
+    diff = settings_diff(manifest["data"], wanted, manifest["counts"]["train"]["read"])
     if diff:
         raise NmtError(
             f"{prepared_dir}: prepared with different data settings "

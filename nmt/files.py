@@ -141,8 +141,8 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     the block ends (in one step where the OS can swap two folders, else two renames), so `path` is
     always wholly the old folder or wholly the new one; if the block raises, the new one goes.
     Folders a killed build left beside `path` are removed first: the caller must hold `path`
-    (nmt.lock)."""
-    path = Path(path)
+    (nmt.lock). A symlink to a folder is followed: its target is replaced, the link stays."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     olds = sorted(path.parent.glob(f".{path.name}.old-*"))
     if olds and not path.exists():  # killed between the two renames: the old folder goes back
@@ -152,6 +152,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise NmtError(f"{path}: exists and is not a folder")
     new = path.parent / f".{path.name}.new-{os.getpid()}"
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
     new.mkdir()
     try:
         yield new
@@ -159,15 +160,15 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         if not path.exists():
             os.rename(new, path)
         elif _exchange(new, path):
-            shutil.rmtree(new)  # now the old folder
+            old = new  # it now holds the old folder
         else:
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.rename(path, old)
             os.rename(new, path)
-            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
+    # the new folder is in place: what is left is the old one, removed now or by the next build
+    shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(path.parent)
 
 

@@ -19,7 +19,7 @@ from nmt.errors import NmtError
 
 
 def lock_path(folder: Path) -> Path:
-    folder = Path(os.path.abspath(folder))
+    folder = Path(os.path.realpath(folder))  # one lock for every spelling of a folder
     return folder.parent / f".{folder.name}.lock"
 
 

@@ -190,6 +190,7 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
     end (atomic_folder), under the folder's lock: it is always wholly the old one or the new one."""
     out = cfg.prepared_dir
     with hold(out, "nmt prepare"):
+        check_replaceable(out)
         d = cfg.data
         files = corpus_files(cfg, source)
         texts = {role: read_parallel(*files[role]) for role in ("valid", "test")}
@@ -213,6 +214,20 @@ def prepare(cfg: Config, source: Optional[str] = None, log=print) -> dict:
             ) from None
     report(manifest, out, log)
     return manifest
+
+
+def check_replaceable(out: Path) -> None:
+    """prepare replaces its folder whole: refuse one that holds anything but prepared data."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise NmtError(f"{out}: exists and is not a folder (data.prepared_dir)")
+    entries = list(out.iterdir())
+    if entries and (not (out / "manifest.json").is_file() or any(p.is_dir() for p in entries)):
+        raise NmtError(
+            f"{out}: holds files that are not prepared data (no manifest.json, or folders), and "
+            "nmt prepare replaces its folder whole: give data.prepared_dir a folder of its own"
+        )
 
 
 def build(

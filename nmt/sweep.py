@@ -94,8 +94,9 @@ def sweep(
         "rows": rows,
         "best": best,
     }
-    if output and target is None:  # /dev/stdout
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    if output and target is None:  # /dev/stdout or /dev/null
+        if str(output) != "/dev/null":
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")
     elif target:
         try:
             atomic_write_text(target, json.dumps(result, indent=2) + "\n")

@@ -20,15 +20,17 @@ import yaml
 from tqdm import tqdm
 
 from nmt.checkpoint import load_checkpoint, save_checkpoint
-from nmt.config import Config
+from nmt.config import Config, config_from_dict
 from nmt.data import (
     Batch,
     Split,
     corpus_sizes,
+    data_settings,
     epoch_batches,
     load_split,
     read_lines,
     read_manifest,
+    settings_diff,
     split_batch,
 )
 from nmt.distributed import Dist, my_share
@@ -171,12 +173,17 @@ class Trainer:
                 f"{self.cfg.prepared_dir} ({self.tok.sha256[:12]}); refusing to {what}"
             )
         for section in sections:
-            if ckpt["config"][section] != self.cfg.to_dict()[section]:
-                changed = sorted(
-                    k
-                    for k, v in self.cfg.to_dict()[section].items()
-                    if ckpt["config"][section].get(k) != v
-                )
+            # a key added after the checkpoint was written counts as its default
+            old = {**Config().to_dict()[section], **ckpt["config"][section]}
+            new = self.cfg.to_dict()[section]
+            changed = sorted(k for k in new if old.get(k) != new[k])
+            if section == "data":  # what shapes the data; the tokenizer's hash was checked above
+                was = config_from_dict(ckpt["config"], f"{ckpt['path']} (config)")
+                changed = settings_diff(data_settings(was), data_settings(self.cfg))
+                weights = [[c.weight for c in x.data.corpora] for x in (was, self.cfg)]
+                if weights[0] != weights[1]:  # the epochs would differ
+                    changed.append("train")
+            if changed:
                 raise NmtError(
                     f"{ckpt['path']}: cannot {what} with a changed {section} config "
                     f"({', '.join(f'{section}.{k}' for k in changed)})"

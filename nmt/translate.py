@@ -306,11 +306,10 @@ def output_sink(output: Optional[str]) -> Iterator[Callable[[str], None]]:
     file `output`, written atomically (the old file stays if anything fails on the way), or
     /dev/null or /dev/stdout, written through (see check_output)."""
     target = check_output(output) if output else None
-    if output and target is None:
-        with open(output, "w", encoding="utf-8") as through:
-            yield through.write
+    if output and target is None and str(output) == "/dev/null":
+        yield lambda text: None
         return
-    if not output:
+    if target is None:  # stdout, also as /dev/stdout (opening that would truncate a `>>` file)
 
         def to_stdout(text: str) -> None:
             try:

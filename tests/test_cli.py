@@ -1556,3 +1556,44 @@ def test_a_full_disk_under_an_output_file_keeps_the_old_file(
     code, _, err = cli("translate", "--checkpoint", smoke.run / "best.pt", "-o", out, stdin=b"a\n")
     assert_one_error_line(code, err, out, "No space left on device")
     assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_dev_stdout_goes_to_stdout_and_dev_null_nowhere(cli, smoke: SmokeRun) -> None:
+    ckpt = smoke.run / "best.pt"
+    code, out, err = cli("translate", "--checkpoint", ckpt, "-o", "/dev/stdout", stdin=b"A dog.\n")
+    assert code == 0 and len(out.splitlines()) == 1, err
+    code, out, err = cli("sweep", "--checkpoint", ckpt, "--beam", "1", "--alpha", "0.6", "-o",
+                         "/dev/null")  # fmt: skip
+    assert code == 0 and "best on valid" in out and '"best"' not in out, err
+
+
+def test_average_refuses_a_symlink_onto_training_files(
+    cli, smoke: SmokeRun, run_copy: Path, tmp_path: Path
+) -> None:
+    link = tmp_path / "avg.pt"
+    link.symlink_to(run_copy / "last.pt")
+    before = (run_copy / "last.pt").read_bytes()
+    code, _, err = cli("average", run_copy / "best.pt", run_copy / "last.pt", "-o", link)
+    assert_one_error_line(code, err, link, "last.pt belongs to training")
+    assert (run_copy / "last.pt").read_bytes() == before
+
+
+def test_resume_from_a_checkpoint_written_before_newer_data_keys(
+    cli, smoke: SmokeRun, run_copy: Path
+) -> None:
+    """A checkpoint whose config lacks keys added since (they count as their defaults) resumes."""
+    from nmt.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(run_copy / "last.pt")
+    for key in ("spm_sample", "workers", "tokenizer"):
+        del ckpt["config"]["data"][key]
+    for name in ("last.pt", "best.pt"):
+        save_checkpoint(run_copy / name, {k: v for k, v in ckpt.items() if k not in ("path",
+                        "format", "version")})  # fmt: skip
+    step = ckpt["train_state"]["step"]
+    code, _, err = cli(
+        "train", "--config", SMOKE, "--run-dir", run_copy, "--resume", *smoke.sets,
+        "--set", f"train.max_steps={step + 2}", "--set", "train.threads=1",
+    )  # fmt: skip
+    assert code == 0, err
+    assert load_checkpoint(run_copy / "last.pt")["train_state"]["step"] == step + 2

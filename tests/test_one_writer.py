@@ -269,3 +269,50 @@ def test_folders_that_cannot_be_used_are_one_error(
     ):
         with pytest.raises(NmtError, match="cannot create .* beside it: Permission denied"):
             call()
+
+
+def test_prepare_refuses_a_folder_that_holds_other_files(
+    toy_data: list[str], make_corpus, tmp_path: Path
+) -> None:
+    """prepare replaces its folder whole, so a folder that is not prepared data (the corpus itself,
+    or a parent of other folders) is refused, and nothing in it is touched."""
+    corpus = make_corpus("corpus")
+    before = snapshot(corpus)
+    for out in (corpus, tmp_path):
+        cfg = load_config(
+            SMOKE, ["data.corpus=files", f"data.source={corpus}", f"data.prepared_dir={out}"]
+        )
+        with pytest.raises(NmtError, match=f"{out}: holds files that are not prepared data"):
+            prepare(cfg, log=lambda m: None)
+    assert snapshot(corpus) == before
+
+
+def test_a_symlinked_prepared_folder_keeps_its_link(toy_data: list[str], tmp_path: Path) -> None:
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    cfg = load_config(SMOKE, [*toy_data, f"data.prepared_dir={link}"])
+    for _ in range(2):  # into the empty folder, then over the first
+        prepare(cfg, log=lambda m: None)
+        assert link.is_symlink() and (real / "manifest.json").is_file()
+    read_manifest(link, cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".real.lock", "link", "real"]
+
+
+def test_the_folder_swap_without_renameat2_and_its_recovery(tmp_path: Path, monkeypatch) -> None:
+    """Where the OS cannot swap two folders, two renames; a build killed between them leaves the
+    old folder aside, and the next build puts it back before anything else."""
+    import nmt.files
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a").write_text("old")
+    monkeypatch.setattr(nmt.files, "_exchange", lambda a, b: False)
+    with nmt.files.atomic_folder(folder) as new:
+        (new / "a").write_text("new")
+    assert (folder / "a").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["f"]
+    os.rename(folder, tmp_path / ".f.old-123")  # killed between the renames
+    with pytest.raises(RuntimeError), nmt.files.atomic_folder(folder):
+        assert (folder / "a").read_text() == "new"  # put back first
+        raise RuntimeError("stopped")
+    assert (folder / "a").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["f"]

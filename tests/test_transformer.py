@@ -208,7 +208,9 @@ def test_a_decoding_step_where_beams_share_a_row_of_keys_attends_as_if_each_had_
     weights: list = []
     shared = attn.step(x, n * f, k, v, bias, weights)
     rows = torch.arange(n).repeat_interleave(f)
-    copied, w_copied = attn(x[: n * f, None], k[rows], v[rows], mask[rows], need_weights=True)
+    recorded: list = []
+    copied = attn(x[: n * f, None], k[rows], v[rows], mask[rows], weights=recorded)
+    w_copied = recorded[0]
     assert shared.shape == (n * f + pad, 32)
     torch.testing.assert_close(shared[: n * f], copied[:, 0])
     torch.testing.assert_close(weights[0], w_copied[:, :, 0])

@@ -105,11 +105,11 @@ class Attention(nn.Module):
         v: Tensor,
         mask: Optional[Tensor] = None,
         causal: bool = False,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+        weights: Optional[list] = None,
+    ) -> Tensor:
         """x (B, T, D) attends to k, v (B, H, S, D/H); mask (B, 1, 1, S) is True where allowed;
-        `causal`: query i sees key i and those before it. With `need_weights`, also returns the
-        weights (B, H, T, S) the output was made of."""
+        `causal`: query i sees key i and those before it. `weights`: a list to append the weights
+        (B, H, T, S) the output was made of to."""
         q = self._split(self.q(x))
         explicit = self._explicit(q)
         if not explicit:
@@ -117,7 +117,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal
             )
-        if explicit or need_weights:  # the same computation as SDPA's, with the weights at hand
+        if explicit or weights is not None:  # SDPA's computation, with the weights at hand
             # scaling the queries is cheaper than the scores
             a = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)
             if mask is not None:
@@ -133,9 +133,10 @@ class Attention(nn.Module):
             # is SDPA's, the same with or without them
             if explicit:
                 y = self.drop(w).to(v.dtype) @ v
+            if weights is not None:
+                weights.append(w)
         b, h, t, dh = y.shape
-        out = self.out(y.transpose(1, 2).reshape(b, t, h * dh))
-        return (out, w) if need_weights else out
+        return self.out(y.transpose(1, 2).reshape(b, t, h * dh))
 
     def _explicit(self, q: Tensor) -> bool:
         """Whether training on a CPU, where the written-out
@@ -243,10 +244,7 @@ class EncoderLayer(nn.Module):
     def forward(self, x: Tensor, mask: Tensor, weights: Optional[list] = None) -> Tensor:
         """`weights`: a list to append this layer's self-attention weights (B, H, S, S) to."""
         h = self.norm1(x) if self.pre_norm else x
-        y = self.attn(h, *self.attn.project_kv(h), mask=mask, need_weights=weights is not None)
-        if weights is not None:
-            y, w = y
-            weights.append(w)
+        y = self.attn(h, *self.attn.project_kv(h), mask=mask, weights=weights)
         x = x + self.drop(y)
         if not self.pre_norm:
             x = self.norm1(x)
@@ -286,20 +284,12 @@ class DecoderLayer(nn.Module):
     ) -> Tensor:
         """Teacher forcing: x (B, T, D), position t sees positions up to t. `weights`: {"self":
         [...], "cross": [...]} lists to append this layer's weights (B, H, T, *) to."""
-        need = weights is not None
+        own, cross = (weights["self"], weights["cross"]) if weights is not None else (None, None)
         h = self.norm1(x) if self.pre_norm else x
-        y = self.self_attn(
-            h, *self.self_attn.project_kv(h), causal=x.size(1) > 1, need_weights=need
-        )
-        if need:
-            y, w = y
-            weights["self"].append(w)
+        y = self.self_attn(h, *self.self_attn.project_kv(h), causal=x.size(1) > 1, weights=own)
         x = self._residual(x, y, self.norm1)
         h = self.norm2(x) if self.pre_norm else x
-        y = self.cross_attn(h, *cross_kv, mask=mem_mask, need_weights=need)
-        if need:
-            y, w = y
-            weights["cross"].append(w)
+        y = self.cross_attn(h, *cross_kv, mask=mem_mask, weights=cross)
         x = self._residual(x, y, self.norm2)
         return self._residual(x, self.ffn(self.norm3(x) if self.pre_norm else x), self.norm3)
 
