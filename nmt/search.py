@@ -1,7 +1,8 @@
 """Greedy and beam search over a small model interface, shared by every architecture.
 
 A model offers `start(src, src_pad_mask) -> state` and `step(prev (B,), state) -> (logits (B, V),
-state)`. The state is a dict of nests of dicts/lists/tuples whose tensors are batch-first;
+state)`, and says whether those are log-probabilities already (`Decodable`). The state is a dict of
+nests of dicts/lists/tuples whose tensors are batch-first;
 `select_state` reorders it (beam parents) and shrinks it (finished sentences leave the batch) with
 one `index_select` (entries named in `state["deferred"]` are left to the model, see select_beams).
 Entries named in `state["static"]` (the encoder's outputs) keep one row per sentence, shared by its
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +33,21 @@ from torch import Tensor
 from nmt.data import bucket_batches, make_batch
 from nmt.sampling import Sampler, Sampling
 from nmt.tokenizer import PAD
+
+
+class Decodable(Protocol):
+    """What search needs from a model (the Transformer, the RNN and the Ensemble offer it)."""
+
+    # step() returns log-probabilities already (an ensemble's mean), not logits to normalise
+    returns_log_probs: bool
+
+    def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> dict:
+        """The decoder state after encoding src (B, S); see the module docstring."""
+        ...
+
+    def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
+        """Scores (rows, V) of the next token after `prev` (rows,), and the new state."""
+        ...
 
 
 @dataclass
@@ -193,7 +209,7 @@ def next_log_probs(
 
 @torch.inference_mode()
 def greedy_search(
-    model,
+    model: Decodable,
     src: Tensor,
     src_pad_mask: Tensor,
     max_len: Tensor,
@@ -208,7 +224,7 @@ def greedy_search(
     state = (
         model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
     )
-    normalised = getattr(model, "returns_log_probs", False)
+    normalised = model.returns_log_probs
     b = src.size(0)
     src_len = (~src_pad_mask).sum(1).tolist()
     attention: list[Optional[dict]] = [None] * b
@@ -291,7 +307,7 @@ def top_continuations(scores: Tensor, log_probs: Tensor, m: int) -> tuple[Tensor
 
 @torch.inference_mode()
 def beam_search(
-    model,
+    model: Decodable,
     src: Tensor,
     src_pad_mask: Tensor,
     max_len: Tensor,
@@ -319,7 +335,7 @@ def beam_search(
     state = (
         model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
     )
-    normalised = getattr(model, "returns_log_probs", False)
+    normalised = model.returns_log_probs
     src_len = (~src_pad_mask).sum(1).tolist()
     sent = torch.arange(n, device=dev)  # original sentence of each live sentence
     max_len = max_len.to(dev)
@@ -376,7 +392,7 @@ def beam_search(
 
 
 def decode_corpus(
-    model,
+    model: Decodable,
     src_ids: list[list[int]],
     device: torch.device,
     max_tokens: int,

@@ -29,6 +29,8 @@ V = 6
 class ScriptedModel:
     """Next-token probabilities looked up from a table keyed by the prefix generated so far."""
 
+    returns_log_probs = False
+
     def __init__(
         self, table: dict[tuple, dict[int, float]], default: Optional[dict[int, float]] = None
     ):
@@ -349,6 +351,8 @@ def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_rest():
     started = []
 
     class Failing:
+        returns_log_probs = False
+
         def start(self, src, src_pad_mask):
             started.append(src.size(0))
             if len(started) == 2:

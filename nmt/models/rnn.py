@@ -67,6 +67,8 @@ class GlobalAttention(nn.Module):
 
 
 class RNNSeq2Seq(nn.Module):
+    returns_log_probs = False  # step returns logits (search.Decodable)
+
     def __init__(
         self,
         src_vocab: int,

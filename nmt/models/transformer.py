@@ -332,6 +332,8 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
+    returns_log_probs = False  # step returns logits (search.Decodable)
+
     def __init__(
         self,
         src_vocab: int,
