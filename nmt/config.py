@@ -51,8 +51,6 @@ def _train_corpora(origin: str, key: str, value: Any) -> str | tuple[Corpus, ...
     corpora = []
     for i, item in enumerate(value):
         where = f"{key}[{i}]"
-        if isinstance(item, Corpus):
-            item = dataclasses.asdict(item)
         if isinstance(item, str):
             item = {"stem": item}
         if not isinstance(item, dict):

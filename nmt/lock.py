@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,9 +39,8 @@ def hold(folder: Path, what: str) -> Iterator[None]:
             raise NmtError(
                 f"{folder}: in use by {holder}; wait for it to end, or use another folder"
             ) from None
-        command = " ".join(["nmt", *sys.argv[1:2]]) if sys.argv else "nmt"
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()} ({what or command})\n".encode(), 0)
+        os.pwrite(fd, f"process {os.getpid()} ({what})\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would race with a waiter)
