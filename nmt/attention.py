@@ -23,6 +23,7 @@ import io
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -185,9 +186,16 @@ def write_attention(
     return written
 
 
-def check_request(
-    model: ModelConfig, n_models: int, path: str, out_dir: str, layer: Optional[int]
-) -> None:
+@dataclass(frozen=True)
+class AttentionPlots:
+    """Where to write the attention of each translation (`--attention-dir`), and the layer whose
+    heads get a grid (`--attention-layer`; None: the last)."""
+
+    folder: str
+    layer: Optional[int] = None
+
+
+def check_request(plots: AttentionPlots, model: ModelConfig, n_models: int, path: str) -> None:
     """Refuse, before anything is decoded, what --attention-dir cannot show: an ensemble, a
     seq2seq model without attention, a layer the model lacks, no matplotlib, a folder it cannot
     make."""
@@ -201,6 +209,7 @@ def check_request(
             f"{path}: a seq2seq model without attention (model.attention: none) has no "
             "attention to plot"
         )
+    out_dir, layer = plots.folder, plots.layer
     # an RNN's attention sits on its top layer
     layers = 1 if model.arch == "rnn" else (model.dec_layers or model.layers)
     if layer is not None and layer > layers:
@@ -217,14 +226,14 @@ def check_request(
 
 
 def save(
-    out_dir: str,
-    layer: Optional[int],
+    plots: AttentionPlots,
     sources: list[str],
     src_ids: list[list[int]],
     hyps: list[Hypothesis],
     tok: Tokenizer,
 ) -> None:
     """write_attention for the best hypothesis of each source line, with one line on stderr."""
+    out_dir = plots.folder
     try:
         n = write_attention(
             Path(out_dir),
@@ -234,7 +243,7 @@ def save(
             src_ids,
             tok.src_pieces,
             tok.tgt_pieces,
-            layer,
+            plots.layer,
         )
     except OSError as e:
         raise NmtError(f"--attention-dir {out_dir}: cannot write: {e.strerror or e}") from None

@@ -56,8 +56,7 @@ def verify(path: Path, data: bytes) -> bool:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Serialize a checkpoint payload (see `Trainer.payload`
-    in train.py), seal it, write it atomically."""
+    """Serialize a checkpoint payload (see `payload` in resume.py), seal it, write it atomically."""
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buf)
     atomic_write_bytes(path, seal(buf.getvalue()))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -74,56 +77,126 @@ def train(
     run(cfg, run_dir, resume, init)
 
 
-BEAM = typer.Option(
-    None, min=1, help="Beam size; 1 is greedy (default: the checkpoint's decode.beam).", metavar="N"
-)
-ALPHA = typer.Option(
-    None,
-    min=0.0,
-    help="GNMT length penalty exponent; 0 ranks by log-probability (default: decode.alpha).",
-    metavar="A",
-)
-MAX_LEN_A = typer.Option(
-    None,
-    min=0.0,
-    help="Output length limit: A x source length + B subwords (default: decode.max_len_a).",
-    metavar="A",
-)
-MAX_LEN_B = typer.Option(
-    None, min=1, help="See --max-len-a (default: decode.max_len_b).", metavar="B"
-)
-NO_REPEAT = typer.Option(
-    None,
-    min=0,
-    help="Block any repeated n-gram of this size; 0 is off (default: decode.no_repeat_ngram).",
-    metavar="N",
-)
-EARLY_EXIT = typer.Option(
-    None,
-    "--early-exit/--no-early-exit",
-    help="Beam search: end a sentence once its best continuation ends it "
-    "(OpenNMT-py's rule: faster, a little less search), or once it has --beam finished hypotheses "
-    "(fairseq's and "
-    "CTranslate2's; default: decode.early_exit).",
-)
-DEVICE = typer.Option(None, help="cpu or cuda (default: cuda when available).", metavar="DEVICE")
-PRECISION = typer.Option(
-    "auto",
-    help="Weights for decoding: auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), "
-    "fp32, bf16, or int8 (CPU only: every Linear layer quantized). int8, and bf16 on a CPU with "
-    "bf16 instructions, decode faster than fp32 at about the same BLEU (docs/speed.md).",
-    metavar="P",
-)
-WORKERS = typer.Option(
-    None,
-    min=1,
-    help="Batches decoded side by side, in threads that share the CPU threads (default: 2 on a CPU "
-    "with two or more threads, 1 on a GPU).",
-    metavar="N",
-)
+# Options several commands share, each defined once; `takes` adds a group to a command and hands
+# the command the group's values as one dict.
+DECODE_OPTIONS = {
+    "beam": (
+        Optional[int],
+        typer.Option(
+            None,
+            min=1,
+            help="Beam size; 1 is greedy (default: the checkpoint's decode.beam).",
+            metavar="N",
+        ),
+    ),
+    "alpha": (
+        Optional[float],
+        typer.Option(
+            None,
+            min=0.0,
+            help="GNMT length penalty exponent; 0 ranks by log-probability (default: "
+            "decode.alpha).",
+            metavar="A",
+        ),
+    ),
+    "max_len_a": (
+        Optional[float],
+        typer.Option(
+            None,
+            min=0.0,
+            help="Output length limit: A x source length + B subwords (default: decode.max_len_a).",
+            metavar="A",
+        ),
+    ),
+    "max_len_b": (
+        Optional[int],
+        typer.Option(None, min=1, help="See --max-len-a (default: decode.max_len_b).", metavar="B"),
+    ),
+    "no_repeat_ngram": (
+        Optional[int],
+        typer.Option(
+            None,
+            min=0,
+            help="Block any repeated n-gram of this size; 0 is off (default: "
+            "decode.no_repeat_ngram).",
+            metavar="N",
+        ),
+    ),
+    "early_exit": (
+        Optional[bool],
+        typer.Option(
+            None,
+            "--early-exit/--no-early-exit",
+            help="Beam search: end a sentence once its best continuation ends it (OpenNMT-py's "
+            "rule: faster, a little less search), or once it has --beam finished hypotheses "
+            "(fairseq's and CTranslate2's; default: decode.early_exit).",
+        ),
+    ),
+}
+RUNTIME_OPTIONS = {
+    "device": (
+        Optional[str],
+        typer.Option(None, help="cpu or cuda (default: cuda when available).", metavar="DEVICE"),
+    ),
+    "precision": (
+        str,
+        typer.Option(
+            "auto",
+            help="Weights for decoding: auto (bf16 on a GPU or a CPU with bf16 instructions, else "
+            "fp32), fp32, bf16, or int8 (CPU only: every Linear layer quantized). int8, and bf16 "
+            "on a CPU with bf16 instructions, decode faster than fp32 at about the same BLEU "
+            "(docs/speed.md).",
+            metavar="P",
+        ),
+    ),
+    "workers": (
+        Optional[int],
+        typer.Option(
+            None,
+            min=1,
+            help="Batches decoded side by side, in threads that share the CPU threads (default: 2 "
+            "on a CPU with two or more threads, 1 on a GPU).",
+            metavar="N",
+        ),
+    ),
+}
+
+
+def takes(group: str, options: dict[str, tuple[Any, Any]]) -> Callable[[Callable], Callable]:
+    """A command decorator: the command gets `options` (name -> (type, typer.Option)) as
+    command-line options after its own, and receives their values as one dict, its argument
+    `group`."""
+
+    def add(command: Callable) -> Callable:
+        own = inspect.signature(command, eval_str=True).parameters.values()
+        extra = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind)
+            for name, (kind, opt) in options.items()
+        ]
+
+        @functools.wraps(command)
+        def with_group(**values: Any) -> Any:
+            given = {name: values.pop(name) for name in options}
+            return command(**values, **{group: given})
+
+        params = [p for p in own if p.name != group]
+        with_group.__signature__ = inspect.Signature([*params, *extra])  # type: ignore[attr-defined]
+        with_group.__annotations__ = {p.name: p.annotation for p in [*params, *extra]}
+        del with_group.__wrapped__  # typer reads the signature above, not the command's own
+        return with_group
+
+    return add
+
+
+def _runtime(values: dict[str, Any], buffer: int = 10_000) -> Any:
+    from nmt.translate import Runtime
+
+    return Runtime(values["device"], values["precision"], values["workers"], buffer)
 
 
 @app.command()
+@takes("runtime", RUNTIME_OPTIONS)
+@takes("decode", DECODE_OPTIONS)
 def translate(
     checkpoint: list[str] = typer.Option(
         ...,
@@ -137,12 +210,6 @@ def translate(
     output: Optional[str] = typer.Option(
         None, "--output", "-o", help="Where to write (default stdout).", metavar="FILE"
     ),
-    beam: Optional[int] = BEAM,
-    alpha: Optional[float] = ALPHA,
-    max_len_a: Optional[float] = MAX_LEN_A,
-    max_len_b: Optional[int] = MAX_LEN_B,
-    no_repeat_ngram: Optional[int] = NO_REPEAT,
-    early_exit: Optional[bool] = EARLY_EXIT,
     nbest: Optional[int] = typer.Option(
         None,
         min=1,
@@ -161,9 +228,6 @@ def translate(
         help="With --attention-dir: the layer whose heads get a grid (default: the last).",
         metavar="L",
     ),
-    device: Optional[str] = DEVICE,
-    precision: str = PRECISION,
-    workers: Optional[int] = WORKERS,
     buffer: int = typer.Option(
         10_000,
         help="Lines read and translated at a time (fewer when no more input is waiting); each "
@@ -193,8 +257,11 @@ def translate(
         help="With --sample: the seed; each line's draws depend on it and its line number.",
         metavar="S",
     ),
+    decode: dict = {},  # noqa: B006 - filled by @takes
+    runtime: dict = {},  # noqa: B006 - filled by @takes
 ) -> None:
     """Translate a text file or stdin with a trained checkpoint."""
+    from nmt.attention import AttentionPlots
     from nmt.sampling import Sampling
     from nmt.translate import translate as run
 
@@ -202,29 +269,22 @@ def translate(
     given = {k: v for k, v in knobs.items() if v is not None}
     if given and not sample:
         raise UsageError(f"--{next(iter(given))} is a sampling option: add --sample")
-
+    sampling = Sampling(**given) if sample else None
+    plots = AttentionPlots(attention_dir, attention_layer) if attention_dir else None
     run(
         checkpoint,
         input,
         output,
-        device,
-        attention_dir,
-        attention_layer,
-        precision,
-        workers,
-        buffer,
-        Sampling(**given) if sample else None,
-        beam=beam,
-        alpha=alpha,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        no_repeat_ngram=no_repeat_ngram,
-        early_exit=early_exit,
-        nbest=nbest,
+        {**decode, "nbest": nbest},
+        _runtime(runtime, buffer),
+        sampling,
+        plots,
     )
 
 
 @app.command()
+@takes("runtime", RUNTIME_OPTIONS)
+@takes("decode", DECODE_OPTIONS)
 def evaluate(
     hyp: Optional[str] = typer.Option(
         None, help="Detokenized hypotheses, one per line.", metavar="FILE"
@@ -237,12 +297,6 @@ def evaluate(
         metavar="CKPT",
     ),
     split: str = typer.Option("test", help="valid or test (with --checkpoint).", metavar="SPLIT"),
-    beam: Optional[int] = BEAM,
-    alpha: Optional[float] = ALPHA,
-    max_len_a: Optional[float] = MAX_LEN_A,
-    max_len_b: Optional[int] = MAX_LEN_B,
-    no_repeat_ngram: Optional[int] = NO_REPEAT,
-    early_exit: Optional[bool] = EARLY_EXIT,
     lang: Optional[str] = typer.Option(
         None,
         help="With --hyp/--ref: the target language; adds paper-style BLEU (Moses-tokenized).",
@@ -251,10 +305,9 @@ def evaluate(
     prepared_dir: Optional[str] = typer.Option(
         None, help="Prepared dir (default: the checkpoint's).", metavar="DIR"
     ),
-    device: Optional[str] = DEVICE,
-    precision: str = PRECISION,
-    workers: Optional[int] = WORKERS,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    decode: dict = {},  # noqa: B006 - filled by @takes
+    runtime: dict = {},  # noqa: B006 - filled by @takes
 ) -> None:
     """Score hypotheses with sacreBLEU, chrF and TER (signatures included)."""
     from nmt.evaluate import evaluate_checkpoint, evaluate_files, format_report
@@ -262,20 +315,7 @@ def evaluate(
     if checkpoint and (hyp or ref):
         raise UsageError("give either --checkpoint (and --split) or --hyp and --ref, not both")
     if checkpoint:
-        result = evaluate_checkpoint(
-            checkpoint,
-            split,
-            prepared_dir,
-            device,
-            precision,
-            workers,
-            beam=beam,
-            alpha=alpha,
-            max_len_a=max_len_a,
-            max_len_b=max_len_b,
-            no_repeat_ngram=no_repeat_ngram,
-            early_exit=early_exit,
-        )
+        result = evaluate_checkpoint(checkpoint, split, prepared_dir, decode, _runtime(runtime))
     elif hyp and ref:
         if lang:
             from nmt.metrics import moses_languages
@@ -313,6 +353,7 @@ def _switches(text: str, what: str) -> list[bool]:
 
 
 @app.command()
+@takes("runtime", RUNTIME_OPTIONS)
 def sweep(
     checkpoint: list[str] = typer.Option(
         ...,
@@ -340,25 +381,19 @@ def sweep(
     output: Optional[str] = typer.Option(
         None, "--output", "-o", help="Also write every score as JSON here.", metavar="FILE"
     ),
-    device: Optional[str] = DEVICE,
-    precision: str = PRECISION,
-    workers: Optional[int] = WORKERS,
+    runtime: dict = {},  # noqa: B006 - filled by @takes
 ) -> None:
     """Score a grid of decoding settings on the valid split (never test) and print the best one."""
+    from nmt.sweep import Grid
     from nmt.sweep import sweep as run
 
-    result = run(
-        checkpoint,
+    grid = Grid(
         _numbers(beam, int, "--beam", 1),
         _numbers(alpha, float, "--alpha", 0),
         _numbers(no_repeat_ngram, int, "--no-repeat-ngram", 0),
-        prepared_dir,
-        device,
-        output,
-        precision=precision,
-        workers=workers,
-        early_exits=_switches(early_exit, "--early-exit"),
+        _switches(early_exit, "--early-exit"),
     )
+    result = run(checkpoint, grid, prepared_dir, output, _runtime(runtime))
     b = result["best"]
     say(
         f"best on valid: --beam {b['beam']} --alpha {b['alpha']} --no-repeat-ngram "

@@ -18,12 +18,13 @@ from nmt.metrics import bleu_by_length, score_all
 from nmt.precision import decode_precision
 from nmt.tokenizer import Tokenizer
 from nmt.translate import (
+    Runtime,
     Translator,
     decode_settings,
     format_output,
     load_translator,
     members,
-    translate_with,
+    translate_lines,
 )
 
 SPLITS = ("valid", "test")
@@ -58,24 +59,23 @@ def evaluate_checkpoint(
     checkpoint: str | Sequence[str],
     split: str,
     prepared_dir: Optional[str] = None,
-    device: Optional[str] = None,
-    precision: str = "auto",
-    workers: Optional[int] = None,
-    **options: Any,
+    given: Optional[dict[str, Any]] = None,
+    runtime: Optional[Runtime] = None,
 ) -> dict:
     """Translate `split` of the checkpoint's prepared dir, score it, save hypotheses and JSON beside
     the checkpoint (several checkpoints: their ensemble, see load_translator; the results go beside
-    the first). `options`: decode settings (beam, alpha, max_len_a, max_len_b, no_repeat_ngram,
+    the first). `given`: decode options (beam, alpha, max_len_a, max_len_b, no_repeat_ngram,
     early_exit); None keeps the checkpoint's."""
-    tr = load_translator(checkpoint, device, precision, workers)
+    runtime = runtime or Runtime()
+    tr = load_translator(checkpoint, runtime.device, runtime.precision, runtime.workers)
     pdir, src, refs = load_split(tr, split, prepared_dir)
-    d = decode_settings(tr, **options, nbest=1)
+    d = decode_settings(tr, {**(given or {}), "nbest": 1})
     out_dir = Path(tr.path).parent
     settings = settings_tag(d, tr.cfg.decode, tr.precision, decode_precision(tr.device, "auto"))
     stem = f"{split}.{checkpoint_tag(tr)}.{settings}"
     for name in (f"{stem}.hyp.txt", f"{stem}.json"):  # before decoding: beside the checkpoint
         check_output(out_dir / name, "the results")
-    text = format_output(tr, translate_with(tr, src, d), 1)
+    text = format_output(tr, translate_lines(tr, src, tr.settings(d)), 1)
     result = {
         "checkpoint": tr.path,
         **members(tr),

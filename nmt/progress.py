@@ -1,7 +1,8 @@
 """What training reports as it goes: the mean loss per target token since the last report, the
-learning rate and target tokens/s (on the progress bar and in metrics.jsonl), and the updates or
-batches it had to skip. The per-step counts stay on the device, so that a step never waits for the
-GPU; they are read on reporting steps. A run whose updates keep failing is stopped with advice.
+learning rate and target tokens/s (on the progress bar and in metrics.jsonl), each validation's
+record, and the updates or batches it had to skip. The per-step counts stay on the device, so that
+a step never waits for the GPU; they are read on reporting steps. A run whose updates keep failing
+is stopped with advice.
 """
 
 from __future__ import annotations
@@ -63,6 +64,18 @@ class Progress:
         self.counters = DeviceCounters(device, 0, 0)
         self.loss_tokens = 0  # target tokens behind counters.loss
         self.window = [0, time.perf_counter()]  # target tokens and start of the tokens/s window
+
+    def open_bar(self, s) -> tqdm:
+        """The bar of optimizer steps from `s.step` on (shown by rank 0, with train.progress)."""
+        t = self.cfg.train
+        return tqdm(
+            total=t.max_steps,
+            initial=s.step,
+            disable=not (t.progress and self.dist.main),
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def start(self, s) -> None:
         """Count on from the state `s` (a fresh run's, or a resumed one's)."""
@@ -169,6 +182,15 @@ class Progress:
                 "lower train.lr, raise train.warmup_steps or set train.precision=fp32"
             )
         return loss
+
+    def validated(self, record: dict) -> None:
+        """Log a validation's record and show it on stderr; tokens/s counts on from now."""
+        self.log(record)
+        self.restart_clock()  # tokens/s excludes validation
+        shown = " ".join(
+            f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+        )
+        self.note(f"valid: {shown}")
 
     def log(self, record: dict) -> None:
         if not self.dist.main:

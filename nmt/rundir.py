@@ -1,7 +1,8 @@
 """The run folder's bookkeeping, apart from the training loop: checking and clearing the folder
-before a run (prepare_run_dir), what each invocation ran with (record_session, env.json), metrics
-a resumed run will log again (trim_log), and the random number generators' state that a checkpoint
-carries so that a resumed run draws what an uninterrupted one would (rng_state, set_rng_state).
+before a run (prepare_run_dir), what each invocation starts with (record_start: config.yaml, the
+tokenizer, env.json), metrics a resumed run will log again (trim_log), and the random number
+generators' state that a checkpoint carries so that a resumed run draws what an uninterrupted one
+would (rng_state, set_rng_state).
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ import numpy as np
 import sacrebleu
 import sentencepiece
 import torch
+import yaml
 from tqdm import tqdm
 
+from nmt.config import Config
 from nmt.errors import NmtError
 from nmt.files import atomic_write_text, remove_stale_temp_files
 from nmt.retention import STEP_DIR, has_checkpoint
+from nmt.tokenizer import Tokenizer
+
+METRICS = "metrics.jsonl"  # one JSON record a line: training reports, validations, skipped batches
 
 
 def rng_state() -> dict:
@@ -144,3 +150,15 @@ def trim_log(path: Path, step: int) -> None:
         kept.append(line)
     if kept != lines:
         atomic_write_text(path, "".join(kept))
+
+
+def record_start(
+    run_dir: Path, cfg: Config, tok: Tokenizer, step: int, init: Optional[str], world: int
+) -> None:
+    """Once the checkpoint to start from is accepted: write config.yaml and the tokenizer, drop the
+    metrics logged after `step` (a fresh start, too, drops what a dead attempt logged) and append
+    this invocation to env.json."""
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tok.save(run_dir)
+    trim_log(run_dir / METRICS, step)
+    record_session(run_dir, step, init, world)

@@ -1,38 +1,46 @@
 """Greedy and beam search over a small model interface, shared by every architecture.
 
-A model offers `start(src, src_pad_mask) -> state` and `step(prev (B,), state) -> (logits (B, V),
-state)`, and says whether those are log-probabilities already (`Decodable`). The state is a dict of
-nests of dicts/lists/tuples whose tensors are batch-first;
-`select_state` reorders it (beam parents) and shrinks it (finished sentences leave the batch) with
-one `index_select` (entries named in `state["deferred"]` are left to the model, see select_beams).
-Entries named in `state["static"]` (the encoder's outputs) keep one row per sentence, shared by its
-beams: the rows of `prev` are sentence-major (beam j of sentence i is row i * beam + j), so a model
-reads the static row of row r at r // beam, beam = rows of prev / rows of the static entries (1 at
-beam search's first step, which decodes one row per sentence: its beams would all be the same). They
-move only when the batch shrinks. Not copying them per beam saves the copies and their memory
-traffic in cross-attention.
+A model offers `start(src, src_pad_mask) -> state` and `step(prev (rows,), state) -> (scores (rows,
+V), state)`, and says whether the scores are log-probabilities already (`Decodable`). The state is
+the model's own typed object (`DecoderState`): search never looks inside it, it only asks it to
+`reorder` itself when beams are re-ranked and when finished sentences leave the batch. Rows are
+sentence-major: beam j of sentence i is row i * beam + j. A state may keep the parts that depend
+on the sentence alone (the encoder's outputs) one row per sentence, shared by its beams, moved only
+when the batch shrinks, and may reorder a growing cache lazily, in the copy that extends it.
 
-With `start(..., record=True)` a model also keeps the attention weights in its
-state, so they follow each hypothesis through beam reordering: `attn_static`
-{"encoder": (B, layers, heads, S, S)} and `attn_steps` {"cross": [(B, layers, heads,
-S) per step], "self": [(B, layers, heads, t + 1) per step]}. A finished hypothesis
-then carries the weights its own tokens were produced with (`attention_of`).
+How to search is one frozen value, `SearchSettings`: beam, length penalty, n-best, length limits,
+n-gram blocking, the stopping rule, sampling. With `record=True` a model keeps the attention weights
+in its state (`state.recording`, see models/recording.py), so a finished hypothesis carries the
+weights its own tokens were produced with.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nmt.config import DecodeConfig
 from nmt.data import bucket_batches, make_batch
+from nmt.models.recording import Recording
 from nmt.sampling import Sampler, Sampling
-from nmt.tokenizer import PAD
+from nmt.search_cpu import Workspace, block_size, blocked_top_continuations, in_threads
+from nmt.tokenizer import BOS, EOS, PAD
+
+
+class DecoderState(Protocol):
+    """What a model carries from one decoding step to the next."""
+
+    recording: Optional[Recording]  # the attention weights so far, with start(..., record=True)
+
+    def reorder(self, beams: Tensor, sentences: Optional[Tensor]) -> DecoderState:
+        """The state of the new rows: row r continues row beams[r]. `sentences`: the live
+        sentences that stay when some leave the batch (None: all stay)."""
+        ...
 
 
 class Decodable(Protocol):
@@ -41,13 +49,48 @@ class Decodable(Protocol):
     # step() returns log-probabilities already (an ensemble's mean), not logits to normalise
     returns_log_probs: bool
 
-    def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> dict:
-        """The decoder state after encoding src (B, S); see the module docstring."""
+    def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> DecoderState:
+        """The decoder state after encoding src (B, S)."""
         ...
 
-    def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
+    def step(self, prev: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """Scores (rows, V) of the next token after `prev` (rows,), and the new state."""
         ...
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How to pick the outputs. `beam` 1 with `nbest` 1 and no n-gram blocking is greedy search;
+    `sampling` set: one drawn output per line instead (beam, nbest and no_repeat_ngram unused)."""
+
+    beam: int = 5
+    alpha: float = 0.6  # GNMT length penalty exponent (beam search ranks by score / penalty)
+    nbest: int = 1
+    max_len_a: float = 1.5  # at most a * source length + b output tokens, EOS included,
+    max_len_b: int = 10
+    max_len: int = 1023  # and never more than this (what the model's positions allow)
+    no_repeat_ngram: int = 0  # n > 0: no hypothesis holds the same n-gram twice
+    early_exit: bool = False  # beam search's stopping rule, see beam_search
+    max_tokens: int = 8000  # source tokens (x beam) per batch
+    sampling: Optional[Sampling] = None
+
+    @staticmethod
+    def of(
+        d: DecodeConfig, max_positions: int, sampling: Optional[Sampling] = None
+    ) -> SearchSettings:
+        """The settings a decode config asks for, for a model with `max_positions` positions."""
+        return SearchSettings(
+            1 if sampling else d.beam, d.alpha, 1 if sampling else d.nbest, d.max_len_a,
+            d.max_len_b, max_positions - 1, 0 if sampling else d.no_repeat_ngram, d.early_exit,
+            d.max_tokens, sampling,
+        )  # fmt: skip
+
+    @property
+    def greedy(self) -> bool:
+        """Whether greedy search's loop (or sampling's) decodes with these settings."""
+        return self.sampling is not None or (
+            self.beam == 1 and self.nbest == 1 and not self.no_repeat_ngram
+        )
 
 
 @dataclass
@@ -55,76 +98,18 @@ class Hypothesis:
     tokens: list[int]  # without BOS, without EOS
     score: float  # length-normalised log-probability (beam) or plain sum (greedy)
     log_prob: float  # sum of token log-probabilities, EOS included
-    attention: Optional[dict[str, np.ndarray]] = None  # with record=True: see attention_of
+    attention: Optional[dict[str, np.ndarray]] = None  # with record=True: see Recording.of_row
 
 
-def attention_of(state: dict, row: int, src_len: int, beam: int = 1) -> dict[str, np.ndarray]:
-    """The attention weights row `row` of a recording state was decoded with, float32, source axes
-    cut to the sentence's `src_len` real positions: "encoder" (layers, heads, S, S), "cross"
-    (layers, heads, T, S) and "self" (layers, heads, T, T), zero above the diagonal; T = steps so
-    far (one per output token and EOS)."""
-    out = {
-        name: w[row // beam, ..., :src_len, :src_len].float().cpu().numpy()
-        for name, w in state.get("attn_static", {}).items()
-    }
-    for name, steps in state.get("attn_steps", {}).items():
-        rows = [w[row].float() for w in steps]  # (layers, heads, keys at that step)
-        width = src_len if name == "cross" else max(r.size(-1) for r in rows)
-        mat = rows[0].new_zeros(*rows[0].shape[:2], len(rows), width)
-        for t, r in enumerate(rows):
-            mat[:, :, t, : min(r.size(-1), width)] = r[..., :width]
-        out[name] = mat.cpu().numpy()
-    return out
-
-
-def select_state(state: Any, index: Tensor) -> Any:
-    """Pick rows `index` (dim 0) of every tensor in a nested decoder state."""
-    if isinstance(state, Tensor):
-        return state.index_select(0, index)
-    if isinstance(state, dict):
-        return {k: select_state(v, index) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(select_state(v, index) for v in state)
-    return state
-
-
-def select_beams(state: dict, rows: Tensor, sentences: Tensor, shrinking: bool) -> dict:
-    """Reorder a beam-search state: `rows` are the parent rows of the new beams. Entries the state
-    names in `static` (one row per sentence) move only when sentences leave the batch (`sentences`:
-    the kept ones). Entries it names in `deferred` are not moved: `state["parents"]` records the
-    rows they are to be read from, and the model's next step gathers them there (for a growing
-    cache, in the copy that extends it). An ensemble's state {"members": [...]} is reordered member
-    by member, each by its own rules."""
-    if "members" in state:
-        return {
-            **state,
-            "members": [select_beams(s, rows, sentences, shrinking) for s in state["members"]],
-        }
-    static, deferred = state.get("static", ()), state.get("deferred", ())
-    out = {
-        key: (select_state(value, sentences) if shrinking else value)
-        if key in static
-        else value
-        if key in deferred
-        else select_state(value, rows)
-        for key, value in state.items()
-        if key != "parents"
-    }
-    if deferred:
-        pending = state.get("parents")
-        out["parents"] = rows if pending is None else pending[rows]
-    return out
-
-
-def restrict(lp: Tensor, bos: int, eos: int, force_eos: Tensor) -> Tensor:
+def restrict(lp: Tensor, force_eos: Tensor) -> Tensor:
     """Never emit PAD or BOS; rows where `force_eos` (...,)
     is True may only emit EOS. lp (..., V), in place."""
     lp[..., PAD] = -float("inf")
-    lp[..., bos] = -float("inf")
+    lp[..., BOS] = -float("inf")
     # only at the length limit; masked writes cost even when they write nothing
     if bool(force_eos.any()):
-        lp[force_eos, ..., :eos] = -float("inf")
-        lp[force_eos, ..., eos + 1 :] = -float("inf")
+        lp[force_eos, ..., :EOS] = -float("inf")
+        lp[force_eos, ..., EOS + 1 :] = -float("inf")
     return lp
 
 
@@ -154,33 +139,8 @@ def max_lengths(src_pad_mask: Tensor, a: float, b: int, cap: int) -> Tensor:
     return torch.clamp((src_len.float() * a).long() + b, max=cap)
 
 
-def block_size(v: int) -> Optional[int]:
-    """Columns per block for `top_continuations` over rows of `v`: the largest divisor of v from 64
-    down to 16, or None."""
-    return next((b for b in range(64, 15, -1) if v % b == 0), None)
-
-
-class Workspace:
-    """An fp32 buffer a search reuses from step to step for the (rows x vocabulary) next-token
-    log-probabilities of bf16 logits on a CPU (next_log_probs), instead of a new tensor each step. A
-    new one of several MB comes from the C allocator as fresh pages, which the kernel faults in and
-    zeroes at first touch (glibc maps blocks that large afresh; decoding test_2016_flickr at beam 5
-    faulted in about 4,800 pages a step at 615 rows). It grows to the largest row count asked for
-    and is never shrunk; one per search call, so threads do not share it."""
-
-    def __init__(self) -> None:
-        self.buffer: Optional[Tensor] = None
-
-    def take(self, rows: int, cols: int) -> Tensor:
-        if self.buffer is None or self.buffer.size(0) < rows or self.buffer.size(1) != cols:
-            self.buffer = torch.empty(rows, cols)
-        return self.buffer[:rows]
-
-
 def next_log_probs(
     logits: Tensor,
-    bos: int,
-    eos: int,
     force_eos: Tensor,
     prefix: Optional[Tensor] = None,
     no_repeat_ngram: int = 0,
@@ -204,7 +164,7 @@ def next_log_probs(
         torch.log_softmax(lp, dim=-1, out=lp)
     if prefix is not None:
         lp = block_repeats(lp, prefix, no_repeat_ngram)
-    return restrict(lp, bos, eos, force_eos)
+    return restrict(lp, force_eos)
 
 
 @torch.inference_mode()
@@ -213,8 +173,6 @@ def greedy_search(
     src: Tensor,
     src_pad_mask: Tensor,
     max_len: Tensor,
-    bos: int,
-    eos: int,
     record: bool = False,
     sample: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
 ) -> list[Hypothesis]:
@@ -229,18 +187,16 @@ def greedy_search(
     src_len = (~src_pad_mask).sum(1).tolist()
     attention: list[Optional[dict]] = [None] * b
     alive = torch.arange(b, device=src.device)  # original row of each live row
-    prev = torch.full((b,), bos, dtype=torch.long, device=src.device)
+    prev = torch.full((b,), BOS, dtype=torch.long, device=src.device)
     tokens: list[Tensor] = []
     owners: list[Tensor] = []
     log_prob = torch.zeros(b, device=src.device)
-    ended = torch.zeros(b, dtype=torch.long, device=src.device)  # output length incl. EOS
     max_len = max_len.to(src.device)
     workspace = Workspace()
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
-        lp = next_log_probs(
-            logits, bos, eos, max_len[alive] <= t + 1, normalised=normalised, workspace=workspace
-        )
+        force = max_len[alive] <= t + 1
+        lp = next_log_probs(logits, force, normalised=normalised, workspace=workspace)
         if sample is None:  # one beam per sentence
             best, prev, _ = top_continuations(lp.new_zeros(len(alive), 1), lp, 1)
             best, prev = best[:, 0], prev[:, 0]
@@ -250,20 +206,19 @@ def greedy_search(
         log_prob.index_add_(0, alive, best)
         tokens.append(prev)
         owners.append(alive)
-        done = prev == eos
+        done = prev == EOS
         if bool(done.any()):
-            ended[alive[done]] = t + 1
-            if record:
+            if state.recording is not None:
                 for j in done.nonzero().flatten().tolist():
-                    attention[int(alive[j])] = attention_of(state, j, src_len[int(alive[j])])
+                    attention[int(alive[j])] = state.recording.of_row(j, src_len[int(alive[j])])
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            alive, prev, state = alive[keep], prev[keep], select_state(state, keep)
+            alive, prev, state = alive[keep], prev[keep], state.reorder(keep, keep)
     out: list[list[int]] = [[] for _ in range(b)]
     for tok, own in zip(tokens, owners):
         for row, token in zip(own.tolist(), tok.tolist()):
-            if token != eos:
+            if token != EOS:
                 out[row].append(token)
     scores = log_prob.tolist()
     return [Hypothesis(out[i], scores[i], scores[i], attention[i]) for i in range(b)]
@@ -272,13 +227,8 @@ def greedy_search(
 def top_continuations(scores: Tensor, log_probs: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
     """The m best continuations of each sentence over all its beams: scores (N, K) the beams'
     cumulative log-probs, log_probs (N * K, V) their next-token log-probs (beam j of sentence i is
-    row i * K + j). Returns (candidate scores, tokens, parent beams), each (N, m), best first.
-
-    On a CPU, topk over K * V columns is slow (reductions that return positions run many times
-    slower than amax there), so each row is cut into blocks: the m blocks with the largest maxima
-    plus their beam's score hold the m best continuations (a value outside them is beaten by the
-    maxima of m other blocks), and topk runs on their m * block columns. Ties may come back in
-    another order than torch.topk's."""
+    row i * K + j). Returns (candidate scores, tokens, parent beams), each (N, m), best first. On a
+    CPU, over many columns, by blocks (search_cpu.blocked_top_continuations: the same result)."""
     n, k = scores.shape
     v = log_probs.size(1)
     # fewer continuations than asked (one beam over a tiny vocabulary): the missing ones score -inf
@@ -290,19 +240,10 @@ def top_continuations(scores: Tensor, log_probs: Tensor, m: int) -> tuple[Tensor
             F.pad(parent, (0, m - k * v)),
         )
     blk = block_size(v)
-    if log_probs.device.type != "cpu" or blk is None or k * (v // blk) <= 4 * m:
-        cand, idx = (scores[:, :, None] + log_probs.view(n, k, v)).view(n, k * v).topk(m, dim=1)
-        return cand, idx % v, idx // v
-    nb = v // blk
-    block_best = log_probs.view(n, k, nb, blk).amax(dim=3).add_(scores[:, :, None]).view(n, k * nb)
-    top = block_best.topk(m, dim=1).indices  # (N, m): beam * nb + block
-    beam = top // nb
-    # each block's start in log_probs, flat
-    first = (torch.arange(n, device=top.device)[:, None] * (k * nb) + top) * blk
-    cols = (first[:, :, None] + torch.arange(blk, device=top.device)).view(n, m * blk)
-    values = torch.take(log_probs, cols).view(n, m, blk).add_(scores.gather(1, beam)[:, :, None])
-    cand, idx = values.view(n, m * blk).topk(m, dim=1)
-    return cand, cols.gather(1, idx) % v, beam.gather(1, idx // blk)
+    if log_probs.device.type == "cpu" and blk is not None and k * (v // blk) > 4 * m:
+        return blocked_top_continuations(scores, log_probs, m, blk)
+    cand, idx = (scores[:, :, None] + log_probs.view(n, k, v)).view(n, k * v).topk(m, dim=1)
+    return cand, idx % v, idx // v
 
 
 @torch.inference_mode()
@@ -311,26 +252,18 @@ def beam_search(
     src: Tensor,
     src_pad_mask: Tensor,
     max_len: Tensor,
-    bos: int,
-    eos: int,
-    beam: int,
-    alpha: float,
-    nbest: int = 1,
-    no_repeat_ngram: int = 0,
+    settings: SearchSettings,
     record: bool = False,
-    early_exit: bool = False,
 ) -> list[list[Hypothesis]]:
-    """Beam search batched over sentences x beams; a sentence leaves the batch once it has `beam`
-    finished hypotheses (fairseq's rule, and CTranslate2's), or with `early_exit` once the best
-    continuation of a step over all its beams ends the sentence and it has `nbest` finished
-    (OpenNMT-py's rule: on trained models fewer steps, less search). Returns the `nbest` best per
-    sentence by length-normalised score. `no_repeat_ngram` n > 0: no hypothesis contains the same
-    n-gram twice. `record`: hypotheses carry their attention."""
-    dev = src.device
-    n = src.size(0)
-    k = beam
-    # beams (rows) per live sentence: the k beams would
-    # start identical, so the first step decodes one row
+    """Beam search batched over sentences x beams, until `max_len` (B,) tokens. A sentence leaves
+    the batch once it has `beam` finished hypotheses (fairseq's rule, and CTranslate2's), or with
+    `early_exit` once the best continuation of a step over all its beams ends the sentence and it
+    has `nbest` finished (OpenNMT-py's rule: on trained models fewer steps, less search). Returns
+    the `nbest` best per sentence by length-normalised score. `record`: hypotheses carry their
+    attention."""
+    dev, n, k = src.device, src.size(0), settings.beam
+    # beams (rows) per live sentence: the k beams would start identical, so the first step decodes
+    # one row
     width = 1
     state = (
         model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
@@ -340,28 +273,21 @@ def beam_search(
     sent = torch.arange(n, device=dev)  # original sentence of each live sentence
     max_len = max_len.to(dev)
     scores = torch.zeros((n, width), device=dev)
-    # finished hypotheses of each live sentence
-    count = torch.zeros(n, dtype=torch.long, device=dev)
+    count = torch.zeros(n, dtype=torch.long, device=dev)  # finished hypotheses of each
     prefix = torch.empty((n, 0), dtype=torch.long, device=dev)
-    prev = torch.full((n,), bos, dtype=torch.long, device=dev)
+    prev = torch.full((n,), BOS, dtype=torch.long, device=dev)
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
     workspace = Workspace()
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
         force = max_len[sent] <= t + 1  # last allowed position: must be EOS
         lp = next_log_probs(
-            logits,
-            bos,
-            eos,
-            force.repeat_interleave(width),
-            prefix,
-            no_repeat_ngram,
-            normalised,
-            workspace,
-        )
+            logits, force.repeat_interleave(width), prefix, settings.no_repeat_ngram,
+            normalised, workspace,
+        )  # fmt: skip
         # at most k of them end in EOS: k continue
         cand, tok, parent = top_continuations(scores, lp, 2 * k)
-        is_eos = tok == eos
+        is_eos = tok == EOS
         # finished: EOS among the top k candidates (beyond rank k they would not have been kept)
         ended = is_eos[:, :k] & (cand[:, :k] > -float("inf"))
         fin = ended.nonzero().tolist()
@@ -370,89 +296,66 @@ def beam_search(
             for i, r in fin:
                 row = i * width + parent_c[i][r]
                 hyp = prefix[row].tolist()
-                score = cand_c[i][r] / length_penalty(len(hyp) + 1, alpha)
-                attn = attention_of(state, row, src_len[int(sent[i])], width) if record else None
+                score = cand_c[i][r] / length_penalty(len(hyp) + 1, settings.alpha)
+                rec = state.recording
+                attn = rec.of_row(row, src_len[int(sent[i])], width) if rec is not None else None
                 finished[int(sent[i])].append(Hypothesis(hyp, score, cand_c[i][r], attn))
         # the k best non-EOS candidates continue (at most k EOS among 2k, so k remain)
         new_scores, pos = cand.masked_fill(is_eos, -float("inf")).topk(k, dim=1)
         new_tok, new_parent = tok.gather(1, pos), parent.gather(1, pos)
         count += ended.sum(1)
-        done = (is_eos[:, 0] & (count >= nbest) if early_exit else count >= k) | force
+        early = is_eos[:, 0] & (count >= settings.nbest)
+        done = (early if settings.early_exit else count >= k) | force
         if bool(done.all()):
             break
         keep = (~done).nonzero().squeeze(1)
         # parent row of each kept beam
         src_rows = (keep[:, None] * width + new_parent[keep]).view(-1)
-        state = select_beams(state, src_rows, keep, shrinking=len(keep) < len(sent))
+        state = state.reorder(src_rows, keep if len(keep) < len(sent) else None)
         width = k
         prefix = torch.cat([prefix[src_rows], new_tok[keep].view(-1, 1)], dim=1)
         prev = new_tok[keep].view(-1)
         scores, sent, count = new_scores[keep], sent[keep], count[keep]
-    return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
+    return [sorted(f, key=lambda h: -h.score)[: settings.nbest] for f in finished]
 
 
 def decode_corpus(
     model: Decodable,
     src_ids: list[list[int]],
+    settings: SearchSettings,
     device: torch.device,
-    max_tokens: int,
-    beam: int,
-    alpha: float,
-    max_len_a: float,
-    max_len_b: int,
-    max_positions: int,
-    bos: int,
-    eos: int,
-    nbest: int = 1,
-    no_repeat_ngram: int = 0,
     record: bool = False,
     workers: int = 1,
-    early_exit: bool = False,
-    sampling: Optional[Sampling] = None,
     first_line: int = 1,
 ) -> list[list[Hypothesis]]:
-    """Translate id sequences in length-sorted batches of about `max_tokens` source
-    tokens (x beam); return the `nbest` hypotheses of each, in input order. Empty
-    inputs get an empty output. Greedy search is beam search with one beam; the
-    separate greedy loop is the faster path for it. `workers` > 1: that many threads
-    decode batches side by side (see in_threads). `early_exit`: see beam_search.
-    `sampling`: draw one output per line instead of searching (beam and nbest unused);
-    `first_line`, the input line number of src_ids[0], seeds each line's draws."""
+    """Translate id sequences in length-sorted batches of about `settings.max_tokens` source tokens
+    (x beam); return the `nbest` hypotheses of each, in input order. Empty inputs get an empty
+    output. Greedy search is beam search with one beam; the separate greedy loop is the faster path
+    for it. `workers` > 1: that many threads decode batches side by side (see in_threads).
+    `first_line`, the input line number of src_ids[0], seeds each line's draws when sampling."""
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in src_ids]
     todo = np.array([i for i, s in enumerate(src_ids) if s], dtype=np.int64)
     if len(todo) == 0:
         return results
     lens = np.array([len(src_ids[i]) for i in todo])
+    s = settings
 
     def decode(batch_pos: np.ndarray) -> None:
         index = todo[batch_pos]
         batch = make_batch([np.asarray(src_ids[i]) for i in index], None, index).to(device)
-        max_len = max_lengths(batch.src_pad_mask, max_len_a, max_len_b, max_positions - 1)
-        if sampling is not None or (beam == 1 and nbest == 1 and not no_repeat_ngram):
-            sample = None if sampling is None else Sampler(sampling, (index + first_line).tolist())
-            found = greedy_search(
-                model, batch.src, batch.src_pad_mask, max_len, bos, eos, record, sample
+        max_len = max_lengths(batch.src_pad_mask, s.max_len_a, s.max_len_b, s.max_len)
+        if s.greedy:
+            sample = (
+                None if s.sampling is None else Sampler(s.sampling, (index + first_line).tolist())
             )
+            found = greedy_search(model, batch.src, batch.src_pad_mask, max_len, record, sample)
             hyps = [[h] for h in found]
         else:
-            hyps = beam_search(
-                model,
-                batch.src,
-                batch.src_pad_mask,
-                max_len,
-                bos,
-                eos,
-                beam,
-                alpha,
-                nbest,
-                no_repeat_ngram,
-                record,
-                early_exit,
-            )
+            hyps = beam_search(model, batch.src, batch.src_pad_mask, max_len, s, record)
         for i, h in zip(index.tolist(), hyps):
             results[i] = h
 
-    batches = bucket_batches(lens, None, max(max_tokens // beam, 8))
+    batches = bucket_batches(lens, None, max(s.max_tokens // s.beam, 8))
     if workers > 1 and len(batches) > 1:
         # longest first: short ones fill the end
         in_threads(decode, sorted(batches, key=lambda b: -int(lens[b].max())), workers)
@@ -460,23 +363,3 @@ def decode_corpus(
         for batch_pos in batches:
             decode(batch_pos)
     return results
-
-
-def in_threads(fn: Callable[[Any], None], items: list, workers: int) -> None:
-    """fn(item) for every item, in `workers` threads that
-    share torch's intra-op threads (each gets its share).
-
-    Decoding a batch is a long series of small operations, each too small to keep two cores busy,
-    with Python running between them: two batches side by side, one core each, keep both busy (torch
-    releases the GIL inside its operations). The results do not depend on which thread decodes a
-    batch; each thread uses the same number of intra-op threads. On an error or an interrupt,
-    batches not yet started are dropped."""
-    total = torch.get_num_threads()
-    share = max(total // workers, 1)
-    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(share,))
-    try:
-        for future in as_completed([pool.submit(fn, item) for item in items]):
-            future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(total)  # the global count the workers set

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Optional
 
 from sacrebleu.metrics import BLEU
@@ -18,54 +19,54 @@ from sacrebleu.metrics import BLEU
 from nmt.errors import NmtError
 from nmt.evaluate import load_split
 from nmt.files import atomic_write_text, check_output
-from nmt.translate import decode_settings, load_translator, members, translate_with
+from nmt.translate import Runtime, decode_settings, load_translator, members, translate_lines
 
 
-def grid(
-    beams: Sequence[int],
-    alphas: Sequence[float],
-    ngrams: Sequence[int],
-    early_exits: Sequence[bool] = (False,),
-) -> list[tuple[int, float, int, bool]]:
-    """Every (beam, alpha, no_repeat_ngram, early_exit); the length penalty and the stopping rule
-    only matter to beam search, so beam 1 gets the first alpha and the first rule only."""
-    out = []
-    for beam, alpha, n, early in itertools.product(beams, alphas, ngrams, early_exits):
-        if beam == 1 and (alpha != alphas[0] or early != early_exits[0]):
-            continue
-        out.append((beam, alpha, n, early))
-    return out
+@dataclass(frozen=True)
+class Grid:
+    """The values to try of each decode setting."""
+
+    beams: Sequence[int]
+    alphas: Sequence[float]
+    ngrams: Sequence[int]  # no_repeat_ngram sizes (0: off)
+    early_exits: Sequence[bool] = (False,)
+
+    def settings(self) -> list[tuple[int, float, int, bool]]:
+        """Every (beam, alpha, no_repeat_ngram, early_exit); the length penalty and the stopping
+        rule only matter to beam search, so beam 1 gets the first alpha and the first rule only."""
+        out = []
+        product = itertools.product(self.beams, self.alphas, self.ngrams, self.early_exits)
+        for beam, alpha, n, early in product:
+            if beam == 1 and (alpha != self.alphas[0] or early != self.early_exits[0]):
+                continue
+            out.append((beam, alpha, n, early))
+        return out
 
 
 def sweep(
     checkpoint: str | Sequence[str],
-    beams: Sequence[int],
-    alphas: Sequence[float],
-    ngrams: Sequence[int],
+    grid: Grid,
     prepared_dir: Optional[str] = None,
-    device: Optional[str] = None,
     output: Optional[str] = None,
+    runtime: Optional[Runtime] = None,
     log: Callable[[str], None] = print,
-    precision: str = "auto",
-    workers: Optional[int] = None,
-    early_exits: Sequence[bool] = (False,),
 ) -> dict:
     """Decode the valid split once per setting; return every score and the best setting (ties: the
     earlier one). Several checkpoints: their ensemble (see translate.load_translator)."""
-    if not beams or not alphas or not ngrams or not early_exits:
+    if not all((grid.beams, grid.alphas, grid.ngrams, grid.early_exits)):
         raise NmtError(
             "give at least one value each for --beam, --alpha, --no-repeat-ngram and --early-exit"
         )
     target = check_output(output) if output else None  # before any decoding
-    tr = load_translator(checkpoint, device, precision, workers)
+    runtime = runtime or Runtime()
+    tr = load_translator(checkpoint, runtime.device, runtime.precision, runtime.workers)
     _, src, refs = load_split(tr, "valid", prepared_dir)
     rows, metric = [], BLEU()
-    for beam, alpha, n, early in grid(beams, alphas, ngrams, early_exits):
-        d = decode_settings(
-            tr, beam=beam, alpha=alpha, no_repeat_ngram=n, early_exit=early, nbest=1
-        )
+    for beam, alpha, n, early in grid.settings():
+        given = {"beam": beam, "alpha": alpha, "no_repeat_ngram": n, "early_exit": early}
+        d = decode_settings(tr, {**given, "nbest": 1})
         start = time.perf_counter()
-        hyps = tr.tok.decode_tgt([h[0].tokens for h in translate_with(tr, src, d)])
+        hyps = tr.tok.decode_tgt([h[0].tokens for h in translate_lines(tr, src, tr.settings(d))])
         seconds = time.perf_counter() - start
         bleu = metric.corpus_score(hyps, [refs])
         rows.append(

@@ -1,8 +1,6 @@
-"""Stage 2: the training loop, its state, the
-learning-rate schedule, the loss, validation, checkpoints.
-
-One optimizer step = `accum_steps` token-budget batches; the loss is summed over real target
-tokens and divided by their total, so accumulation gives the same gradient as one big batch.
+"""Stage 2: the training loop, the learning-rate schedule, validation and the checkpoint cadence
+(what a checkpoint holds is nmt/resume.py, one optimizer step nmt/update.py, the run folder's
+bookkeeping nmt/rundir.py).
 """
 
 from __future__ import annotations
@@ -11,67 +9,39 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-import yaml
 from tqdm import tqdm
 
 from nmt.checkpoint import load_checkpoint, save_checkpoint
-from nmt.config import Config, config_from_dict
+from nmt.config import Config
 from nmt.data import (
     Batch,
     Split,
     corpus_sizes,
-    data_settings,
     epoch_batches,
     load_split,
     read_lines,
     read_manifest,
-    settings_diff,
     split_batch,
 )
 from nmt.distributed import Dist, my_share
 from nmt.errors import NmtError
-from nmt.files import atomic_write_text
 from nmt.interrupt import GracefulStop
 from nmt.lock import hold
 from nmt.loss import Objective
 from nmt.models import build_model, count_parameters
 from nmt.models.transformer import choose_attention_kernels
-from nmt.precision import autocast_for, describe
+from nmt.precision import describe
 from nmt.progress import Progress
+from nmt.resume import TrainState, init_from, payload, restore, world_change
 from nmt.retention import Retention, load_for_resume
-from nmt.rundir import (
-    prepare_run_dir,
-    record_session,
-    rng_state,
-    set_rng_state,
-    trim_log,
-)
+from nmt.rundir import METRICS, prepare_run_dir, record_start, rng_state
 from nmt.tokenizer import Tokenizer
+from nmt.update import Updater
 from nmt.validation import Validation
-
-FP16_INIT_SCALE = 2.0**7  # fairseq's starting loss scale: few overflows while the scale settles
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0
-    batch_in_epoch: int = 0  # index of the next batch of this epoch
-    best_bleu: float = -1.0
-    best_loss: float = float("inf")  # valid loss at the best step: breaks BLEU ties
-    best_step: int = 0
-    bad_evals: int = 0  # validations since the best one (early stopping)
-    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
-    nonfinite_in_row: int = 0  # consecutive skipped updates; MAX_NONFINITE_IN_ROW stops the run
-    oom_skipped: int = 0  # batches skipped for running out of GPU memory (no step taken)
-    oom_in_row: int = 0  # consecutive ones; MAX_OOM_IN_ROW stops the run
-    train_tokens: int = 0
-    train_seconds: float = 0.0
 
 
 def lr_at(step: int, peak: float, warmup: int) -> float:
@@ -84,6 +54,7 @@ def lr_at(step: int, peak: float, warmup: int) -> float:
 
 
 def pick_device(name: str) -> torch.device:
+    """The device `train.device` names ("auto": CUDA when there is one)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise NmtError("train.device: cuda requested but no CUDA device is available")
     return torch.device(
@@ -111,109 +82,32 @@ class Trainer:
         # pairs of each corpus of data.train, in the order the split holds them
         self.corpus_sizes = corpus_sizes or [len(train_split)]
         self.dist = dist or Dist()
-        self.metrics_path = run_dir / "metrics.jsonl"
-        self.progress = Progress(cfg, self.dist, device, self.metrics_path)
+        self.progress = Progress(cfg, self.dist, device, run_dir / METRICS)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
         choose_attention_kernels(device)
-        # DDP and the compiled module wrap model + loss and share the parameters; checkpoints and
-        # decoding use the plain model
-        self.objective = Objective(self.model, cfg.train.label_smoothing)
-        self.ddp = self.dist.wrap(self.objective, device)
-        # the loss as training computes it: through DDP, compiled with train.compile
-        self.loss_fn = torch.compile(self.ddp, dynamic=True) if cfg.train.compile else self.ddp
+        # model + loss as one module: training differentiates it (through `updater`), validation
+        # reads its NLL
+        objective = Objective(self.model, cfg.train.label_smoothing)
+        self.updater = Updater(self.model, objective, cfg.train, device, self.dist)
         self.validation = Validation(
-            cfg, self.model, self.objective, tok, valid_split, valid_refs, device, self.note
-        )
-        t = cfg.train
-        # fused: one kernel for all parameters (CPU and CUDA),
-        # and it can skip an update without a host sync
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=t.lr,
-            betas=t.betas,
-            eps=t.adam_eps,
-            weight_decay=t.weight_decay,
-            fused=True,
-        )
-        # loss scaling only for fp16 (bf16 has fp32's range);
-        # disabled, the scaler passes everything through
-        self.scaler = torch.amp.GradScaler(
-            device.type, init_scale=FP16_INIT_SCALE, enabled=t.precision == "fp16"
+            cfg, self.model, objective, tok, valid_split, valid_refs, device, self.progress.note
         )
         self.state = TrainState()
-        self.kept = Retention(run_dir, t.keep_last, t.keep_best)
+        self.retention = Retention(run_dir, cfg.train.keep_last, cfg.train.keep_best)
         # what the loop carries between steps (set again by run(), after a restore)
-        self.last_valid_step = -1
-        self.signal: Optional[GracefulStop] = None
+        self.last_valid_step = -1  # the step validated last; -1: none in this session
+        self.stop_signal: Optional[GracefulStop] = None  # while run() runs: SIGINT/SIGTERM caught
 
-    # --- checkpoints ---
-    def payload(self, rngs: list) -> dict:
-        """Everything a resumed run needs; `rngs`: the
-        random states of every rank, in rank order."""
-        return {
-            "config": self.cfg.to_dict(),
-            "tokenizer": self.tok.to_state(),
-            "tokenizer_sha256": self.tok.sha256,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "train_state": asdict(self.state),
-            "rng": rngs[0],
-            "rng_ranks": rngs,
-            "world_size": self.dist.world,
-        }
-
-    def check_compatible(self, ckpt: dict, what: str, sections: tuple[str, ...]) -> None:
-        """Refuse a checkpoint trained with another tokenizer or other settings in `sections`."""
-        if ckpt["tokenizer_sha256"] != self.tok.sha256:
-            raise NmtError(
-                f"{ckpt['path']}: trained with a different tokenizer (sha256 "
-                f"{ckpt['tokenizer_sha256'][:12]}) than the one in "
-                f"{self.cfg.prepared_dir} ({self.tok.sha256[:12]}); refusing to {what}"
-            )
-        for section in sections:
-            # a key added after the checkpoint was written counts as its default
-            old = {**Config().to_dict()[section], **ckpt["config"][section]}
-            new = self.cfg.to_dict()[section]
-            changed = sorted(k for k in new if old.get(k) != new[k])
-            if section == "data":  # what shapes the data; the tokenizer's hash was checked above
-                was = config_from_dict(ckpt["config"], f"{ckpt['path']} (config)")
-                changed = settings_diff(data_settings(was), data_settings(self.cfg))
-                weights = [[c.weight for c in x.data.corpora] for x in (was, self.cfg)]
-                if weights[0] != weights[1]:  # the epochs would differ
-                    changed.append("train")
-            if changed:
-                raise NmtError(
-                    f"{ckpt['path']}: cannot {what} with a changed {section} config "
-                    f"({', '.join(f'{section}.{k}' for k in changed)})"
-                )
-
-    def init_from(self, ckpt: dict) -> None:
-        """Fine-tuning: start from a checkpoint's weights,
-        with a fresh optimizer, schedule and state."""
-        self.check_compatible(ckpt, "fine-tune from it", ("model",))
-        self.model.load_state_dict(ckpt["model"])
-
-    def restore(self, ckpt: dict) -> None:
-        self.check_compatible(ckpt, "resume", ("model", "data"))
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = TrainState(**ckpt["train_state"])
-        rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
-        was = ckpt.get("world_size", 1)
-        if was != self.dist.world:
-            self.note(
-                f"note: {ckpt['path']} was trained by {was} process(es), this run has "
-                f"{self.dist.world}: weights, optimizer and "
-                f"data position carry over; a step now takes {self.cfg.train.accum_steps} x "
-                f"{self.dist.world} batches instead of "
-                f"{self.cfg.train.accum_steps} x {was}, and the random streams differ from an "
-                "uninterrupted run"
-            )
-        set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
+    def resume_from(self, ckpt: dict) -> None:
+        """Continue the run `ckpt` holds (see resume.restore)."""
+        u = self.updater
+        self.state = restore(
+            ckpt, self.cfg, self.tok, self.model, u.optimizer, u.scaler, self.dist.rank
+        )
+        change = world_change(ckpt, self.cfg.train.accum_steps, self.dist.world)
+        if change:
+            self.progress.note(change)
 
     def save(
         self, scores: Optional[dict] = None, best: bool = False, step_file: bool = True
@@ -227,124 +121,57 @@ class Trainer:
         rngs = self.dist.gather(rng_state())
         if not self.dist.main:
             return
+        u, s = self.updater, self.state
         try:
-            save_checkpoint(self.run_dir / "last.pt", self.payload(rngs))
+            save_checkpoint(
+                self.run_dir / "last.pt",
+                payload(self.cfg, self.tok, self.model, u.optimizer, u.scaler, s, rngs),
+            )
             if step_file:
-                self.kept.record(self.state.step, scores, best)
+                self.retention.record(s.step, scores, best)
         except OSError as e:  # a full disk, a folder gone read-only: the files written stay whole
             raise NmtError(
-                f"{e.filename or self.run_dir}: cannot save step {self.state.step}: "
+                f"{e.filename or self.run_dir}: cannot save step {s.step}: "
                 f"{e.strerror or e}; the checkpoints saved before are intact: make room, then "
                 f"continue with: nmt train --config <config> --run-dir {self.run_dir} --resume"
             ) from None
 
-    def note(self, message: str) -> None:
-        """A line on stderr, from rank 0 only."""
-        self.progress.note(message)
-
-    # --- one step ---
     def train_step(
         self, batches: list[Batch], n_tgt: int
     ) -> Optional[tuple[torch.Tensor, int, torch.Tensor]]:
-        """Forward/backward over the micro-batches, then one update. Returns (summed loss, target
-        tokens, 1.0 if the update was skipped for a non-finite gradient else 0.0) with the tensors
-        left on the device; or None when the device ran out of memory (the gradients are dropped and
-        memory freed). `batches` are this rank's, `n_tgt` the target tokens of the whole step over
-        all ranks. With more than one process an OOM stops the run: the other ranks would wait for
-        this one's gradients."""
-        self.model.train()
-        if self.dist.enabled:
-            return self._train_step(batches, n_tgt)
-        try:
-            return self._train_step(batches, n_tgt)
-        except torch.cuda.OutOfMemoryError:
-            pass  # free outside the except block: the traceback holds the activations
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        return None
-
-    def _train_step(
-        self, batches: list[Batch], n_tgt: int
-    ) -> tuple[torch.Tensor, int, torch.Tensor]:
-        total = torch.zeros((), device=self.device)
-        # DDP averages the ranks' gradients: this makes it a sum over all tokens / n_tgt
-        scale = self.dist.world / n_tgt
-        for i, b in enumerate(batches):
-            b = b.to(self.device)
-            # accumulation: gradients are exchanged between ranks only on the last micro-batch
-            sync = (
-                nullcontext()
-                if i == len(batches) - 1 or not self.dist.enabled
-                else self.ddp.no_sync()
-            )
-            with sync:
-                with autocast_for(self.device, self.cfg.train.precision):
-                    loss, _ = self.loss_fn(b.src, b.src_pad_mask, b.tgt_in, b.tgt_out)
-                self.scaler.scale(loss * scale).backward()
-            total += loss.detach()
-        lr = lr_at(self.state.step + 1, self.cfg.train.lr, self.cfg.train.warmup_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.train.clip_norm if self.cfg.train.clip_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        skipped = (~torch.isfinite(norm)).float()
-        if self.scaler.is_enabled():  # fp16: the scaler skips on overflow and halves the scale
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        # the fused optimizer skips the update itself when found_inf is 1, without a host sync
-        else:
-            self.optimizer.grad_scale, self.optimizer.found_inf = None, skipped
-            try:
-                self.optimizer.step()
-            finally:
-                del self.optimizer.grad_scale, self.optimizer.found_inf
-        self.optimizer.zero_grad(set_to_none=True)
-        return total, n_tgt, skipped
+        """The next optimizer step at the schedule's learning rate (see Updater.step)."""
+        t = self.cfg.train
+        return self.updater.step(batches, n_tgt, lr_at(self.state.step + 1, t.lr, t.warmup_steps))
 
     def after_validation(self, metrics: dict) -> bool:
         """Update best/early-stopping state, write checkpoints; True when patience is exhausted."""
-        s, t = self.state, self.cfg.train
+        s, patience = self.state, self.cfg.train.patience
         bleu, loss = metrics.get("valid_bleu", 0.0), metrics["valid_loss"]
-        improved = bleu > s.best_bleu or (bleu == s.best_bleu and loss < s.best_loss)
-        if improved:
-            s.best_bleu, s.best_loss, s.best_step, s.bad_evals = bleu, loss, s.step, 0
-        else:
-            s.bad_evals += 1
+        improved = s.count_validation(bleu, loss)
         self.save({"valid_bleu": bleu, "valid_loss": loss}, best=improved)
-        return t.patience > 0 and s.bad_evals >= t.patience
+        return patience > 0 and s.bad_evals >= patience
 
     def run(self) -> Optional[str]:
-        """Train until a stopping rule fires; return the
-        signal name if a SIGINT/SIGTERM stopped it."""
-        s, t = self.state, self.cfg.train
-        bar = tqdm(
-            total=t.max_steps,
-            initial=s.step,
-            disable=not (t.progress and self.dist.main),
-            unit="step",
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
+        """Train until a stopping rule fires; return the signal's name if SIGINT/SIGTERM did."""
+        s = self.state
+        bar = self.progress.open_bar(s)
         self.progress.start(s)
         self.last_valid_step = s.step if s.step > 0 else -1
         stop = self.stop_reason()  # a resumed run may already be finished: take no extra step
-        with GracefulStop() as self.signal:
+        with GracefulStop() as self.stop_signal:
             while stop is None:
                 stop = self.run_epoch(bar)
         bar.close()
-        if self.signal.requested:
-            return self.signal.requested
-        self.note(
+        if self.stop_signal.requested:
+            return self.stop_signal.requested
+        self.progress.note(
             f"stopped: {stop}; best valid BLEU {s.best_bleu:.2f} at step {s.best_step}; "
             f"checkpoints in {self.run_dir}"
         )
         return None
 
-    def run_epoch(self, bar) -> Optional[str]:
-        """Train from the current position to the end of the
-        epoch; return why training stops, if it does."""
+    def run_epoch(self, bar: tqdm) -> Optional[str]:
+        """Train on to the end of the epoch; return why training stops, if it does."""
         s, t = self.state, self.cfg.train
         weights = [c.weight for c in self.cfg.data.corpora]
         batches = epoch_batches(
@@ -365,17 +192,16 @@ class Trainer:
             if result is None:
                 self.progress.oom(s, group)
             else:
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.progress.step_done(s, *result, time.perf_counter() - start, bar, lr)
-            signalled, out_of_time = self.dist.any(
-                self.signal.requested is not None, self.out_of_time()
-            )
+                seconds = time.perf_counter() - start
+                self.progress.step_done(s, *result, seconds, bar, self.updater.lr)
+            heard = self.stop_signal
+            signalled, out_of_time = self.dist.any(heard.requested is not None, self.out_of_time())
             if signalled:
                 # a rank that heard nothing itself stops the same way, as interrupted
-                self.signal.requested = self.signal.requested or "a signal to another rank"
+                heard.requested = heard.requested or "a signal to another rank"
                 # where we are, for --resume; validation and best.pt wait for it
                 self.save(step_file=False)
-                return f"{self.signal.requested} at step {s.step}"
+                return f"{heard.requested} at step {s.step}"
             if result is None:
                 continue
             stop = self.stop_reason(out_of_time)
@@ -393,12 +219,12 @@ class Trainer:
         return None
 
     def out_of_time(self) -> bool:
+        """Has this rank trained for train.max_minutes (validation not counted)?"""
         t = self.cfg.train
         return bool(t.max_minutes) and self.state.train_seconds >= 60 * t.max_minutes
 
     def stop_reason(self, out_of_time: Optional[bool] = None) -> Optional[str]:
-        """Why training stops now, if it does; `out_of_time`
-        as agreed by all ranks (default: this one's clock)."""
+        """Why training stops now, if it does; `out_of_time`: all ranks' verdict (default: ours)."""
         s, t = self.state, self.cfg.train
         if s.step >= t.max_steps:
             return f"reached train.max_steps={t.max_steps}"
@@ -406,7 +232,8 @@ class Trainer:
             return f"reached train.max_minutes={t.max_minutes:g}"
         return None
 
-    def validate_and_save(self, bar) -> Optional[str]:
+    def validate_and_save(self, bar: tqdm) -> Optional[str]:
+        """Validate (rank 0), log and save; return why training stops, if patience ran out."""
         start = time.perf_counter()
         # rank 0 validates, every rank decides
         metrics = self.dist.share(self.validation.checked() if self.dist.main else None)
@@ -426,13 +253,8 @@ class Trainer:
             "valid_seconds": time.perf_counter() - start,
             "skipped_steps": self.state.skipped_steps,
         }
-        self.progress.log(record)
+        self.progress.validated(record)
         self.last_valid_step = self.state.step
-        self.progress.restart_clock()  # tokens/s excludes validation
-        shown = " ".join(
-            f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-        )
-        self.note(f"valid: {shown}")
         bar.refresh()
         if stop:
             return f"no improvement in {self.cfg.train.patience} validations (train.patience)"
@@ -487,6 +309,8 @@ def _train(
     device: torch.device,
     dist: Dist,
 ) -> Path:
+    """`train` with the run folder held: build the Trainer, start it (fresh, resumed or from `init`)
+    and run it."""
     main = dist.main
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if main else (lambda m: None)
     if cfg.train.threads:
@@ -507,22 +331,17 @@ def _train(
         sizes,
     )
     if resume:
-        trainer.restore(dist.share(load_for_resume(run_dir, warn=say) if main else None))
+        trainer.resume_from(dist.share(load_for_resume(run_dir, warn=say) if main else None))
         say(
             f"resuming {run_dir} at step {trainer.state.step} (epoch {trainer.state.epoch}, batch "
             f"{trainer.state.batch_in_epoch})"
         )
     elif init_ckpt:
-        trainer.init_from(init_ckpt)
+        init_from(init_ckpt, cfg, tok, trainer.model)
         say(f"fine-tuning from {init_ckpt['path']} (its step {init_ckpt['train_state']['step']})")
     if main:  # only now, with the checkpoint accepted, does anything in the run directory change
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        tok.save(run_dir)
-        # a fresh start, too, drops what a dead attempt logged
-        trim_log(trainer.metrics_path, trainer.state.step)
-        record_session(
-            run_dir, trainer.state.step, init_ckpt["path"] if init_ckpt else None, dist.world
-        )
+        init_path = init_ckpt["path"] if init_ckpt else None
+        record_start(run_dir, cfg, tok, trainer.state.step, init_path, dist.world)
     n = count_parameters(trainer.model)
     ranks = f" x {dist.world} processes" if dist.enabled else ""
     say(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from nmt.attention import check_request, save
+from nmt.attention import AttentionPlots, check_request, save
 from nmt.checkpoint import load_checkpoint
 from nmt.config import Config, DecodeConfig, config_from_dict
 from nmt.errors import NmtError, UsageError, drop_stdout
@@ -23,11 +23,11 @@ from nmt.files import atomic_writer, check_output
 from nmt.models import build_model
 from nmt.models.ensemble import Ensemble
 from nmt.models.transformer import choose_attention_kernels
-from nmt.precision import DECODE_CHOICES, decode_precision, decode_row_multiple, pack_linear_layers
+from nmt.precision import DECODE_CHOICES, decode_precision, pack_linear_layers
 from nmt.sampling import Sampling
-from nmt.search import Hypothesis, decode_corpus
+from nmt.search import Hypothesis, SearchSettings, decode_corpus
 from nmt.textstream import file_chunks, stream_chunks
-from nmt.tokenizer import BOS, EOS, Tokenizer
+from nmt.tokenizer import Tokenizer
 
 
 @dataclass
@@ -41,6 +41,25 @@ class Translator:
     workers: int = 1  # threads decoding batches side by side (see search.in_threads)
     # every checkpoint; more than one: `model` is their Ensemble, `path` the first
     paths: tuple[str, ...] = ()
+
+    def settings(
+        self, d: Optional[DecodeConfig] = None, sampling: Optional[Sampling] = None
+    ) -> SearchSettings:
+        """How to search as `d` asks (default: the checkpoint's decode config), within the
+        lengths the model's positions allow; `sampling`: draw instead."""
+        return SearchSettings.of(d or self.cfg.decode, self.cfg.model.max_positions, sampling)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how decoding runs (see load_translator): `device` (None: cuda when available),
+    the weights' `precision`, `workers` threads (None: the device's default), and `buffer` lines
+    read, sorted by length and translated at a time."""
+
+    device: Optional[str] = None
+    precision: str = "auto"
+    workers: Optional[int] = None
+    buffer: int = 10_000
 
 
 def load_translator(
@@ -133,8 +152,6 @@ def ready_model(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-    if hasattr(model, "row_multiple"):
-        model.row_multiple = decode_row_multiple(dev, precision)
     return model
 
 
@@ -157,45 +174,16 @@ def encode_lines(tr: Translator, lines: list[str], first_line: int = 1) -> list[
 def translate_lines(
     tr: Translator,
     lines: list[str] | list[list[int]],
-    beam: int,
-    alpha: float,
-    nbest: int = 1,
-    max_len_a: Optional[float] = None,
-    max_len_b: Optional[int] = None,
-    max_tokens: Optional[int] = None,
-    no_repeat_ngram: Optional[int] = None,
+    settings: SearchSettings,
     record: bool = False,
-    early_exit: Optional[bool] = None,
-    sampling: Optional[Sampling] = None,
     first_line: int = 1,
 ) -> list[list[Hypothesis]]:
     """Translate cleaned source lines (or their ids from `encode_lines`); returns the n-best
-    hypotheses (token ids) per line, input order. Settings left None come from the checkpoint's
-    decode config. `record`: each hypothesis carries the attention weights it was decoded with.
-    `sampling`: one drawn translation per line (see sampling.py), seeded by its line number, the
-    first being `first_line`."""
-    d = tr.cfg.decode
+    hypotheses (token ids) per line, input order. `record`: each hypothesis carries the attention
+    weights it was decoded with. `first_line`: the input line number of lines[0] (sampling seeds
+    each line's draws with it)."""
     src_ids = lines if lines and not isinstance(lines[0], str) else encode_lines(tr, lines)
-    return decode_corpus(
-        tr.model,
-        src_ids,
-        tr.device,
-        max_tokens or d.max_tokens,
-        beam,
-        alpha,
-        d.max_len_a if max_len_a is None else max_len_a,
-        d.max_len_b if max_len_b is None else max_len_b,
-        tr.cfg.model.max_positions,
-        BOS,
-        EOS,
-        nbest=nbest,
-        no_repeat_ngram=d.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram,
-        record=record,
-        workers=tr.workers,
-        early_exit=d.early_exit if early_exit is None else early_exit,
-        sampling=sampling,
-        first_line=first_line,
-    )
+    return decode_corpus(tr.model, src_ids, settings, tr.device, record, tr.workers, first_line)
 
 
 def format_output(tr: Translator, hyps: list[list[Hypothesis]], nbest: int, first: int = 0) -> str:
@@ -210,77 +198,44 @@ def format_output(tr: Translator, hyps: list[list[Hypothesis]], nbest: int, firs
     return "".join(out)
 
 
-def decode_settings(tr: Translator, **given: Any) -> DecodeConfig:
-    """The checkpoint's decode config with the options
-    given on the command line (None: not given)."""
+def decode_settings(tr: Translator, given: dict[str, Any]) -> DecodeConfig:
+    """The checkpoint's decode config with the options given on the command line (None: not
+    given)."""
     return replace(tr.cfg.decode, **{k: v for k, v in given.items() if v is not None})
-
-
-def translate_with(
-    tr: Translator,
-    lines: list[str] | list[list[int]],
-    d: DecodeConfig,
-    record: bool = False,
-    sampling: Optional[Sampling] = None,
-    first_line: int = 1,
-) -> list[list[Hypothesis]]:
-    return translate_lines(
-        tr,
-        lines,
-        1 if sampling else d.beam,
-        d.alpha,
-        d.nbest,
-        d.max_len_a,
-        d.max_len_b,
-        d.max_tokens,
-        d.no_repeat_ngram,
-        record,
-        d.early_exit,
-        sampling,
-        first_line,
-    )
-
-
-DEFAULT_BUFFER = 10_000  # lines read, sorted by length and translated at a time
 
 
 def translate(
     checkpoint: str | Sequence[str],
     input: Optional[str],
     output: Optional[str],
-    device: Optional[str] = None,
-    attention_dir: Optional[str] = None,
-    attention_layer: Optional[int] = None,
-    precision: str = "auto",
-    workers: Optional[int] = None,
-    buffer: int = DEFAULT_BUFFER,
+    given: dict[str, Any],
+    runtime: Runtime = Runtime(),
     sampling: Optional[Sampling] = None,
-    **options: Any,
+    plots: Optional[AttentionPlots] = None,
 ) -> None:
-    """Run stage 3: a file or stdin in, `buffer` lines at a time (fewer when no more input is
-    waiting), each chunk's translations written in input order as soon as they are done: to stdout,
-    or to a file written atomically. Memory is bounded by the chunk. `options`: decode settings.
-    `attention_dir`: also write each sentence's attention weights and heatmaps there (see
-    attention.py); the input is then read as one chunk, for a few sentences. `sampling`: draw one
-    translation per line instead of searching (see sampling.py)."""
-    if buffer < 1:
-        raise UsageError(f"--buffer {buffer}: expected 1 or more")
+    """Run stage 3: a file or stdin in, `runtime.buffer` lines at a time (fewer when no more input
+    is waiting), each chunk's translations written in input order as soon as they are done: to
+    stdout, or to a file written atomically. Memory is bounded by the chunk. `given`: the decode
+    options given (see decode_settings). `sampling`: draw one translation per line instead of
+    searching (see sampling.py). `plots`: also write each sentence's attention weights and heatmaps
+    (see attention.py); the input is then read as one chunk, for a few sentences."""
+    if runtime.buffer < 1:
+        raise UsageError(f"--buffer {runtime.buffer}: expected 1 or more")
     search_only = ("beam", "nbest", "no_repeat_ngram", "early_exit")
-    clash = [k for k in search_only if options.get(k) is not None]
+    clash = [k for k in search_only if given.get(k) is not None]
     if sampling is not None and clash:
         flag = "--" + clash[0].replace("_", "-")
         raise UsageError(f"--sample draws one translation per line: {flag} does not apply")
     if output:
         check_output(output)  # before any work
-    tr = load_translator(checkpoint, device, precision, workers)
-    d = decode_settings(tr, **options)
-    if sampling is not None:
-        d = replace(d, nbest=1, no_repeat_ngram=0)
-    elif d.nbest > d.beam:
+    tr = load_translator(checkpoint, runtime.device, runtime.precision, runtime.workers)
+    d = decode_settings(tr, given)
+    if sampling is None and d.nbest > d.beam:
         raise UsageError(f"--nbest {d.nbest} is larger than --beam {d.beam}")
-    if attention_dir:
-        check_request(tr.cfg.model, len(tr.paths), tr.path, attention_dir, attention_layer)
-    size = sys.maxsize if attention_dir else buffer
+    if plots:
+        check_request(plots, tr.cfg.model, len(tr.paths), tr.path)
+    settings = tr.settings(d, sampling)
+    size = sys.maxsize if plots else runtime.buffer
     chunks = (
         file_chunks(Path(input), size)
         if input
@@ -291,11 +246,11 @@ def translate(
         done = 0
         for lines in chunks:
             src_ids = encode_lines(tr, lines, first_line=done + 1)
-            hyps = translate_with(tr, src_ids, d, bool(attention_dir), sampling, done + 1)
-            write(format_output(tr, hyps, d.nbest, first=done))
-            if attention_dir:
+            hyps = translate_lines(tr, src_ids, settings, plots is not None, done + 1)
+            write(format_output(tr, hyps, settings.nbest, first=done))
+            if plots:
                 best = [h[0] for h in hyps]
-                save(attention_dir, attention_layer, lines, src_ids, best, tr.tok)
+                save(plots, lines, src_ids, best, tr.tok)
             done += len(lines)
             bar.update(len(lines))
 

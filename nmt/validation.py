@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -15,8 +16,8 @@ from nmt.data import Split, bucket_batches, cut_to, split_batch
 from nmt.loss import Objective
 from nmt.metrics import bleu_score
 from nmt.precision import autocast_for
-from nmt.search import decode_corpus
-from nmt.tokenizer import BOS, EOS, Tokenizer
+from nmt.search import SearchSettings, decode_corpus
+from nmt.tokenizer import Tokenizer
 
 
 class Validation:
@@ -66,11 +67,9 @@ class Validation:
             return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
 
     def translate(self, beam: int) -> list[str]:
-        d, m = self.cfg.decode, self.cfg.model
+        d = replace(self.cfg.decode, beam=beam, nbest=1, no_repeat_ngram=0, early_exit=False)
+        settings = SearchSettings.of(d, self.cfg.model.max_positions)
         src_ids = [self.split.src(i).tolist() for i in range(len(self.split))]
         with autocast_for(self.device, self.cfg.train.precision):
-            hyps = decode_corpus(
-                self.model, src_ids, self.device, d.max_tokens, beam, d.alpha, d.max_len_a,
-                d.max_len_b, m.max_positions, BOS, EOS,
-            )  # fmt: skip
+            hyps = decode_corpus(self.model, src_ids, settings, self.device)
         return self.tok.decode_tgt([h[0].tokens for h in hyps])

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -228,14 +229,14 @@ def nmt_decoder(
         torch.backends.cuda.enable_cudnn_sdp(True)
     pdir = tr.cfg.prepared_dir
     src, refs = read_lines(pdir / "test.src.txt")[:limit], read_lines(pdir / "test.tgt.txt")[:limit]
-    translate_lines(tr, src[:64], 1, 0.6)  # warm-up: allocator, kernels
+    translate_lines(tr, src[:64], replace(tr.settings(), beam=1))  # warm-up: allocator, kernels
 
     def run() -> dict:
         results = {}
         for beam, early in runs(beams):
             sync(tr.device)
             start = time.perf_counter()
-            hyps = translate_lines(tr, src, beam, tr.cfg.decode.alpha, early_exit=early)
+            hyps = translate_lines(tr, src, replace(tr.settings(), beam=beam, early_exit=early))
             sync(tr.device)
             seconds = time.perf_counter() - start
             out = tr.tok.decode_tgt([h[0].tokens for h in hyps])

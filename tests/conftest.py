@@ -1,18 +1,28 @@
 """Shared fixtures: the repository, the toy corpus every end-to-end test trains on, tiny aligned
-corpora for the data checks, and real Multi30k for the few tests that need real language."""
+corpora for the data checks, real Multi30k for the few tests that need real language, and the
+smoke run (`nmt prepare` and `nmt train` on configs/smoke.yaml) with the in-process entry point
+that the tests of each command share (their helpers: tests/cli_helpers.py)."""
 
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
 import torch
 from toy_language import TOY_SIZES, toy_sentences
+
+# the asserts of the command-line helpers (ok, assert_one_error_line) report as a test's own do
+pytest.register_assert_rewrite("cli_helpers")
+from cli_helpers import SMOKE, nmt, ok  # noqa: E402
 
 # Test models are tiny: threads only add overhead, and on a 2-core machine shared with other work,
 # oversubscription made one test 10x slower. Subprocesses (CLI tests) set their own threads.
@@ -189,3 +199,86 @@ def fail_fsync(monkeypatch) -> Callable[..., None]:
         monkeypatch.setattr(os, "fsync", fsync)
 
     return install
+
+
+# --- the command line: the smoke run and the in-process entry point ---
+
+
+@dataclass
+class SmokeRun:
+    cwd: Path  # an empty directory every command runs in: nothing may appear there
+    prepared: Path
+    run: Path
+    sets: list[str]  # the --set flags that go with every config-taking command
+    prepare: subprocess.CompletedProcess
+    train: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory, toy_corpus: Path) -> SmokeRun:
+    """`nmt prepare` then `nmt train` on configs/smoke.yaml
+    and the toy corpus, everything under a tmp dir: once per test process (pytest-xdist worker),
+    for the tests of every command."""
+    work = tmp_path_factory.mktemp("cli")
+    cwd, prepared, run = work / "cwd", work / "prepared", work / "run"
+    cwd.mkdir()
+    sets = ["--set", f"data.prepared_dir={prepared}", "--set", "data.corpus=files"]
+    sets += ["--set", f"data.source={toy_corpus}"]
+    prep = nmt("prepare", "--config", SMOKE, *sets, cwd=cwd)
+    train = nmt(
+        "train", "--config", SMOKE, "--run-dir", run, *sets, "--set", "train.threads=1", cwd=cwd
+    )
+    return SmokeRun(cwd, prepared, run, sets, prep, train)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys, tmp_path: Path):
+    """Call `nmt.cli.main` with argv (and stdin bytes); returns (exit code, stdout, stderr)."""
+    from nmt.cli import main  # here, not at the top: only the tests that use it import the CLI
+
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: object, stdin: bytes = b"") -> tuple[object, str, str]:
+        monkeypatch.setattr(sys, "argv", ["nmt", *map(str, args)])
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+        threads = torch.get_num_threads()  # `nmt train` sets it from the config: put it back
+        torch.set_num_threads(1)  # see nmt(): one thread is the fast choice here
+        try:
+            with pytest.raises(SystemExit) as info:
+                main()
+        finally:
+            torch.set_num_threads(threads)
+        out, err = capsys.readouterr()
+        return info.value.code, out, err
+
+    return call
+
+
+@pytest.fixture
+def run_copy(smoke: SmokeRun, tmp_path: Path) -> Path:
+    """A copy of the smoke run, free to be resumed or damaged."""
+    import shutil
+
+    return Path(shutil.copytree(smoke.run, tmp_path / "run_copy"))
+
+
+@pytest.fixture(scope="session")
+def other_prepared(smoke: SmokeRun, toy_corpus: Path) -> Path:
+    """The smoke data prepared with another vocabulary size: another tokenizer."""
+    other = smoke.prepared.parent / "prepared_100"
+    ok(
+        nmt(
+            "prepare",
+            "--config",
+            SMOKE,
+            "--source",
+            toy_corpus,
+            *smoke.sets,
+            "--set",
+            f"data.prepared_dir={other}",
+            "--set",
+            "data.vocab_size=100",
+            cwd=smoke.cwd,
+        )
+    )
+    return other

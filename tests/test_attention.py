@@ -3,25 +3,20 @@ for the hypothesis actually returned; and the heatmaps."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from nmt.models.rnn import RNNSeq2Seq
 from nmt.models.transformer import Transformer
-from nmt.search import decode_corpus
+from nmt.search import SearchSettings, decode_corpus
 from nmt.tokenizer import BOS, EOS, PAD
 
-KW = dict(
-    device=torch.device("cpu"),
-    max_tokens=1000,
-    alpha=0.6,
-    max_len_a=1.5,
-    max_len_b=5,
-    max_positions=64,
-    bos=BOS,
-    eos=EOS,
-)
+KW = SearchSettings(max_tokens=1000, alpha=0.6, max_len_a=1.5, max_len_b=5, max_len=63)
+
+CPU = torch.device("cpu")
 
 
 def transformer() -> Transformer:
@@ -74,8 +69,8 @@ def test_recorded_attention_is_what_produced_the_returned_hypothesis(make, beam:
     dropped; the weights a hypothesis carries equal a fresh teacher-forced
     pass over its own tokens, and recording changes no result."""
     model, src = make(), sources()
-    plain = decode_corpus(model, src, beam=beam, **KW)
-    recorded = decode_corpus(model, src, beam=beam, record=True, **KW)
+    plain = decode_corpus(model, src, replace(KW, beam=beam), CPU)
+    recorded = decode_corpus(model, src, replace(KW, beam=beam), CPU, record=True)
     assert [h[0].tokens for h in plain] == [h[0].tokens for h in recorded]
     assert [h[0].score for h in plain] == pytest.approx([h[0].score for h in recorded], abs=1e-5)
     assert any(len(h[0].tokens) > 2 for h in recorded)
@@ -94,8 +89,8 @@ def test_recording_changes_no_output_of_a_bf16_model_on_the_cpu(beam: int) -> No
     they are computed beside it when recorded, and the hypotheses and scores are those of decoding
     without recording, bit for bit."""
     model, src = transformer().to(torch.bfloat16), sources()
-    plain = decode_corpus(model, src, beam=beam, **KW)
-    recorded = decode_corpus(model, src, beam=beam, record=True, **KW)
+    plain = decode_corpus(model, src, replace(KW, beam=beam), CPU)
+    recorded = decode_corpus(model, src, replace(KW, beam=beam), CPU, record=True)
     assert [h[0].tokens for h in plain] == [h[0].tokens for h in recorded]
     assert [h[0].score for h in plain] == [h[0].score for h in recorded]
     for hyps in recorded:
@@ -106,7 +101,7 @@ def test_recording_changes_no_output_of_a_bf16_model_on_the_cpu(beam: int) -> No
 @pytest.mark.parametrize("make", [transformer, rnn], ids=["transformer", "rnn"])
 def test_rows_are_distributions_over_real_positions_and_self_attention_is_masked(make) -> None:
     model, src = make(), sources(12, seed=8)
-    for hyps in decode_corpus(model, src, beam=3, record=True, **KW):
+    for hyps in decode_corpus(model, src, replace(KW, beam=3), CPU, record=True):
         att = hyps[0].attention
         steps = len(hyps[0].tokens) + 1  # one row per output token and EOS
         assert att["cross"].shape[2] == steps
@@ -126,7 +121,7 @@ def test_a_model_without_attention_records_nothing() -> None:
     torch.manual_seed(0)
     plain = RNNSeq2Seq(30, 30, cell="gru", layers=1, emb=16, hidden=32, attention="none").eval()
     with pytest.raises(ValueError, match="no attention"):
-        decode_corpus(plain, sources(2), beam=2, record=True, **KW)
+        decode_corpus(plain, sources(2), replace(KW, beam=2), CPU, record=True)
 
 
 # --- the heatmaps ---

@@ -1,4 +1,6 @@
-"""Checkpoint averaging: the mean of the weights, refused where a mean would be meaningless."""
+"""Checkpoint averaging: the mean of the weights, refused where a mean would be meaningless; and
+`nmt average` on the smoke run of tests/conftest.py: its last checkpoints averaged and evaluated,
+bad requests as one `error:` line, training files never overwritten through a symlink."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_one_error_line
+from conftest import SmokeRun
 
 from nmt.average import average, select
 from nmt.checkpoint import load_checkpoint, save_checkpoint
@@ -97,3 +101,45 @@ def test_select_by_age_or_by_validation_score(tmp_path: Path) -> None:
         select(run, last=5, best=None)
     with pytest.raises(NmtError, match="one of --last N or --best N"):
         select(run, last=2, best=2)
+
+
+# --- through the command line: `nmt average` on the smoke run of tests/conftest.py ---
+
+
+def test_average_the_last_checkpoints_of_a_run_and_evaluate_it(
+    cli, smoke: SmokeRun, run_copy: Path
+) -> None:
+    code, out, err = cli("average", "--run-dir", run_copy, "--last", "2")
+    assert code in (0, None), err
+    assert "averaged 2 checkpoints (steps 100, 200)" in out
+    averaged = run_copy / "average-last-2.pt"
+    code, out, err = cli(
+        "evaluate", "--checkpoint", averaged, "--split", "valid", "--beam", "1", "--json"
+    )
+    assert code in (0, None), err
+    assert json.loads(out)["decode"]["no_repeat_ngram"] == 0
+
+
+@pytest.mark.parametrize(
+    "args,names",
+    [
+        ([], ["--run-dir"]),
+        (["{run}/best.pt"], ["--output"]),
+        (["--run-dir", "{run}", "--last", "9"], ["kept", "train.keep_last"]),
+        (["--run-dir", "{run}"], ["--last N", "--best N"]),
+    ],
+)
+def test_average_bad_requests(cli, smoke: SmokeRun, args: list[str], names: list[str]) -> None:
+    code, _, err = cli("average", *[a.format(run=smoke.run) for a in args])
+    assert_one_error_line(code, err, *names)
+
+
+def test_average_refuses_a_symlink_onto_training_files(
+    cli, smoke: SmokeRun, run_copy: Path, tmp_path: Path
+) -> None:
+    link = tmp_path / "avg.pt"
+    link.symlink_to(run_copy / "last.pt")
+    before = (run_copy / "last.pt").read_bytes()
+    code, _, err = cli("average", run_copy / "best.pt", run_copy / "last.pt", "-o", link)
+    assert_one_error_line(code, err, link, "last.pt belongs to training")
+    assert (run_copy / "last.pt").read_bytes() == before

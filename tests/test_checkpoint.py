@@ -1,14 +1,17 @@
 """Checkpoint files: sealed with a checksum, written
-atomically, damage detected on load, old ones pruned safely."""
+atomically, damage detected on load, old ones pruned safely; a `--checkpoint` that names no
+checkpoint (no file, a run folder without one, a file that is not one) is one `error:` line."""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_one_error_line
 
 from nmt.checkpoint import CorruptCheckpoint, load_checkpoint, save_checkpoint
 from nmt.files import atomic_link, remove_stale_temp_files
@@ -163,3 +166,24 @@ def test_a_current_checkpoint_without_its_seal_is_damaged(tmp_path):
     (tmp_path / "a.pt").write_bytes(buf.getvalue())
     with pytest.raises(CorruptCheckpoint, match="checksum missing"):
         load_checkpoint(tmp_path / "a.pt")
+
+
+# --- through the command line: `--checkpoint` that names no checkpoint ---
+
+
+def test_missing_checkpoint(cli, tmp_path: Path) -> None:
+    code, _, err = cli("translate", "--checkpoint", tmp_path / "none.pt")
+    assert_one_error_line(code, err, tmp_path / "none.pt")
+
+
+def test_run_dir_without_checkpoints(cli, tmp_path: Path) -> None:
+    code, _, err = cli("evaluate", "--checkpoint", tmp_path, "--split", "test")
+    assert_one_error_line(code, err, tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"PK\x03\x04 truncated zip"])
+def test_file_that_is_not_a_checkpoint(cli, tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "fake.pt"
+    path.write_bytes(content)
+    code, _, err = cli("translate", "--checkpoint", path)
+    assert_one_error_line(code, err, path)

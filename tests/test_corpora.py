@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import SMOKE, assert_one_error_line
 from conftest import toy_pairs
 
 from nmt.config import Config, config_from_dict
@@ -178,3 +179,35 @@ def test_spm_sample_counts_only_where_it_changes_the_sample() -> None:
     assert settings_diff(settings(1_000_000), settings(700_000), read_pairs=4_000_000) == [
         "spm_sample"
     ]
+
+
+# --- through the command line ---
+
+
+def test_weighted_corpora_through_the_cli(cli, make_corpus, tmp_path: Path) -> None:
+    """Two corpora, the second of weight 0.5: prepare counts each, training says what an epoch
+    holds, a resume with another weight is refused, bad corpora are one error line."""
+    main = make_corpus("main")
+    extra = make_corpus("extra", splits={"bt": toy_pairs(40, seed=9)})
+    out, run = tmp_path / "out", tmp_path / "run"
+
+    def sets(weight: object) -> list[str]:
+        train = f"data.train=[train, {{stem: bt, source: {extra}, weight: {weight}}}]"
+        pairs = [train, "data.corpus=files", f"data.source={main}", f"data.prepared_dir={out}"]
+        pairs += ["data.vocab_size=60", "train.max_steps=4", "train.valid_bleu=false"]
+        return [x for s in pairs for x in ("--set", s)]
+
+    code, _, err = cli("prepare", "--config", SMOKE, *sets(0.5))
+    assert code in (0, None), err
+    assert "train: 160 pairs read, 160 kept" in err
+    assert f"  {extra}/bt: 40 pairs read, 40 kept" in err
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", run, *sets(0.5))
+    assert code in (0, None), err
+    assert f"an epoch: 140 (train 120 x 1, {extra}/bt 40 x 0.5)" in err
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", run, "--resume", *sets(1))
+    assert_one_error_line(code, err, run / "last.pt", "data.train")
+    code, _, err = cli("prepare", "--config", SMOKE, *sets(0))
+    assert_one_error_line(code, err, "data.train[1].weight", "must be > 0")
+    (extra / "bt.de").unlink()
+    code, _, err = cli("prepare", "--config", SMOKE, *sets(0.5))
+    assert_one_error_line(code, err, extra / "bt.de")

@@ -4,6 +4,7 @@ members' probabilities, decoded by the same search."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,19 +12,12 @@ import torch
 from nmt.models.ensemble import Ensemble
 from nmt.models.rnn import RNNSeq2Seq
 from nmt.models.transformer import Transformer
-from nmt.search import decode_corpus
+from nmt.search import SearchSettings, decode_corpus
 from nmt.tokenizer import BOS, EOS, PAD
 
-KW = dict(
-    device=torch.device("cpu"),
-    max_tokens=10_000,
-    alpha=0.6,
-    max_len_a=1.5,
-    max_len_b=5,
-    max_positions=64,
-    bos=BOS,
-    eos=EOS,
-)
+KW = SearchSettings(max_tokens=10_000, alpha=0.6, max_len_a=1.5, max_len_b=5, max_len=63)
+
+CPU = torch.device("cpu")
 
 
 def transformer(seed: int) -> Transformer:
@@ -51,8 +45,8 @@ def sources(n: int = 9, seed: int = 5) -> list[list[int]]:
 @pytest.mark.parametrize("beam", [1, 4])
 def test_a_model_twice_decodes_like_the_model(beam: int) -> None:
     model, src = transformer(3), sources()
-    alone = decode_corpus(model, src, beam=beam, **KW)
-    twice = decode_corpus(Ensemble([model, model]), src, beam=beam, **KW)
+    alone = decode_corpus(model, src, replace(KW, beam=beam), CPU)
+    twice = decode_corpus(Ensemble([model, model]), src, replace(KW, beam=beam), CPU)
     assert [h[0].tokens for h in twice] == [h[0].tokens for h in alone]
     assert any(h[0].tokens for h in alone)
     for a, b in zip(twice, alone):
@@ -84,8 +78,8 @@ def test_batched_decoding_equals_one_sentence_at_a_time(beam: int) -> None:
     member's state by its own rules (the Transformer keeps one encoder row per sentence and reorders
     its cache lazily); no result changes."""
     ens, src = Ensemble([transformer(3), rnn(4)]), sources()
-    together = decode_corpus(ens, src, beam=beam, **KW)
-    alone = [decode_corpus(ens, [s], beam=beam, **KW)[0] for s in src]
+    together = decode_corpus(ens, src, replace(KW, beam=beam), CPU)
+    alone = [decode_corpus(ens, [s], replace(KW, beam=beam), CPU)[0] for s in src]
     assert [h[0].tokens for h in together] == [h[0].tokens for h in alone]
     # sentences end at different steps: the batch shrinks
     assert len({len(h[0].tokens) for h in together}) > 1
@@ -101,11 +95,11 @@ def test_members_keep_one_encoder_row_per_sentence_under_beam_search() -> None:
     step = member.step
 
     def spy(prev, state):
-        seen.append((prev.size(0), state["mem_bias"].size(0)))
+        seen.append((prev.size(0), state.mem_bias.size(0)))
         return step(prev, state)
 
     member.step = spy
-    decode_corpus(Ensemble([member, rnn(4)]), sources(), beam=4, **KW)
+    decode_corpus(Ensemble([member, rnn(4)]), sources(), replace(KW, beam=4), CPU)
     assert seen[0][0] == seen[0][1]  # the first step decodes one row per sentence
     assert all(rows == 4 * sentences for rows, sentences in seen[1:]) and len(seen) > 2
 
@@ -115,9 +109,9 @@ def test_search_uses_the_ensembles_log_probabilities_as_they_are(beam: int, monk
     """`returns_log_probs`: search skips normalising the ensemble's output again; normalising it
     anyway changes nothing."""
     ens, src = Ensemble([transformer(3), rnn(4)]), sources()
-    fast = decode_corpus(ens, src, beam=beam, **KW)
+    fast = decode_corpus(ens, src, replace(KW, beam=beam), CPU)
     monkeypatch.setattr(Ensemble, "returns_log_probs", False)
-    plain = decode_corpus(ens, src, beam=beam, **KW)
+    plain = decode_corpus(ens, src, replace(KW, beam=beam), CPU)
     assert [h[0].tokens for h in fast] == [h[0].tokens for h in plain]
     for a, b in zip(fast, plain):
         assert math.isclose(a[0].score, b[0].score, rel_tol=1e-5, abs_tol=1e-5)
@@ -128,7 +122,8 @@ def test_the_ensemble_differs_from_each_member() -> None:
     the ensemble's beam output is neither member's."""
     a, b, src = transformer(3), transformer(4), sources(12)
     outs = [
-        [h[0].tokens for h in decode_corpus(m, src, beam=4, **KW)] for m in (a, b, Ensemble([a, b]))
+        [h[0].tokens for h in decode_corpus(m, src, replace(KW, beam=4), CPU)]
+        for m in (a, b, Ensemble([a, b]))
     ]
     assert outs[2] != outs[0] and outs[2] != outs[1]
 
@@ -138,5 +133,9 @@ def test_an_ensemble_needs_two_models_and_records_no_attention() -> None:
         Ensemble([transformer(3)])
     with pytest.raises(ValueError, match="one model"):
         decode_corpus(
-            Ensemble([transformer(3), transformer(4)]), sources(2), beam=2, record=True, **KW
+            Ensemble([transformer(3), transformer(4)]),
+            sources(2),
+            replace(KW, beam=2),
+            CPU,
+            record=True,
         )

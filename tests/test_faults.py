@@ -124,7 +124,7 @@ def test_valid_lines_longer_than_the_model_are_cut_with_a_warning(
     assert (
         "warning: 1 valid pair(s) longer than the model's 127 subwords" in capsys.readouterr().err
     )
-    result = evaluate_checkpoint(str(run / "last.pt"), "test", beam=1)
+    result = evaluate_checkpoint(str(run / "last.pt"), "test", given={"beam": 1})
     assert result["metrics"]["bleu"]["score"] >= 0
     assert "1 input line(s) longer than the model's 127 subwords" in capsys.readouterr().err
 

@@ -1,11 +1,16 @@
 """A kept vocabulary: `data.tokenizer` makes `nmt prepare` encode new data with an existing model's
-SentencePiece model, so `nmt train --init` can fine-tune on it."""
+SentencePiece model, so `nmt train --init` can fine-tune on it. `--init` starts a new run from the
+checkpoint's weights; it is refused on data of another tokenizer, and together with --resume."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cli_helpers import SMOKE, assert_one_error_line
+from conftest import SmokeRun
 from toy_language import toy_sentences
 
 from nmt.checkpoint import load_checkpoint
@@ -75,7 +80,7 @@ def test_fine_tuning_on_new_data_needs_the_kept_vocabulary(repo_root: Path, firs
     assert ckpt["train_state"]["step"] == 10
     assert ckpt["tokenizer"] == load_checkpoint(best)["tokenizer"]
     tr = load_translator(tuned, "cpu")
-    hyps = translate_lines(tr, ["A small dog runs."], beam=2, alpha=0.6)
+    hyps = translate_lines(tr, ["A small dog runs."], replace(tr.settings(), beam=2, alpha=0.6))
     assert tr.tok.decode_tgt([hyps[0][0].tokens])[0]
 
 
@@ -111,3 +116,79 @@ def test_a_joint_vocabulary_kept_for_separate_ones_is_refused(repo_root: Path, f
     )
     with pytest.raises(NmtError, match="one joint vocabulary; set data.joint_vocab: true"):
         prepare(cfg, log=lambda m: None)
+
+
+# --- through the command line: `nmt train --init` on the smoke run of tests/conftest.py ---
+
+
+def test_fine_tuning_with_another_tokenizer_is_refused(
+    cli, smoke: SmokeRun, other_prepared: Path, tmp_path: Path
+) -> None:
+    code, _, err = cli(
+        "train",
+        "--config",
+        SMOKE,
+        "--run-dir",
+        tmp_path / "ft",
+        "--init",
+        smoke.run / "best.pt",
+        *smoke.sets,
+        "--set",
+        f"data.prepared_dir={other_prepared}",
+        "--set",
+        "data.vocab_size=100",
+    )
+    assert_one_error_line(code, err, smoke.run / "best.pt", "different tokenizer", "fine-tune")
+    assert not list((tmp_path / "ft").glob("*.pt"))
+
+
+def test_fine_tuning_starts_from_the_checkpoint_weights(
+    cli, smoke: SmokeRun, tmp_path: Path
+) -> None:
+    import torch
+
+    from nmt.checkpoint import load_checkpoint
+
+    code, _, err = cli(
+        "train",
+        "--config",
+        SMOKE,
+        "--run-dir",
+        tmp_path / "ft",
+        "--init",
+        smoke.run / "best.pt",
+        *smoke.sets,
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "train.lr=1e-12",
+        "--set",
+        "train.warmup_steps=0",
+        "--set",
+        "train.valid_bleu=false",
+    )
+    assert code in (0, None), err
+    start, tuned = (
+        load_checkpoint(smoke.run / "best.pt"),
+        load_checkpoint(tmp_path / "ft" / "last.pt"),
+    )
+    # a new run: its own step count, optimizer and schedule
+    assert tuned["train_state"]["step"] == 1
+    assert all(torch.allclose(t, tuned["model"][k], atol=1e-6) for k, t in start["model"].items())
+    env = json.loads((tmp_path / "ft" / "env.json").read_text())["sessions"][-1]
+    assert env["init_from"] == str(smoke.run / "best.pt") and env["start_step"] == 0
+
+
+def test_init_and_resume_together_are_refused(cli, smoke: SmokeRun, run_copy: Path) -> None:
+    code, _, err = cli(
+        "train",
+        "--config",
+        SMOKE,
+        "--run-dir",
+        run_copy,
+        "--resume",
+        "--init",
+        smoke.run / "best.pt",
+        *smoke.sets,
+    )
+    assert_one_error_line(code, err, "--init", "--resume")

@@ -70,12 +70,12 @@ def test_signal_saves_last_checkpoint_and_says_how_to_resume(repo_root, toy_data
 # `nmt train` with every step slowed to 0.3 s, so that two signals surely arrive within one step
 SLOW_STEPS = """
 import sys, time
-import nmt.train
-real = nmt.train.Trainer._train_step
+import nmt.update
+real = nmt.update.Updater._step
 def slow(self, *args):
     time.sleep(0.3)
     return real(self, *args)
-nmt.train.Trainer._train_step = slow
+nmt.update.Updater._step = slow
 from nmt.cli import main
 sys.argv = ["nmt"] + sys.argv[1:]
 main()

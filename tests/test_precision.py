@@ -1,5 +1,7 @@
 """Number formats for decoding: which rows are padded, and padded rows decode like unpadded ones."""
 
+from dataclasses import replace
+
 import torch
 
 from nmt.precision import decode_row_multiple
@@ -45,13 +47,10 @@ def test_padded_rows_decode_like_unpadded_ones():
     tgt = torch.randint(4, 40, (3, 6))
     full = model(src, src == 0, tgt)
     for multiple in (1, 8, 64):
-        model.row_multiple = multiple
-        state = model.start(src, src == 0)
+        state = replace(model.start(src, src == 0), row_multiple=multiple)
         for t in range(tgt.size(1)):
             logits, state = model.step(tgt[:, t], state)
-            assert logits.shape == (3, 40) and all(
-                k.size(0) == 3 for kv in state["self"] for k in kv
-            )
+            assert logits.shape == (3, 40) and all(k.size(0) == 3 for kv in state.past for k in kv)
             torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
 
 

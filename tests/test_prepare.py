@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import SMOKE, assert_one_error_line
 from toy_language import TOY_SIZES
 
 import nmt.encode
@@ -575,3 +576,84 @@ def test_sentencepiece_learns_from_a_seeded_sample(make_corpus, tmp_path: Path) 
     assert manifest["counts"]["train"]["kept"] == 120
     again = run_prepare(files_cfg(folder, tmp_path / "again", spm_sample=40))
     assert again["tokenizer"]["sha256"] == manifest["tokenizer"]["sha256"]
+
+
+# --- through the command line (`nmt prepare`) ---
+
+
+def test_prepare_source_flag_stands_in_for_data_source(
+    cli, tiny_corpus: Path, repo_root: Path, tmp_path: Path
+) -> None:
+    """configs/base.yaml leaves data.source null;
+    `--source DIR` supplies it, as its comment says."""
+    out = tmp_path / "prepared"
+    code, _, err = cli(
+        "prepare",
+        "--config",
+        repo_root / "configs" / "base.yaml",
+        "--source",
+        tiny_corpus,
+        "--set",
+        f"data.prepared_dir={out}",
+        "--set",
+        "data.vocab_size=60",
+    )
+    assert code in (0, None), err
+    assert (out / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "change, names",
+    [
+        (
+            lambda d: (d / "train.de").write_text(
+                "".join(f"{s}\n" for s in (d / "train.de").read_text().splitlines()[:-2])
+            ),
+            ["train.en", "train.de", "120", "118"],
+        ),
+        (
+            lambda d: (d / "val.en").write_bytes((d / "val.en").read_bytes() + b"caf\xe9\n"),
+            ["val.en:13", "UTF-8"],
+        ),
+        (lambda d: (d / "test_2016_flickr.de").unlink(), ["test_2016_flickr.de", "not found"]),
+    ],
+    ids=["different_lengths", "invalid_utf8", "missing_file"],
+)
+def test_prepare_bad_corpus(cli, make_corpus, tmp_path: Path, change, names) -> None:
+    folder = make_corpus()
+    change(folder)
+    code, _, err = cli(
+        "prepare",
+        "--config",
+        SMOKE,
+        "--source",
+        folder,
+        "--set",
+        "data.corpus=files",
+        "--set",
+        f"data.prepared_dir={tmp_path / 'out'}",
+        "--set",
+        "data.vocab_size=60",
+    )
+    assert_one_error_line(code, err, *names)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_prepare_with_nothing_left_after_filtering(cli, make_corpus, tmp_path: Path) -> None:
+    folder = make_corpus()
+    code, _, err = cli(
+        "prepare",
+        "--config",
+        SMOKE,
+        "--source",
+        folder,
+        "--set",
+        "data.corpus=files",
+        "--set",
+        f"data.prepared_dir={tmp_path / 'out'}",
+        "--set",
+        "data.vocab_size=60",
+        "--set",
+        "data.max_len=1",
+    )
+    assert_one_error_line(code, err, "no training pairs left after filtering", "data.max_len=1")

@@ -1,7 +1,13 @@
-"""--resume continues a run where it stopped: same parameters as a run that never stopped."""
+"""--resume continues a run where it stopped: same parameters as a run that never stopped; through
+`nmt train --resume`, a resume that does not fit the run (nothing to resume, another model config
+or tokenizer) is one `error:` line and leaves the run as it was."""
+
+from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import SMOKE, assert_one_error_line, snapshot
+from conftest import SmokeRun
 
 from nmt.checkpoint import load_checkpoint
 from nmt.config import load_config
@@ -9,7 +15,8 @@ from nmt.prepare import prepare
 from nmt.train import train
 
 
-def smoke(repo_root, toy_data, tmp_path, steps, *more):
+def smoke_cfg(repo_root, toy_data, tmp_path, steps, *more):
+    """configs/smoke.yaml on the toy corpus, `steps` long (not the `smoke` run of conftest.py)."""
     return load_config(
         repo_root / "configs" / "smoke.yaml",
         [
@@ -27,12 +34,12 @@ def smoke(repo_root, toy_data, tmp_path, steps, *more):
 @pytest.mark.parametrize("more", [[], ["data.train=[{stem: train, weight: 0.3}]"]])
 def test_resumed_run_matches_uninterrupted_run(repo_root, toy_data, tmp_path, more):
     """Also with a weighted corpus (a new 30% of it each epoch): the steps cross epochs."""
-    prepare(smoke(repo_root, toy_data, tmp_path, 30, *more), log=lambda m: None)
-    straight = train(smoke(repo_root, toy_data, tmp_path, 30, *more), tmp_path / "straight")
+    prepare(smoke_cfg(repo_root, toy_data, tmp_path, 30, *more), log=lambda m: None)
+    straight = train(smoke_cfg(repo_root, toy_data, tmp_path, 30, *more), tmp_path / "straight")
     # 20 steps, then "killed"
-    stopped = train(smoke(repo_root, toy_data, tmp_path, 20, *more), tmp_path / "stopped")
+    stopped = train(smoke_cfg(repo_root, toy_data, tmp_path, 20, *more), tmp_path / "stopped")
     assert load_checkpoint(stopped / "last.pt")["train_state"]["step"] == 20
-    train(smoke(repo_root, toy_data, tmp_path, 30, *more), stopped, resume=True)
+    train(smoke_cfg(repo_root, toy_data, tmp_path, 30, *more), stopped, resume=True)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(stopped / "last.pt")
     assert a["train_state"]["step"] == b["train_state"]["step"] == 30
     if more:
@@ -46,7 +53,7 @@ def test_resumed_run_matches_uninterrupted_run(repo_root, toy_data, tmp_path, mo
 
 
 def test_resuming_a_finished_run_takes_no_step(repo_root, toy_data, tmp_path):
-    cfg = smoke(repo_root, toy_data, tmp_path, 10)
+    cfg = smoke_cfg(repo_root, toy_data, tmp_path, 10)
     prepare(cfg, log=lambda m: None)
     run = train(cfg, tmp_path / "run")
     before = load_checkpoint(run / "last.pt")
@@ -89,12 +96,12 @@ def test_same_config_and_seed_give_the_same_model_and_the_run_records_its_enviro
     import platform
     import subprocess
 
-    cfg = smoke(repo_root, toy_data, tmp_path, 12)
+    cfg = smoke_cfg(repo_root, toy_data, tmp_path, 12)
     prepare(cfg, log=lambda m: None)
     a, b = train(cfg, tmp_path / "a"), train(cfg, tmp_path / "b")
     ma, mb = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
     assert all(torch.equal(t, mb[k]) for k, t in ma.items())
-    train(smoke(repo_root, toy_data, tmp_path, 15), a, resume=True)
+    train(smoke_cfg(repo_root, toy_data, tmp_path, 15), a, resume=True)
     sessions = json.loads((a / "env.json").read_text())["sessions"]
     assert [s["start_step"] for s in sessions] == [0, 12]  # one record per invocation
     env = sessions[-1]
@@ -104,3 +111,76 @@ def test_same_config_and_seed_give_the_same_model_and_the_run_records_its_enviro
     assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
     assert env["sentencepiece"] and env["sacrebleu"] and env["git_commit"] == (head or None)
     assert isinstance(env["command"], list) and env["command"]
+
+
+# --- through the command line: `nmt train --resume` on the smoke run of tests/conftest.py ---
+
+
+def test_resume_with_nothing_to_resume(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    code, _, err = cli(
+        "train", "--config", SMOKE, "--run-dir", tmp_path / "fresh", "--resume", *smoke.sets
+    )
+    assert_one_error_line(code, err, tmp_path / "fresh" / "last.pt")
+
+
+def test_resume_with_a_changed_model_config_is_refused(
+    cli, smoke: SmokeRun, run_copy: Path
+) -> None:
+    before = snapshot(run_copy)
+    code, _, err = cli(
+        "train",
+        "--config",
+        SMOKE,
+        "--run-dir",
+        run_copy,
+        "--resume",
+        *smoke.sets,
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "model.ffn=128",
+    )
+    assert_one_error_line(code, err, run_copy / "last.pt", "model.d_model", "model.ffn")
+    assert snapshot(run_copy) == before
+
+
+def test_resume_with_another_tokenizer_is_refused(
+    cli, smoke: SmokeRun, run_copy: Path, other_prepared: Path
+) -> None:
+    before = snapshot(run_copy)
+    code, _, err = cli(
+        "train",
+        "--config",
+        SMOKE,
+        "--run-dir",
+        run_copy,
+        "--resume",
+        *smoke.sets,
+        "--set",
+        f"data.prepared_dir={other_prepared}",
+        "--set",
+        "data.vocab_size=100",
+    )
+    assert_one_error_line(code, err, "different tokenizer", other_prepared, "resume")
+    assert snapshot(run_copy) == before
+
+
+def test_resume_from_a_checkpoint_written_before_newer_data_keys(
+    cli, smoke: SmokeRun, run_copy: Path
+) -> None:
+    """A checkpoint whose config lacks keys added since (they count as their defaults) resumes."""
+    from nmt.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(run_copy / "last.pt")
+    for key in ("spm_sample", "workers", "tokenizer"):
+        del ckpt["config"]["data"][key]
+    for name in ("last.pt", "best.pt"):
+        save_checkpoint(run_copy / name, {k: v for k, v in ckpt.items() if k not in ("path",
+                        "format", "version")})  # fmt: skip
+    step = ckpt["train_state"]["step"]
+    code, _, err = cli(
+        "train", "--config", SMOKE, "--run-dir", run_copy, "--resume", *smoke.sets,
+        "--set", f"train.max_steps={step + 2}", "--set", "train.threads=1",
+    )  # fmt: skip
+    assert code == 0, err
+    assert load_checkpoint(run_copy / "last.pt")["train_state"]["step"] == step + 2

@@ -3,6 +3,7 @@ invariance, incremental decoding = teacher forcing, search through the shared in
 (reversal) that attention learns and the single-vector seq2seq finds hard."""
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,13 +12,14 @@ import torch
 from nmt.data import Split, make_batch, split_batch
 from nmt.loss import loss_fn
 from nmt.models.rnn import GlobalAttention, RNNSeq2Seq
-from nmt.search import beam_search, decode_corpus, greedy_search, max_lengths
-from nmt.tokenizer import BOS, EOS
+from nmt.search import SearchSettings, beam_search, decode_corpus, greedy_search, max_lengths
 
 VOCAB = 24
 VARIANTS = list(
     itertools.product(["lstm", "gru"], ["none", "dot", "general", "additive"], [True, False])
 )
+
+CPU = torch.device("cpu")
 
 
 def model(
@@ -97,12 +99,24 @@ def test_beam_one_equals_greedy_and_batched_search_equals_one_at_a_time(cell, at
     m = model(cell, attention, seed=3)
     b = batch(ROWS)
     max_len = max_lengths(b.src_pad_mask, 1.5, 3, 40)
-    greedy = greedy_search(m, b.src, b.src_pad_mask, max_len, BOS, EOS)
-    beam1 = beam_search(m, b.src, b.src_pad_mask, max_len, BOS, EOS, beam=1, alpha=0.0)
+    greedy = greedy_search(m, b.src, b.src_pad_mask, max_len)
+    beam1 = beam_search(m, b.src, b.src_pad_mask, max_len, SearchSettings(beam=1, alpha=0.0))
     assert [h.tokens for h in greedy] == [h[0].tokens for h in beam1]
-    together = decode_corpus(m, ROWS, torch.device("cpu"), 1000, 4, 0.6, 1.5, 3, 40, BOS, EOS)
+    together = decode_corpus(
+        m,
+        ROWS,
+        SearchSettings(max_tokens=1000, beam=4, alpha=0.6, max_len_a=1.5, max_len_b=3, max_len=39),
+        CPU,
+    )
     alone = [
-        decode_corpus(m, [r], torch.device("cpu"), 1000, 4, 0.6, 1.5, 3, 40, BOS, EOS)[0]
+        decode_corpus(
+            m,
+            [r],
+            SearchSettings(
+                max_tokens=1000, beam=4, alpha=0.6, max_len_a=1.5, max_len_b=3, max_len=39
+            ),
+            CPU,
+        )[0]
         for r in ROWS
     ]
     assert [h[0].tokens for h in together] == [h[0].tokens for h in alone]
@@ -125,7 +139,7 @@ def reversal_accuracy(attention: str, length: int, steps: int = 300) -> float:
     m.eval()
     test = [rng.integers(4, VOCAB, size=length).tolist() for _ in range(200)]
     b = batch(test)
-    hyps = greedy_search(m, b.src, b.src_pad_mask, torch.full((len(test),), length + 1), BOS, EOS)
+    hyps = greedy_search(m, b.src, b.src_pad_mask, torch.full((len(test),), length + 1))
     return float(
         np.mean(
             [
@@ -181,9 +195,8 @@ def test_rnn_trains_resumes_and_translates_through_the_common_paths(repo_root, t
     assert straight["config"]["model"]["arch"] == "rnn"
     assert all(torch.equal(t, resumed["model"][k]) for k, t in straight["model"].items())
     tr = load_translator(tmp_path / "straight" / "best.pt", "cpu")
-    hyps = translate_lines(
-        tr, ["A dog runs.", "", "Two men are playing soccer on a field."], beam=2, alpha=0.6
-    )
+    lines = ["A dog runs.", "", "Two men are playing soccer on a field."]
+    hyps = translate_lines(tr, lines, replace(tr.settings(), beam=2, alpha=0.6))
     assert len(hyps) == 3 and hyps[1][0].tokens == []
 
 

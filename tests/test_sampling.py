@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,19 +14,24 @@ from test_search import EOS, A, B, ScriptedModel, V
 
 from nmt.errors import NmtError
 from nmt.sampling import Sampling, draw
-from nmt.search import decode_corpus
-from nmt.tokenizer import BOS
+from nmt.search import SearchSettings, decode_corpus
 
 # first token: A 0.5, B 0.3, EOS 0.2; then EOS
 FIRST = {(): {A: 0.5, B: 0.3, EOS: 0.2}}
 N = 4000
 
+CPU = torch.device("cpu")
+# one beam, at most 1 x source length + 3 tokens
+ONE = SearchSettings(beam=1, alpha=0.0, max_len_a=1.0, max_len_b=3, max_len=63, max_tokens=1000)
+
 
 def first_tokens(sampling: Sampling, n: int = N, max_tokens: int = 100_000) -> list[int]:
     hyps = decode_corpus(
-        ScriptedModel(FIRST), [[A, A]] * n, torch.device("cpu"), max_tokens, 1, 0.0, 1.0, 3, 64,
-        BOS, EOS, sampling=sampling,
-    )  # fmt: skip
+        ScriptedModel(FIRST),
+        [[A, A]] * n,
+        replace(ONE, max_tokens=max_tokens, sampling=sampling),
+        CPU,
+    )
     return [h[0].tokens[0] if h[0].tokens else EOS for h in hyps]
 
 
@@ -56,12 +62,17 @@ def test_topp_keeps_the_fewest_tokens_holding_p() -> None:
 def test_temperature_sharpens_and_zero_is_greedy() -> None:
     assert shares(first_tokens(Sampling(temperature=0.25, seed=7)))[A] > 0.85
     greedy = decode_corpus(
-        ScriptedModel(FIRST), [[A]] * 5, torch.device("cpu"), 1000, 1, 0.0, 1.0, 3, 64, BOS, EOS
+        ScriptedModel(FIRST),
+        [[A]] * 5,
+        ONE,
+        CPU,
     )
     cold = decode_corpus(
-        ScriptedModel(FIRST), [[A]] * 5, torch.device("cpu"), 1000, 1, 0.0, 1.0, 3, 64, BOS, EOS,
-        sampling=Sampling(temperature=0.0),
-    )  # fmt: skip
+        ScriptedModel(FIRST),
+        [[A]] * 5,
+        replace(ONE, sampling=Sampling(temperature=0.0)),
+        CPU,
+    )
     assert [h[0].tokens for h in cold] == [h[0].tokens for h in greedy] == [[A]] * 5
 
 
@@ -74,9 +85,11 @@ def test_a_lines_sample_depends_on_seed_and_line_not_on_batching() -> None:
 
 def test_the_score_is_the_model_log_probability_of_the_drawn_tokens() -> None:
     hyps = decode_corpus(
-        ScriptedModel(FIRST), [[A]] * 50, torch.device("cpu"), 1000, 1, 0.0, 1.0, 3, 64, BOS, EOS,
-        sampling=Sampling(seed=10, temperature=2.0),
-    )  # fmt: skip
+        ScriptedModel(FIRST),
+        [[A]] * 50,
+        replace(ONE, sampling=Sampling(seed=10, temperature=2.0)),
+        CPU,
+    )
     for h in (h[0] for h in hyps):
         expected = math.log(FIRST[()][h.tokens[0]]) if h.tokens else math.log(0.2)
         assert math.isclose(h.log_prob, expected, abs_tol=1e-4)  # then EOS with probability 1

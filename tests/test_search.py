@@ -1,6 +1,7 @@
 """Search: hand-written probability tables where the right answer can be worked out on paper."""
 
 import math
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from nmt.data import bucket_batches
 from nmt.models.transformer import Transformer
 from nmt.search import (
+    SearchSettings,
     Workspace,
     beam_search,
     block_repeats,
@@ -17,13 +19,25 @@ from nmt.search import (
     greedy_search,
     length_penalty,
     next_log_probs,
-    select_state,
     top_continuations,
 )
 from nmt.tokenizer import BOS, EOS, PAD
 
 A, B = 4, 5
 V = 6
+
+CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class PrefixState:
+    """The scripted model's decoder state: the tokens each row has emitted."""
+
+    prefix: torch.Tensor  # (rows, t)
+    recording = None
+
+    def reorder(self, beams, sentences):
+        return PrefixState(self.prefix[beams])
 
 
 class ScriptedModel:
@@ -37,17 +51,17 @@ class ScriptedModel:
         self.table, self.default = table, default if default is not None else {EOS: 1.0}
 
     def start(self, src, src_pad_mask):
-        return {"prefix": torch.empty((src.size(0), 0), dtype=torch.long)}
+        return PrefixState(torch.empty((src.size(0), 0), dtype=torch.long))
 
     def step(self, prev, state):
-        prefix = state["prefix"]
+        prefix = state.prefix
         if not (prev == BOS).all():
-            prefix = torch.cat([state["prefix"], prev[:, None]], dim=1)
+            prefix = torch.cat([state.prefix, prev[:, None]], dim=1)
         logits = torch.full((prev.size(0), V), math.log(1e-9))
         for row, p in enumerate(prefix.tolist()):
             for tok, prob in self.table.get(tuple(p), self.default).items():
                 logits[row, tok] = math.log(prob)
-        return logits, {"prefix": prefix}
+        return logits, PrefixState(prefix)
 
 
 def run(model, beam, alpha=0.0, nbest=1, max_len=10, n=1, early_exit=False):
@@ -55,8 +69,14 @@ def run(model, beam, alpha=0.0, nbest=1, max_len=10, n=1, early_exit=False):
     mask = src == PAD
     lens = torch.full((n,), max_len)
     if beam == 0:
-        return greedy_search(model, src, mask, lens, BOS, EOS)
-    return beam_search(model, src, mask, lens, BOS, EOS, beam, alpha, nbest, early_exit=early_exit)
+        return greedy_search(model, src, mask, lens)
+    return beam_search(
+        model,
+        src,
+        mask,
+        lens,
+        SearchSettings(beam=beam, alpha=alpha, nbest=nbest, early_exit=early_exit),
+    )
 
 
 # Greedy takes A (0.6) then EOS: p = 0.6 * 0.4 = 0.24. Beam 2 also keeps B (0.4), whose EOS has
@@ -183,15 +203,17 @@ def test_top_continuations_by_blocks_equal_the_topk_over_every_beam_and_token():
 def test_next_log_probs_are_the_models_log_probs_of_the_allowed_tokens():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(4, 3000, generator=g) * 4
-    logits[:, 7] = 50.0  # the likeliest token, but BOS: never emitted, still part of the normaliser
+    logits[:, BOS] = (
+        50.0  # the likeliest token, but BOS: never emitted, still part of the normaliser
+    )
     force = torch.tensor([False, False, True, False])
     for dtype in (torch.float32, torch.bfloat16):
         given = logits.to(dtype)
-        lp = next_log_probs(given, bos=7, eos=EOS, force_eos=force)
+        lp = next_log_probs(given, force_eos=force)
         # the model's logits are left alone
         assert lp.dtype == torch.float32 and torch.equal(given, logits.to(dtype))
         ref = given.float().log_softmax(-1)
-        ref[:, [PAD, 7]] = -float("inf")
+        ref[:, [PAD, BOS]] = -float("inf")
         ref[2, :EOS] = ref[2, EOS + 1 :] = -float("inf")  # a forced row may only end
         torch.testing.assert_close(lp, ref, atol=1e-5, rtol=1e-5)
 
@@ -201,18 +223,16 @@ def test_next_log_probs_in_a_workspace_equal_a_new_tensor_and_reuse_its_memory()
     ws = Workspace()
     big = (torch.randn(6, 640, generator=g) * 3).bfloat16()
     force = torch.zeros(6, dtype=torch.bool)
-    first = next_log_probs(big, bos=7, eos=EOS, force_eos=force, workspace=ws)
-    assert torch.equal(first, next_log_probs(big, bos=7, eos=EOS, force_eos=force))
+    first = next_log_probs(big, force_eos=force, workspace=ws)
+    assert torch.equal(first, next_log_probs(big, force_eos=force))
     ptr = ws.buffer.data_ptr()
     small = big[2:5]  # fewer rows (sentences left the batch): the same memory, no new tensor
-    lp = next_log_probs(small, bos=7, eos=EOS, force_eos=force[:3], workspace=ws)
-    assert lp.data_ptr() == ptr and torch.equal(
-        lp, next_log_probs(small, bos=7, eos=EOS, force_eos=force[:3])
-    )
+    lp = next_log_probs(small, force_eos=force[:3], workspace=ws)
+    assert lp.data_ptr() == ptr and torch.equal(lp, next_log_probs(small, force_eos=force[:3]))
     more = torch.cat([big, big]).contiguous()  # more rows than it holds: it grows
     assert torch.equal(
-        next_log_probs(more, bos=7, eos=EOS, force_eos=torch.cat([force, force]), workspace=ws),
-        next_log_probs(more, bos=7, eos=EOS, force_eos=torch.cat([force, force])),
+        next_log_probs(more, force_eos=torch.cat([force, force]), workspace=ws),
+        next_log_probs(more, force_eos=torch.cat([force, force])),
     )
     assert ws.buffer.size(0) == 12
 
@@ -229,34 +249,40 @@ def test_beam_search_with_blocked_top_tokens_equals_the_plain_topk(monkeypatch):
         torch.randint(4, 4096, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
         for _ in range(8)
     ]
-    kw = dict(
-        device=torch.device("cpu"),
-        max_tokens=1000,
-        alpha=0.6,
-        max_len_a=1.5,
-        max_len_b=5,
-        max_positions=64,
-        bos=BOS,
-        eos=EOS,
-    )
-    fast = {beam: decode_corpus(model, src, beam=beam, **kw) for beam in (1, 4)}
+    kw = SearchSettings(max_tokens=1000, alpha=0.6, max_len_a=1.5, max_len_b=5, max_len=63)
+    fast = {beam: decode_corpus(model, src, replace(kw, beam=beam), CPU) for beam in (1, 4)}
     monkeypatch.setattr("nmt.search.block_size", lambda v: None)
     for beam in (1, 4):
-        plain = decode_corpus(model, src, beam=beam, **kw)
+        plain = decode_corpus(model, src, replace(kw, beam=beam), CPU)
         assert [h[0].tokens for h in fast[beam]] == [h[0].tokens for h in plain]
         assert [h[0].score for h in fast[beam]] == pytest.approx(
             [h[0].score for h in plain], abs=1e-5
         )
 
 
-def test_select_state_reorders_nested_tensors():
-    state = {"a": [torch.arange(3), (torch.arange(3) * 10,)], "n": 7}
-    out = select_state(state, torch.tensor([2, 2, 0]))
-    assert (
-        out["a"][0].tolist() == [2, 2, 0]
-        and out["a"][1][0].tolist() == [20, 20, 0]
-        and out["n"] == 7
-    )
+def test_a_transformer_state_moves_its_sentence_rows_only_when_sentences_leave():
+    """Beam search's reordering: the self-attention caches follow the parent rows (lazily: the next
+    step gathers them), the encoder's keys/values stay one row per sentence until a sentence
+    leaves the batch."""
+    with torch.inference_mode():  # as search decodes
+        model = random_transformer()
+        src = torch.tensor([[5, 6, 7, EOS], [8, 9, EOS, PAD]])
+        state = model.start(src, src == PAD)
+        _, state = model.step(torch.full((2,), BOS), state)
+        beams = torch.tensor([0, 0, 1, 1])  # two beams per sentence, from each sentence's row
+        kept = state.reorder(beams, None)
+        assert kept.cross[0][0].size(0) == 2 and kept.parents.tolist() == [0, 0, 1, 1]
+        assert kept.past[0][0].size(0) == 2  # not copied yet
+        _, stepped = model.step(torch.tensor([5, 6, 7, 8]), kept)
+        assert stepped.past[0][0].size(0) == 4 and stepped.parents is None
+        assert torch.equal(stepped.past[0][0][1, :, 0], stepped.past[0][0][0, :, 0])  # one parent
+        shrunk = stepped.reorder(torch.tensor([2, 3]), torch.tensor([1]))  # sentence 0 left
+        assert shrunk.cross[0][0].size(0) == 1 and shrunk.mem_bias.size(0) == 1
+        assert torch.equal(shrunk.cross[0][0][0], stepped.cross[0][0][1])
+        twice = kept.reorder(
+            torch.tensor([3, 2]), None
+        )  # parents compose until a step applies them
+        assert twice.parents.tolist() == [1, 1]
 
 
 def random_transformer():
@@ -276,17 +302,8 @@ def sources(n=7, seed=0):
 
 def test_beam_one_equals_greedy_on_a_real_model():
     model, src = random_transformer(), sources()
-    kw = dict(
-        device=torch.device("cpu"),
-        max_tokens=1000,
-        alpha=0.6,
-        max_len_a=1.5,
-        max_len_b=5,
-        max_positions=64,
-        bos=BOS,
-        eos=EOS,
-    )
-    greedy = decode_corpus(model, src, beam=1, **kw)
+    kw = SearchSettings(max_tokens=1000, alpha=0.6, max_len_a=1.5, max_len_b=5, max_len=63)
+    greedy = decode_corpus(model, src, replace(kw, beam=1), CPU)
     beam1 = [beam_search_one(model, s) for s in src]
     assert [g[0].tokens for g in greedy] == [b.tokens for b in beam1]
     assert any(len(g[0].tokens) > 0 for g in greedy)
@@ -296,25 +313,20 @@ def beam_search_one(model, s, beam=1):
     src = torch.tensor([s + [EOS]])
     mask = src == PAD
     lens = torch.clamp((torch.tensor([len(s) + 1]) * 1.5).long() + 5, max=63)
-    return beam_search(model, src, mask, lens, BOS, EOS, beam, 0.6)[0][0]
+    return beam_search(model, src, mask, lens, SearchSettings(beam=beam, alpha=0.6))[0][0]
 
 
 def test_batched_decoding_equals_one_sentence_at_a_time():
     """Finished sentences leave the batch and beams
     are reordered: none of it may change a result."""
     model, src = random_transformer(), sources(9, seed=5)
-    kw = dict(
-        device=torch.device("cpu"),
-        alpha=0.6,
-        max_len_a=1.5,
-        max_len_b=5,
-        max_positions=64,
-        bos=BOS,
-        eos=EOS,
-    )
+    kw = SearchSettings(alpha=0.6, max_len_a=1.5, max_len_b=5, max_len=63)
     for beam in (1, 4):
-        together = decode_corpus(model, src, max_tokens=10_000, beam=beam, **kw)
-        alone = [decode_corpus(model, [s], max_tokens=10_000, beam=beam, **kw)[0] for s in src]
+        together = decode_corpus(model, src, replace(kw, max_tokens=10_000, beam=beam), CPU)
+        alone = [
+            decode_corpus(model, [s], replace(kw, max_tokens=10_000, beam=beam), CPU)[0]
+            for s in src
+        ]
         assert [h[0].tokens for h in together] == [h[0].tokens for h in alone]
         for a, b in zip(together, alone):
             assert math.isclose(a[0].score, b[0].score, rel_tol=1e-4, abs_tol=1e-4)
@@ -324,21 +336,12 @@ def test_batches_decoded_in_threads_equal_those_decoded_in_turn():
     """Workers take batches longest first, in threads sharing the intra-op threads: each input still
     gets its own translation, in input order, and torch's thread count is what it was."""
     model, src = random_transformer(), sources(40, seed=7)
-    kw = dict(
-        device=torch.device("cpu"),
-        max_tokens=60,
-        alpha=0.6,
-        max_len_a=1.5,
-        max_len_b=5,
-        max_positions=64,
-        bos=BOS,
-        eos=EOS,
-    )
+    kw = SearchSettings(max_tokens=60, alpha=0.6, max_len_a=1.5, max_len_b=5, max_len=63)
     threads = torch.get_num_threads()
     for beam in (1, 3):
-        in_turn = decode_corpus(model, src, beam=beam, **kw)
+        in_turn = decode_corpus(model, src, replace(kw, beam=beam), CPU)
         for workers in (2, 3):
-            side_by_side = decode_corpus(model, src, beam=beam, workers=workers, **kw)
+            side_by_side = decode_corpus(model, src, replace(kw, beam=beam), CPU, workers=workers)
             assert [h[0].tokens for h in side_by_side] == [h[0].tokens for h in in_turn]
             assert [h[0].score for h in side_by_side] == pytest.approx(
                 [h[0].score for h in in_turn], abs=1e-5
@@ -362,18 +365,9 @@ def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_rest():
         def step(self, prev, state):
             return model.step(prev, state)
 
-    kw = dict(
-        device=torch.device("cpu"),
-        max_tokens=60,
-        alpha=0.6,
-        max_len_a=1.5,
-        max_len_b=5,
-        max_positions=64,
-        bos=BOS,
-        eos=EOS,
-    )
+    kw = SearchSettings(max_tokens=60, alpha=0.6, max_len_a=1.5, max_len_b=5, max_len=63)
     with pytest.raises(ValueError, match="bad batch"):
-        decode_corpus(Failing(), src, beam=2, workers=2, **kw)
+        decode_corpus(Failing(), src, replace(kw, beam=2), CPU, workers=2)
     n_batches = len(bucket_batches(np.array([len(s) for s in src]), None, 60 // 2))
     assert 2 <= len(started) < n_batches  # batches still queued behind the failure were dropped
 
@@ -382,15 +376,8 @@ def test_empty_input_gives_empty_output():
     out = decode_corpus(
         random_transformer(),
         [[], [5, 6], []],
-        torch.device("cpu"),
-        100,
-        2,
-        0.6,
-        1.5,
-        5,
-        64,
-        BOS,
-        EOS,
+        SearchSettings(max_tokens=100, beam=2, alpha=0.6, max_len_a=1.5, max_len_b=5, max_len=63),
+        CPU,
     )
     assert out[0][0].tokens == [] and out[2][0].tokens == []
 
@@ -429,31 +416,28 @@ def test_a_looping_model_is_stopped_from_repeating_bigrams():
         torch.zeros(1, 3, dtype=torch.bool),
         torch.full((1,), 10),
     )
-    one = beam_search(loop, src, mask, lens, BOS, EOS, 1, 0.0, no_repeat_ngram=2)[0][0]
+    one = beam_search(loop, src, mask, lens, SearchSettings(beam=1, alpha=0.0, no_repeat_ngram=2))[
+        0
+    ][0]
     assert one.tokens == [A, A, B, A]
-    for hyp in beam_search(loop, src, mask, lens, BOS, EOS, 3, 0.0, nbest=3, no_repeat_ngram=2)[0]:
+    for hyp in beam_search(
+        loop, src, mask, lens, SearchSettings(beam=3, alpha=0.0, nbest=3, no_repeat_ngram=2)
+    )[0]:
         assert repeated_ngrams(hyp.tokens, 2) == []
 
 
 def test_no_repeat_ngram_on_a_real_model():
     model, src = random_transformer(), sources(12, seed=1)
-    kw = dict(
-        device=torch.device("cpu"),
-        max_tokens=1000,
-        alpha=0.6,
-        max_len_a=1.5,
-        max_len_b=5,
-        max_positions=64,
-        bos=BOS,
-        eos=EOS,
-    )
-    free = decode_corpus(model, src, beam=4, **kw)
+    kw = SearchSettings(max_tokens=1000, alpha=0.6, max_len_a=1.5, max_len_b=5, max_len=63)
+    free = decode_corpus(model, src, replace(kw, beam=4), CPU)
     # a random model repeats itself: the test can fail
     assert any(repeated_ngrams(h[0].tokens, 2) for h in free)
     for beam in (1, 4):
-        blocked = decode_corpus(model, src, beam=beam, no_repeat_ngram=2, **kw)
+        blocked = decode_corpus(model, src, replace(kw, beam=beam, no_repeat_ngram=2), CPU)
         assert all(repeated_ngrams(h[0].tokens, 2) == [] for h in blocked)
     # greedy through beam search (one beam) is the same search as the greedy loop
-    assert [h[0].tokens for h in decode_corpus(model, src, beam=1, no_repeat_ngram=0, **kw)] == [
-        h[0].tokens for h in decode_corpus(model, src, beam=1, no_repeat_ngram=99, **kw)
+    assert [
+        h[0].tokens for h in decode_corpus(model, src, replace(kw, beam=1, no_repeat_ngram=0), CPU)
+    ] == [
+        h[0].tokens for h in decode_corpus(model, src, replace(kw, beam=1, no_repeat_ngram=99), CPU)
     ]

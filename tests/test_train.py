@@ -1,17 +1,23 @@
-"""Training pieces: schedule, loss, accumulation, and a tiny model that must learn its data."""
+"""Training pieces: schedule, loss, accumulation, and a tiny model that must learn its data; and the
+runs `nmt train` refuses before any step (a run folder that holds a run, data never prepared or
+prepared by another format version)."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import SMOKE, assert_one_error_line
+from conftest import SmokeRun
 
 from nmt.data import Split, split_batch
 from nmt.loss import loss_fn, projected_loss
 from nmt.models.transformer import Transformer
 from nmt.search import greedy_search, max_lengths
-from nmt.tokenizer import BOS, EOS, PAD
+from nmt.tokenizer import PAD
 from nmt.train import lr_at
 
 
@@ -148,7 +154,7 @@ def test_tiny_model_memorises_a_handful_of_pairs():
         opt.step()
     model.eval()
     hyps = greedy_search(
-        model, batch.src, batch.src_pad_mask, max_lengths(batch.src_pad_mask, 1.0, 3, 31), BOS, EOS
+        model, batch.src, batch.src_pad_mask, max_lengths(batch.src_pad_mask, 1.0, 3, 31)
     )
     assert [h.tokens for h in hyps] == tgt
 
@@ -195,3 +201,51 @@ def test_compiled_training_matches_eager(repo_root, toy_data, tmp_path):
     torch.testing.assert_close(comp_valid, eager_valid, rtol=1e-5, atol=0.0)
     # it did learn: the comparison is not between two frozen models
     assert eager_train[-1] < eager_train[0]
+
+
+# --- through the command line: the runs `nmt train` refuses ---
+
+
+def test_train_refuses_a_run_dir_that_holds_a_run(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    code, _, err = cli("train", "--config", SMOKE, "--run-dir", run, *smoke.sets)
+    assert_one_error_line(code, err, run, "--resume")
+    assert [p.name for p in run.iterdir()] == ["last.pt"]  # nothing written into it
+
+
+def test_train_without_prepared_data(cli, tmp_path: Path) -> None:
+    code, _, err = cli(
+        "train",
+        "--config",
+        SMOKE,
+        "--run-dir",
+        tmp_path / "run",
+        "--set",
+        f"data.prepared_dir={tmp_path / 'unprepared'}",
+    )
+    assert_one_error_line(code, err, tmp_path / "unprepared", "nmt prepare")
+
+
+def test_train_on_a_prepared_dir_of_another_format_version(
+    cli, smoke: SmokeRun, tmp_path: Path
+) -> None:
+    import shutil
+
+    prepared = Path(shutil.copytree(smoke.prepared, tmp_path / "prepared"))
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    manifest["version"] += 1
+    (prepared / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = cli(
+        "train",
+        "--config",
+        SMOKE,
+        "--run-dir",
+        tmp_path / "run",
+        "--set",
+        f"data.prepared_dir={prepared}",
+    )
+    assert_one_error_line(
+        code, err, prepared / "manifest.json", f"v{manifest['version']}", "nmt prepare"
+    )

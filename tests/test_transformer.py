@@ -4,6 +4,7 @@ causality, padding invariance, cache = recompute."""
 import pytest
 import torch
 
+from nmt.models.incremental import attend
 from nmt.models.transformer import Attention, Transformer
 from nmt.tokenizer import BOS, PAD
 
@@ -104,7 +105,7 @@ def test_dropout_only_in_training_mode():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_dropout_drops_the_asked_share_and_keeps_the_mean(dtype):
-    from nmt.models.transformer import Dropout
+    from nmt.models.dropout import Dropout
 
     torch.manual_seed(0)
     drop = Dropout(0.3).train()
@@ -206,7 +207,7 @@ def test_a_decoding_step_where_beams_share_a_row_of_keys_attends_as_if_each_had_
     mask[1, ..., 4:] = False  # a shorter sentence
     bias = torch.zeros(n, 4, 1, s).masked_fill(~mask, -float("inf"))
     weights: list = []
-    shared = attn.step(x, n * f, k, v, bias, weights)
+    shared = attend(attn, x, n * f, (k, v), bias, weights)
     rows = torch.arange(n).repeat_interleave(f)
     recorded: list = []
     copied = attn(x[: n * f, None], k[rows], v[rows], mask[rows], weights=recorded)
@@ -220,7 +221,7 @@ def test_a_decoding_step_where_beams_share_a_row_of_keys_attends_as_if_each_had_
 
 
 def test_extend_reorders_and_appends_in_one_copy():
-    from nmt.models.transformer import extend
+    from nmt.models.incremental import extend
 
     past, new = torch.randn(4, 2, 3, 5), torch.randn(6, 2, 5)
     parents = torch.tensor([3, 3, 0, 1, 2, 0])  # a beam step: rows continue (and repeat) other rows
@@ -246,7 +247,7 @@ def test_encoder_keys_and_values_are_kept_contiguous_so_a_step_reads_them_withou
         model = tiny().to(dtype)
         src, mask, tgt = batch()
         state = model.start(src, mask)
-        for k, v in state["cross"]:
+        for k, v in state.cross:
             b, h, s, dh = k.shape
             assert k.is_contiguous() and v.is_contiguous()
             assert k.reshape(b * h, s, dh).data_ptr() == k.data_ptr()  # a view, not a copy
@@ -262,11 +263,11 @@ def test_a_bf16_model_decodes_on_the_cpu_with_bf16_attention_caches_and_matches_
     src, mask, tgt = batch()
     full = model(src, mask, tgt).float()
     state = model.start(src, mask)
-    assert all(t.dtype == torch.bfloat16 for kv in state["cross"] for t in kv)
+    assert all(t.dtype == torch.bfloat16 for kv in state.cross for t in kv)
     for t in range(tgt.size(1)):
         logits, state = model.step(tgt[:, t], state)
         assert (
-            all(c.dtype == torch.bfloat16 for kv in state["self"] for c in kv)
+            all(c.dtype == torch.bfloat16 for kv in state.past for c in kv)
             and logits.dtype == torch.bfloat16
         )
         torch.testing.assert_close(logits.float(), full[:, t], atol=0.1, rtol=0.05)
@@ -276,7 +277,7 @@ def test_a_bf16_model_decodes_on_the_cpu_with_bf16_attention_caches_and_matches_
 
 
 def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_do():
-    """Attention.step on bf16 keys on a CPU (scaled_dot_product_attention) gives what the
+    """incremental.attend on bf16 keys on a CPU (scaled_dot_product_attention) gives what the
     written-out products give (scores, softmax, weighted sum, in fp32) within bf16 rounding: with
     padded rows, with the beams of a sentence attending together (3 queries per key row) and with
     masked keys. Asking for the weights changes nothing in the output."""
@@ -288,9 +289,9 @@ def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_d
     bias = torch.zeros(b, 4, 1, s, dtype=torch.bfloat16)
     bias[1, :, :, 4:] = -float("inf")  # sentence 1 has 4 source positions
     with torch.inference_mode():
-        fast = att.step(x, b * f, k, v, bias)
+        fast = attend(att, x, b * f, (k, v), bias)
         weights: list = []
-        assert torch.equal(att.step(x, b * f, k, v, bias, weights=weights), fast)
+        assert torch.equal(attend(att, x, b * f, (k, v), bias, weights), fast)
         q = att.q(x)[: b * f].float().view(b, f, 4, 8).transpose(1, 2)  # written out, in fp32
         w = (q @ k.float().transpose(-1, -2) * 8**-0.5 + bias.float()).softmax(-1)
         y = (w @ v.float()).transpose(1, 2).reshape(b * f, 32)
@@ -304,7 +305,7 @@ def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_d
     k2 = k.clone()
     k2[1, :, 4:] = 100.0  # what masked keys hold changes nothing
     with torch.inference_mode():
-        assert torch.equal(att.step(x, b * f, k2, v, bias), fast)
+        assert torch.equal(attend(att, x, b * f, (k2, v), bias), fast)
 
 
 def test_under_autocast_decoding_keeps_the_caches_in_the_layers_dtype():
@@ -316,11 +317,11 @@ def test_under_autocast_decoding_keeps_the_caches_in_the_layers_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         full = model(src, mask, tgt).float()
         state = model.start(src, mask)
-        assert all(t.dtype == torch.bfloat16 for kv in state["cross"] for t in kv)
+        assert all(t.dtype == torch.bfloat16 for kv in state.cross for t in kv)
         for t in range(tgt.size(1)):
             logits, state = model.step(tgt[:, t], state)
             torch.testing.assert_close(logits.float(), full[:, t], atol=0.1, rtol=0.05)
-        assert all(c.dtype == torch.bfloat16 for kv in state["self"] for c in kv)
+        assert all(c.dtype == torch.bfloat16 for kv in state.past for c in kv)
 
 
 def test_attention_kernels_on_a_gpu_leave_cudnn_out_and_the_cpu_untouched():

@@ -9,15 +9,29 @@ the direction); they may differ in everything else: seeds, sizes, architectures 
 beside an RNN).
 
 The ensemble offers the same `start`/`step` interface as one model, so greedy and beam search use it
-unchanged. Its state is {"members": [each member's state]}: search.select_beams reorders each
-member's state by that member's own rules (its "static" and "deferred" entries), and select_state,
-which treats every entry alike, goes through the list.
+unchanged. Its state holds each member's state, and reorders each by that member's own rules.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Optional
+
 import torch
 from torch import Tensor, nn
+
+from nmt.models.recording import Recording
+
+
+@dataclass(frozen=True)
+class EnsembleState:
+    """The members' states, in order (search.DecoderState)."""
+
+    members: tuple[Any, ...]
+    recording: Optional[Recording] = None  # an ensemble records no attention (see start)
+
+    def reorder(self, beams: Tensor, sentences: Optional[Tensor]) -> EnsembleState:
+        return EnsembleState(tuple(s.reorder(beams, sentences) for s in self.members))
 
 
 class Ensemble(nn.Module):
@@ -30,14 +44,14 @@ class Ensemble(nn.Module):
             raise ValueError("an ensemble needs two or more models")
         self.members = nn.ModuleList(members)
 
-    def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> dict:
+    def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> EnsembleState:
         if record:  # each member attends in its own way: there is no one set of weights to show
             raise ValueError(
                 "an ensemble does not record attention weights; decode with one model for that"
             )
-        return {"members": [m.start(src, src_pad_mask) for m in self.members]}
+        return EnsembleState(tuple(m.start(src, src_pad_mask) for m in self.members))
 
-    def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
+    def step(self, prev: Tensor, state: EnsembleState) -> tuple[Tensor, EnsembleState]:
         """prev (B,) -> the log of the members' mean next-token probabilities (B, V) in fp32, and
         the new state.
 
@@ -45,8 +59,8 @@ class Ensemble(nn.Module):
         with 8,000 floats per row, stacking the members' log-probabilities for a logsumexp and
         normalising again moved several times as much memory, for the same outputs. A token every
         member gives under ~1e-45 gets -inf, which no search keeps."""
-        outputs = [m.step(prev, s) for m, s in zip(self.members, state["members"])]
+        outputs = [m.step(prev, s) for m, s in zip(self.members, state.members)]
         total = torch.softmax(outputs[0][0], dim=-1, dtype=torch.float32)
         for logits, _ in outputs[1:]:
             total.add_(torch.softmax(logits, dim=-1, dtype=torch.float32))
-        return total.div_(len(outputs)).log_(), {"members": [s for _, s in outputs]}
+        return total.div_(len(outputs)).log_(), EnsembleState(tuple(s for _, s in outputs))

@@ -11,17 +11,21 @@ al. 2015: dot and general scores; Bahdanau et al. 2015: the additive score).
   attention, scores of h against every encoder state -> softmax over real positions -> context c ->
   attentional vector tanh(W [c; h]) -> output.
 
-Same interface as the Transformer: `forward` for
-training, `start`/`step` for search (see search.py).
+Same interface as the Transformer: `forward` for training, `start`/`step` for search (see
+search.py), with an `RNNState` between steps.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nmt.models.transformer import Dropout
+from nmt.models.dropout import Dropout
+from nmt.models.recording import Recording
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -64,6 +68,31 @@ class GlobalAttention(nn.Module):
             scores = torch.bmm(q, keys.transpose(1, 2))
         weights = scores.masked_fill(~mask[:, None], -float("inf")).softmax(dim=-1)  # (B / f, f, S)
         return torch.bmm(weights, memory).view_as(h), weights.view(h.size(0), -1)
+
+
+@dataclass(frozen=True)
+class RNNState:
+    """What the RNN decoder carries between steps (search.DecoderState). The encoder's outputs
+    (attentional models only) are kept one row per sentence, shared by its beams."""
+
+    hidden: Tensor  # (rows, layers, H), for an LSTM (rows, layers, H, 2): h and c
+    feed: Optional[Tensor]  # (rows, H) the previous attentional vector (input feeding)
+    memory: Optional[Tensor]  # (B, S, H) the encoder states
+    keys: Optional[Tensor]  # (B, S, H) what the attention scores them by (GlobalAttention.keys)
+    mem_mask: Optional[Tensor]  # (B, S) True at real source positions
+    recording: Optional[Recording] = None
+
+    def reorder(self, beams: Tensor, sentences: Optional[Tensor]) -> RNNState:
+        """See search.DecoderState: the encoder's outputs move only when sentences leave."""
+        memory, keys, mem_mask = self.memory, self.keys, self.mem_mask
+        if sentences is not None and memory is not None:
+            memory, keys, mem_mask = memory[sentences], keys[sentences], mem_mask[sentences]
+        return RNNState(
+            self.hidden[beams],
+            None if self.feed is None else self.feed[beams],
+            memory, keys, mem_mask,
+            None if self.recording is None else self.recording.reorder(beams, sentences),
+        )  # fmt: skip
 
 
 class RNNSeq2Seq(nn.Module):
@@ -165,52 +194,43 @@ class RNNSeq2Seq(nn.Module):
             return torch.stack([rnn_state[0].transpose(0, 1), rnn_state[1].transpose(0, 1)], dim=-1)
         return rnn_state.transpose(0, 1)
 
-    def _step(self, prev: Tensor, st: dict) -> tuple[Tensor, dict, Tensor | None]:
+    def _step(self, prev: Tensor, st: RNNState) -> tuple[Tensor, RNNState, Optional[Tensor]]:
         """prev (B,) -> (output vector (B, H) before the
         vocabulary projection, new state, attention (B, S))."""
         x = self.drop(self.tgt_embed(prev))
         if self.input_feeding:
-            x = torch.cat([x, st["feed"]], dim=-1)
-        out, rnn_state = self.decoder(x[:, None], self._rnn_state(st["rnn"]))
+            x = torch.cat([x, st.feed], dim=-1)
+        out, rnn_state = self.decoder(x[:, None], self._rnn_state(st.hidden))
         h = out[:, 0]
-        new = {**st, "rnn": self._batch_first(rnn_state)}
+        new = replace(st, hidden=self._batch_first(rnn_state))
         if self.attention_kind == "none":
             return self.drop(h), new, None
-        context, weights = self.attention(h, st["keys"], st["memory"], st["mem_mask"])
+        context, weights = self.attention(h, st.keys, st.memory, st.mem_mask)
         attn_h = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
         if self.input_feeding:
-            new["feed"] = attn_h
+            new = replace(new, feed=attn_h)
         return self.drop(attn_h), new, weights
 
     # --- the model interface ---
-    def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> dict:
-        """With `record` (attentional models only), the state also keeps
-        each step's attention weights: "cross", (B, 1, 1, S) per step (one
-        layer, one head), as the Transformer's (see search.attention_of)."""
+    def start(self, src: Tensor, src_pad_mask: Tensor, record: bool = False) -> RNNState:
+        """With `record` (attentional models only), the state also keeps each step's attention
+        weights: "cross", (rows, 1, 1, S) per step (one layer, one head), as the Transformer's (see
+        models/recording.py)."""
         if record and self.attention_kind == "none":
             raise ValueError("a seq2seq model without attention has no attention weights to record")
-        memory, rnn_state = self.encode(src, src_pad_mask)
-        state = {"rnn": rnn_state, "static": ()}
-        # the encoder outputs: the same for every beam of a sentence
-        if self.attention_kind != "none":
-            state.update(
-                memory=memory,
-                keys=self.attention.keys(memory),
-                mem_mask=~src_pad_mask,
-                static=("memory", "keys", "mem_mask"),
-            )
-        if self.input_feeding:
-            state["feed"] = memory.new_zeros(src.size(0), self.hidden)
-        if record:
-            state["attn_steps"] = {"cross": []}
-        return state
+        memory, hidden = self.encode(src, src_pad_mask)
+        feed = memory.new_zeros(src.size(0), self.hidden) if self.input_feeding else None
+        recording = Recording({}, {"cross": ()}) if record else None
+        if self.attention_kind == "none":
+            return RNNState(hidden, feed, None, None, None, recording)
+        keys = self.attention.keys(memory)
+        return RNNState(hidden, feed, memory, keys, ~src_pad_mask, recording)
 
-    def step(self, prev: Tensor, state: dict) -> tuple[Tensor, dict]:
+    def step(self, prev: Tensor, state: RNNState) -> tuple[Tensor, RNNState]:
         out, state, weights = self._step(prev, state)
-        if "attn_steps" in state:
-            state["attn_steps"] = {
-                "cross": [*state["attn_steps"]["cross"], weights[:, None, None, :]]
-            }
+        if state.recording is not None:
+            recording = state.recording.add_step({"cross": weights[:, None, None, :]})
+            state = replace(state, recording=recording)
         return self.output(out), state
 
     def features(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
