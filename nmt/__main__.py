@@ -1,3 +1,5 @@
+"""`python -m nmt`: the command line (what torchrun runs)."""
+
 from nmt.cli import main
 
 main()

@@ -138,17 +138,16 @@ def heatmaps(
 def write_attention(
     out_dir: Path,
     sources: list[str],
-    hyps: list[Hypothesis],
-    translations: list[str],
     src_ids: list[list[int]],
-    src_pieces,
-    tgt_pieces,
+    hyps: list[Hypothesis],
+    tok: Tokenizer,
     layer: Optional[int] = None,
 ) -> int:
     """Write JSON, NPZ and PNGs for every sentence with a translation; returns how many sentences
-    were written. `src_pieces`/`tgt_pieces`: id lists -> subword strings; `layer`: the layer whose
-    heads get a grid (default last)."""
+    were written. `layer`: the layer whose heads get a grid (default last)."""
     out_dir = Path(out_dir)
+    translations = tok.decode_tgt([h.tokens for h in hyps])
+    src_pieces, tgt_pieces = tok.src_pieces, tok.tgt_pieces
     width = max(4, len(str(len(sources))))
     written = 0
     for i, (source, hyp, text, ids) in enumerate(zip(sources, hyps, translations, src_ids), 1):
@@ -235,16 +234,7 @@ def save(
     """write_attention for the best hypothesis of each source line, with one line on stderr."""
     out_dir = plots.folder
     try:
-        n = write_attention(
-            Path(out_dir),
-            sources,
-            hyps,
-            tok.decode_tgt([h.tokens for h in hyps]),
-            src_ids,
-            tok.src_pieces,
-            tok.tgt_pieces,
-            plots.layer,
-        )
+        n = write_attention(Path(out_dir), sources, src_ids, hyps, tok, plots.layer)
     except OSError as e:
         raise NmtError(f"--attention-dir {out_dir}: cannot write: {e.strerror or e}") from None
     print(f"attention of {n} sentence(s) written to {out_dir}", file=sys.stderr)

@@ -1,4 +1,8 @@
-"""Command line: parses flags, loads the config, calls one stage function. No logic lives here."""
+"""Command line: parses flags, loads the config, calls one stage function. No logic lives here.
+
+Longer than most modules because each command spells out its flags with their help text (the manual
+`nmt COMMAND --help` prints); options several commands share are defined once, in groups.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 
 Every key is documented in configs/base.yaml. `load_config(path, overrides)` is the only way a
 config enters the program; `config_from_dict` rebuilds one from a checkpoint with the same checks.
+Every key and every rule between keys is here, in one file, so that one place says what is allowed.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import sys
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -213,16 +214,16 @@ def encode_train(
     max_ratio: float,
     workers: int,
     out: Path,
-    progress: bool = False,
 ) -> tuple[list[TrainFilter], int]:
     """Encode and filter the first `limit` (0: all) pairs of each corpus, one after the other,
-    into out/train.{src,tgt}.npy and .off.npy, streamed. Returns each corpus's counts (duplicates
-    within it included) and the number of kept pairs that repeat an earlier one of any corpus."""
+    into out/train.{src,tgt}.npy and .off.npy, streamed, with a progress bar on a terminal. Returns
+    each corpus's counts (duplicates within it included) and the number of kept pairs that repeat
+    an earlier one of any corpus."""
     stats = [TrainFilter() for _ in corpora]
     hashes: list[list[np.ndarray]] = [[] for _ in corpora]
     lens: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
     raw = {side: out / f".train.{side}.ids.tmp" for side in ("src", "tgt")}
-    bar = tqdm(unit=" pairs", disable=not progress, desc="encoding")
+    bar = tqdm(unit=" pairs", disable=not sys.stderr.isatty(), desc="encoding")
     try:
         with open(raw["src"], "wb") as fs, open(raw["tgt"], "wb") as ft, bar:
             jobs = _jobs(corpora, limit, max_len, max_ratio)

@@ -230,18 +230,18 @@ def check_replaceable(out: Path) -> None:
         )
 
 
-def build(
-    cfg: Config, files: dict, scans: list, texts: dict, tok: Tokenizer, out: Path, log
-) -> dict:
-    """Write the prepared folder's files into `out` (a fresh folder); return the manifest."""
+def encode_training(
+    cfg: Config, corpora: list[tuple[Path, Path]], tok: Tokenizer, out: Path, log
+) -> tuple[list[TrainFilter], TrainFilter]:
+    """The training split encoded into `out` (encode.encode_train); returns each corpus's counts and
+    their total. A corpus with no pair left is an error."""
     d = cfg.data
     workers = d.workers or default_workers()
     started = time.perf_counter()
     each, duplicates = encode_train(
-        files["train"], d.max_train_pairs, tok, d.max_len, d.max_len_ratio, workers, out,
-        progress=sys.stderr.isatty(),
-    )  # fmt: skip
-    for (src_path, _), stats in zip(files["train"], each):
+        corpora, d.max_train_pairs, tok, d.max_len, d.max_len_ratio, workers, out
+    )
+    for (src_path, _), stats in zip(corpora, each):
         if not stats.kept:
             raise NmtError(
                 f"{src_path}: no training pairs left after filtering "
@@ -255,6 +255,15 @@ def build(
         f"encoded {total.read} training pairs in {time.perf_counter() - started:.1f} s "
         f"({workers} worker process{'es' if workers > 1 else ''})"
     )
+    return each, total
+
+
+def build(
+    cfg: Config, files: dict, scans: list, texts: dict, tok: Tokenizer, out: Path, log
+) -> dict:
+    """Write the prepared folder's files into `out` (a fresh folder); return the manifest."""
+    d = cfg.data
+    each, total = encode_training(cfg, files["train"], tok, out, log)
     manifest: dict = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION}
     manifest["data"] = data_settings(cfg)
     corpora = [{"corpus": c.name, **asdict(stats)} for c, stats in zip(d.corpora, each)]

@@ -9,6 +9,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -62,6 +63,23 @@ def pick_device(name: str) -> torch.device:
     )
 
 
+@dataclass(frozen=True)
+class RunData:
+    """What a run reads from its prepared folder."""
+
+    train: Split
+    valid: Split
+    valid_refs: list[str]  # the raw valid references, what valid BLEU is scored against
+    corpus_sizes: list[int]  # pairs of each corpus of data.train, in the order `train` holds them
+
+    @staticmethod
+    def load(cfg: Config, corpus_sizes: Optional[list[int]] = None) -> RunData:
+        train = load_split(cfg.prepared_dir, "train")
+        valid = load_split(cfg.prepared_dir, "valid")
+        refs = read_lines(cfg.prepared_dir / "valid.tgt.txt")
+        return RunData(train, valid, refs, corpus_sizes or [len(train)])
+
+
 class Trainer:
     """Holds what one run needs; `run()` is the loop. Created only through `train()`."""
 
@@ -71,16 +89,11 @@ class Trainer:
         run_dir: Path,
         device: torch.device,
         tok: Tokenizer,
-        train_split: Split,
-        valid_split: Split,
-        valid_refs: list[str],
+        data: RunData,
         dist: Optional[Dist] = None,
-        corpus_sizes: Optional[list[int]] = None,
     ):
         self.cfg, self.run_dir, self.device, self.tok = cfg, run_dir, device, tok
-        self.train_split = train_split
-        # pairs of each corpus of data.train, in the order the split holds them
-        self.corpus_sizes = corpus_sizes or [len(train_split)]
+        self.train_split, self.corpus_sizes = data.train, data.corpus_sizes
         self.dist = dist or Dist()
         self.progress = Progress(cfg, self.dist, device, run_dir / METRICS)
         torch.manual_seed(cfg.train.seed)
@@ -91,7 +104,7 @@ class Trainer:
         objective = Objective(self.model, cfg.train.label_smoothing)
         self.updater = Updater(self.model, objective, cfg.train, device, self.dist)
         self.validation = Validation(
-            cfg, self.model, objective, tok, valid_split, valid_refs, device, self.progress.note
+            cfg, objective, tok, data.valid, data.valid_refs, device, self.progress.note
         )
         self.state = TrainState()
         self.retention = Retention(run_dir, cfg.train.keep_last, cfg.train.keep_best)
@@ -285,7 +298,7 @@ def train(
     try:
         # one writer per run folder: rank 0 writes it
         with hold(run_dir, "nmt train") if dist.main else nullcontext():
-            return _train(cfg, run_dir, resume, init, tok, sizes, device, dist)
+            return _train(cfg, run_dir, Start(resume, init), tok, sizes, device, dist)
     finally:
         dist.close()
 
@@ -299,18 +312,25 @@ def weighted_epoch(cfg: Config, sizes: list[int]) -> str:
     return f"; an epoch: {sum(c.weight * n for c, n in zip(corpora, sizes)):.0f} ({shares})"
 
 
+@dataclass(frozen=True)
+class Start:
+    """How a run starts: fresh, resumed (`resume`), or from checkpoint `init`'s weights."""
+
+    resume: bool = False
+    init: Optional[str] = None
+
+
 def _train(
     cfg: Config,
     run_dir: Path,
-    resume: bool,
-    init: Optional[str],
+    start: Start,
     tok: Tokenizer,
     sizes: list[int],
     device: torch.device,
     dist: Dist,
 ) -> Path:
-    """`train` with the run folder held: build the Trainer, start it (fresh, resumed or from `init`)
-    and run it."""
+    """`train` with the run folder held: build the Trainer, start it and run it."""
+    resume, init = start.resume, start.init
     main = dist.main
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if main else (lambda m: None)
     if cfg.train.threads:
@@ -319,17 +339,7 @@ def _train(
         torch.backends.cuda.matmul.allow_tf32 = True
     init_ckpt = dist.share(load_checkpoint(init) if init and main else None)
     resume = dist.share(prepare_run_dir(run_dir, resume) if main else None)
-    trainer = Trainer(
-        cfg,
-        run_dir,
-        device,
-        tok,
-        load_split(cfg.prepared_dir, "train"),
-        load_split(cfg.prepared_dir, "valid"),
-        read_lines(cfg.prepared_dir / "valid.tgt.txt"),
-        dist,
-        sizes,
-    )
+    trainer = Trainer(cfg, run_dir, device, tok, RunData.load(cfg, sizes), dist)
     if resume:
         trainer.resume_from(dist.share(load_for_resume(run_dir, warn=say) if main else None))
         say(

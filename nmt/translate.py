@@ -75,23 +75,7 @@ def load_translator(
     CPU with two or more threads, each with half of them, else 1. Several checkpoints: decode with
     their ensemble (nmt.models.ensemble); they must share the tokenizer and the direction, and the
     first one's decode settings are the defaults."""
-    try:
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device}: expected cpu or cuda (or cuda:N)")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA device is available here")
-    if precision not in DECODE_CHOICES:
-        raise UsageError(f"--precision {precision}: expected one of {', '.join(DECODE_CHOICES)}")
-    if workers is not None and workers < 1:
-        raise UsageError(f"--workers {workers}: expected 1 or more")
-    if dev.type == "cuda" and precision == "int8":
-        raise NmtError(
-            "--precision int8 is for decoding on the CPU (add --device cpu); "
-            "on a GPU, use bf16 (the default)"
-        )
+    dev = decode_device(device, precision, workers)
     precision = decode_precision(dev, precision)
     wanted = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     if not wanted:
@@ -127,6 +111,29 @@ def load_translator(
     if workers is None:
         workers = 2 if dev.type == "cpu" and torch.get_num_threads() >= 2 else 1
     return Translator(model, tok, cfg, dev, paths[0], precision, workers, tuple(paths))
+
+
+def decode_device(device: Optional[str], precision: str, workers: Optional[int]) -> torch.device:
+    """The device `--device` names (None: cuda when available), checked with the --precision and
+    --workers asked for."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: expected cpu or cuda (or cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available here")
+    if precision not in DECODE_CHOICES:
+        raise UsageError(f"--precision {precision}: expected one of {', '.join(DECODE_CHOICES)}")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers}: expected 1 or more")
+    if dev.type == "cuda" and precision == "int8":
+        raise NmtError(
+            "--precision int8 is for decoding on the CPU (add --device cpu); "
+            "on a GPU, use bf16 (the default)"
+        )
+    return dev
 
 
 def members(tr: Translator) -> dict[str, list[str]]:

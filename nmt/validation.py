@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import torch
-from torch import nn
 
 from nmt.config import Config
 from nmt.data import Split, bucket_batches, cut_to, split_batch
@@ -21,10 +20,11 @@ from nmt.tokenizer import Tokenizer
 
 
 class Validation:
+    """Scores the model of `objective` on the valid split, as configured (train.valid_bleu)."""
+
     def __init__(
         self,
         cfg: Config,
-        model: nn.Module,
         objective: Objective,
         tok: Tokenizer,
         split: Split,
@@ -32,7 +32,7 @@ class Validation:
         device: torch.device,
         note: Callable[[str], None],
     ):
-        self.cfg, self.model, self.objective, self.tok = cfg, model, objective, tok
+        self.cfg, self.model, self.objective, self.tok = cfg, objective.model, objective, tok
         self.refs, self.device = refs, device
         # BLEU is still scored against the whole references
         limit = cfg.model.max_positions - 1  # + EOS (source), + BOS or EOS (target)
@@ -67,6 +67,7 @@ class Validation:
             return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
 
     def translate(self, beam: int) -> list[str]:
+        """The valid split's translations (detokenized), with `beam` and the decode config."""
         d = replace(self.cfg.decode, beam=beam, nbest=1, no_repeat_ngram=0, early_exit=False)
         settings = SearchSettings.of(d, self.cfg.model.max_positions)
         src_ids = [self.split.src(i).tolist() for i in range(len(self.split))]

@@ -46,11 +46,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nmt.config import load_config  # noqa: E402
-from nmt.data import bucket_batches, load_split, read_lines, split_batch  # noqa: E402
+from nmt.data import bucket_batches, read_lines, split_batch  # noqa: E402
 from nmt.metrics import bleu_score  # noqa: E402
 from nmt.precision import autocast_dtype, describe  # noqa: E402
 from nmt.tokenizer import Tokenizer  # noqa: E402
-from nmt.train import Trainer, pick_device  # noqa: E402
+from nmt.train import RunData, Trainer, pick_device  # noqa: E402
 from nmt.translate import load_translator, translate_lines  # noqa: E402
 
 
@@ -123,15 +123,7 @@ def bench_train(cfg, steps: int, warmup: int, cudnn_attention: bool = False) -> 
     device = pick_device(cfg.train.device)
     tok = Tokenizer.load(cfg.prepared_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(
-            cfg,
-            Path(tmp),
-            device,
-            tok,
-            load_split(cfg.prepared_dir, "train"),
-            load_split(cfg.prepared_dir, "valid"),
-            [],
-        )
+        trainer = Trainer(cfg, Path(tmp), device, tok, RunData.load(cfg))
         # the A/B of choose_attention_kernels: torch's own choice, cuDNN first where it prefers it
         if cudnn_attention:
             torch.backends.cuda.enable_cudnn_sdp(True)
