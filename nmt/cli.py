@@ -408,6 +408,30 @@ def sweep(
 
 
 @app.command()
+def export(
+    checkpoint: list[str] = typer.Option(
+        ..., help="The checkpoint (or a run directory: its best.pt) to convert.", metavar="CKPT"
+    ),
+    fmt: str = typer.Option(
+        "ctranslate2", "--format", help="What to convert to: ctranslate2.", metavar="FORMAT"
+    ),
+    output: str = typer.Option(
+        ..., "--output", "-o", help="The model folder to write (replaced whole).", metavar="DIR"
+    ),
+    quantization: Optional[str] = typer.Option(
+        None,
+        help="Store the weights quantized: int8, int8_float32, int8_float16, int8_bfloat16, "
+        "float16 or bfloat16 (default: float32, as trained).",
+        metavar="Q",
+    ),
+) -> None:
+    """Convert a trained Transformer for CTranslate2 (fast CPU and GPU inference)."""
+    from nmt.export import export as run
+
+    say(f"exported {checkpoint[0]} to {run(checkpoint, fmt, output, quantization)}")
+
+
+@app.command()
 def average(
     checkpoints: Optional[list[Path]] = typer.Argument(
         None, help="Checkpoint files to average (or --run-dir with --last/--best)."

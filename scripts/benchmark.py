@@ -14,7 +14,7 @@ and MFU, decoding speed and BLEU; peers side by side.
   (under both stopping rules: nmt's default and CTranslate2's, a sentence ends with 5 finished
   hypotheses, and early exit, OpenNMT-py's, it ends once its best continuation ends it), batched by
   length; sentences/s, generated target tokens/s, cased sacreBLEU. `--ct2` converts the same weights
-  to CTranslate2 (`scripts/ct2_convert.py`, needs `pip install ctranslate2`) and decodes under the
+  to CTranslate2 (`nmt export`, needs `pip install ctranslate2`) and decodes under the
   same length rule and nmt's default stopping rule, its only one (on a CPU in two thread layouts:
   one batch at a time, and batches side by side as nmt's workers decode them), printing nmt's speed
   as a multiple of the faster layout's. `--onmt`: OpenNMT-py's translator too (its beam search
@@ -273,7 +273,8 @@ def ct2_decoder(
     is compared with. Its beam search (4.x) has one stopping rule, nmt's default: a sentence ends
     with beam_size x patience (1) finished hypotheses."""
     import ctranslate2
-    from ct2_convert import convert
+
+    from nmt.export import export
 
     dev = "cuda" if tr.device.type == "cuda" else "cpu"
     layouts = (
@@ -285,7 +286,7 @@ def ct2_decoder(
     pieces = [tr.tok.src_pieces(ids) + ["</s>"] for ids in tr.tok.encode_src(src)]
     d = tr.cfg.decode
     tmp = stack.enter_context(tempfile.TemporaryDirectory())
-    convert(tr.path, tmp)
+    export([tr.path], "ctranslate2", tmp)
 
     def run() -> dict:
         results = {}
@@ -297,7 +298,8 @@ def ct2_decoder(
                 inter_threads=inter,
                 intra_threads=intra if dev == "cpu" else 0,
             )
-            model.translate_batch(pieces[:64], beam_size=1)  # warm-up
+            cap = tr.cfg.model.max_positions - 1  # CTranslate2 has no positions beyond
+            model.translate_batch(pieces[:64], beam_size=1, max_decoding_length=cap)  # warm-up
             for beam in beams:
                 start = time.perf_counter()
                 # the same length rule as nmt (a * source length + b), per length-sorted batch
@@ -308,6 +310,7 @@ def ct2_decoder(
                 # with inter_threads > 1, batches are queued and decoded side by side
                 for idx in batches:
                     limit = int(d.max_len_a * max(len(pieces[i]) for i in idx)) + d.max_len_b
+                    limit = min(limit, cap)  # as nmt caps it
                     pending.append(
                         model.translate_batch(
                             [pieces[i] for i in idx],

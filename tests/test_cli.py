@@ -199,7 +199,9 @@ def test_usage_errors_are_one_line_with_exit_status_2(cli, args: list, names: li
     assert_one_error_line(code, err, *names)
 
 
-@pytest.mark.parametrize("command", ["prepare", "train", "translate", "evaluate", "sweep"])
+@pytest.mark.parametrize(
+    "command", ["prepare", "train", "translate", "evaluate", "sweep", "export"]
+)
 def test_help_fits_an_80_column_terminal(command: str, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "nmt", command, "--help"],
