@@ -154,6 +154,7 @@ class TrainConfig:
     threads: int = _opt(0, min=0)
     compile: bool = False
     progress: bool = True
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm import tqdm
@@ -19,6 +20,7 @@ from nmt.config import Config
 from nmt.data import Batch
 from nmt.distributed import Dist
 from nmt.errors import NmtError
+from nmt.tensorboard import Curves
 
 MAX_NONFINITE_IN_ROW = 10
 MAX_OOM_IN_ROW = 5
@@ -64,6 +66,7 @@ class Progress:
         self.counters = DeviceCounters(device, 0, 0)
         self.loss_tokens = 0  # target tokens behind counters.loss
         self.window = [0, time.perf_counter()]  # target tokens and start of the tokens/s window
+        self.curves: Optional[Curves] = None  # TensorBoard's, from start() on (train.tensorboard)
 
     def open_bar(self, s) -> tqdm:
         """The bar of optimizer steps from `s.step` on (shown by rank 0, with train.progress)."""
@@ -82,6 +85,14 @@ class Progress:
         self.counters = DeviceCounters(self.device, s.skipped_steps, s.nonfinite_in_row)
         self.loss_tokens = 0
         self.restart_clock()
+        if self.cfg.train.tensorboard and self.dist.main and self.curves is None:
+            self.curves = Curves(self.metrics_path.parent, s.step + 1)
+
+    def close(self) -> None:
+        """The end of the run: TensorBoard's files complete."""
+        if self.curves is not None:
+            self.curves.close()
+            self.curves = None
 
     def restart_clock(self) -> None:
         """Tokens/s from now (validation is not training time)."""
@@ -197,3 +208,5 @@ class Progress:
             return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self.curves is not None:
+            self.curves.add(record)

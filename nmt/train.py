@@ -40,6 +40,7 @@ from nmt.progress import Progress
 from nmt.resume import TrainState, init_from, payload, restore, world_change
 from nmt.retention import Retention, load_for_resume
 from nmt.rundir import METRICS, prepare_run_dir, record_start, rng_state
+from nmt.tensorboard import check_installed
 from nmt.tokenizer import Tokenizer
 from nmt.update import Updater
 from nmt.validation import Validation
@@ -171,10 +172,13 @@ class Trainer:
         self.progress.start(s)
         self.last_valid_step = s.step if s.step > 0 else -1
         stop = self.stop_reason()  # a resumed run may already be finished: take no extra step
-        with GracefulStop() as self.stop_signal:
-            while stop is None:
-                stop = self.run_epoch(bar)
-        bar.close()
+        try:
+            with GracefulStop() as self.stop_signal:
+                while stop is None:
+                    stop = self.run_epoch(bar)
+        finally:
+            bar.close()
+            self.progress.close()
         if self.stop_signal.requested:
             return self.stop_signal.requested
         self.progress.note(
@@ -286,6 +290,8 @@ def train(
             "--init starts a new run from a checkpoint's weights; "
             "--resume continues a run: give one of them"
         )
+    if cfg.train.tensorboard:
+        check_installed()
     manifest = read_manifest(cfg.prepared_dir, cfg)
     tok = Tokenizer.load(cfg.prepared_dir)
     if tok.sha256 != manifest["tokenizer"]["sha256"]:
