@@ -12,11 +12,13 @@ import inspect
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from nmt.config import DecodeOptions
 from nmt.errors import NmtError, UsageError, drop_stdout
 
 app = typer.Typer(
@@ -166,26 +168,29 @@ RUNTIME_OPTIONS = {
 }
 
 
-def takes(group: str, options: dict[str, tuple[Any, Any]]) -> Callable[[Callable], Callable]:
-    """A command decorator: the command gets `options` (name -> (type, typer.Option)) as
-    command-line options after its own, and receives their values as one dict, its argument
-    `group`."""
+def takes(
+    group: str, options: dict[str, tuple[Any, Any]], build: Callable[..., Any] = dict
+) -> Callable[[Callable], Callable]:
+    """A command decorator for options several commands share: the command's parameter `group`
+    stands for `options` (name -> (type, typer.Option)), which the command line shows in its
+    place; the command receives them as one value, `build(**values)`."""
 
     def add(command: Callable) -> Callable:
-        own = inspect.signature(command, eval_str=True).parameters.values()
-        extra = [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind)
-            for name, (kind, opt) in options.items()
-        ]
+        params = []
+        for p in inspect.signature(command, eval_str=True).parameters.values():
+            if p.name != group:
+                params.append(p)
+                continue
+            for name, (kind, opt) in options.items():
+                params.append(inspect.Parameter(name, p.kind, default=opt, annotation=kind))
 
         @functools.wraps(command)
         def with_group(**values: Any) -> Any:
-            given = {name: values.pop(name) for name in options}
+            given = build(**{name: values.pop(name) for name in options})
             return command(**values, **{group: given})
 
-        params = [p for p in own if p.name != group]
-        with_group.__signature__ = inspect.Signature([*params, *extra])  # type: ignore[attr-defined]
-        with_group.__annotations__ = {p.name: p.annotation for p in [*params, *extra]}
+        with_group.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        with_group.__annotations__ = {p.name: p.annotation for p in params}
         del with_group.__wrapped__  # typer reads the signature above, not the command's own
         return with_group
 
@@ -200,7 +205,7 @@ def _runtime(values: dict[str, Any], buffer: int = 10_000) -> Any:
 
 @app.command()
 @takes("runtime", RUNTIME_OPTIONS)
-@takes("decode", DECODE_OPTIONS)
+@takes("decode", DECODE_OPTIONS, DecodeOptions)
 def translate(
     checkpoint: list[str] = typer.Option(
         ...,
@@ -214,6 +219,7 @@ def translate(
     output: Optional[str] = typer.Option(
         None, "--output", "-o", help="Where to write (default stdout).", metavar="FILE"
     ),
+    decode: Any = None,  # DECODE_OPTIONS here (see takes)
     nbest: Optional[int] = typer.Option(
         None,
         min=1,
@@ -232,6 +238,7 @@ def translate(
         help="With --attention-dir: the layer whose heads get a grid (default: the last).",
         metavar="L",
     ),
+    runtime: Any = None,  # RUNTIME_OPTIONS here (see takes)
     buffer: int = typer.Option(
         10_000,
         help="Lines read and translated at a time (fewer when no more input is waiting); each "
@@ -261,8 +268,6 @@ def translate(
         help="With --sample: the seed; each line's draws depend on it and its line number.",
         metavar="S",
     ),
-    decode: dict = {},  # noqa: B006 - filled by @takes
-    runtime: dict = {},  # noqa: B006 - filled by @takes
 ) -> None:
     """Translate a text file or stdin with a trained checkpoint."""
     from nmt.attention import AttentionPlots
@@ -279,7 +284,7 @@ def translate(
         checkpoint,
         input,
         output,
-        {**decode, "nbest": nbest},
+        replace(decode, nbest=nbest),
         _runtime(runtime, buffer),
         sampling,
         plots,
@@ -288,7 +293,7 @@ def translate(
 
 @app.command()
 @takes("runtime", RUNTIME_OPTIONS)
-@takes("decode", DECODE_OPTIONS)
+@takes("decode", DECODE_OPTIONS, DecodeOptions)
 def evaluate(
     hyp: Optional[str] = typer.Option(
         None, help="Detokenized hypotheses, one per line.", metavar="FILE"
@@ -301,6 +306,7 @@ def evaluate(
         metavar="CKPT",
     ),
     split: str = typer.Option("test", help="valid or test (with --checkpoint).", metavar="SPLIT"),
+    decode: Any = None,  # DECODE_OPTIONS here (see takes)
     lang: Optional[str] = typer.Option(
         None,
         help="With --hyp/--ref: the target language; adds paper-style BLEU (Moses-tokenized).",
@@ -309,9 +315,8 @@ def evaluate(
     prepared_dir: Optional[str] = typer.Option(
         None, help="Prepared dir (default: the checkpoint's).", metavar="DIR"
     ),
+    runtime: Any = None,  # RUNTIME_OPTIONS here (see takes)
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    decode: dict = {},  # noqa: B006 - filled by @takes
-    runtime: dict = {},  # noqa: B006 - filled by @takes
 ) -> None:
     """Score hypotheses with sacreBLEU, chrF and TER (signatures included)."""
     from nmt.evaluate import evaluate_checkpoint, evaluate_files, format_report
@@ -385,7 +390,7 @@ def sweep(
     output: Optional[str] = typer.Option(
         None, "--output", "-o", help="Also write every score as JSON here.", metavar="FILE"
     ),
-    runtime: dict = {},  # noqa: B006 - filled by @takes
+    runtime: Any = None,  # RUNTIME_OPTIONS here (see takes)
 ) -> None:
     """Score a grid of decoding settings on the valid split (never test) and print the best one."""
     from nmt.sweep import Grid

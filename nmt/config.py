@@ -170,6 +170,26 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
+class DecodeOptions:
+    """Decode settings given on the command line; None leaves the checkpoint's decode config's."""
+
+    beam: Optional[int] = None
+    alpha: Optional[float] = None
+    max_len_a: Optional[float] = None
+    max_len_b: Optional[int] = None
+    no_repeat_ngram: Optional[int] = None
+    early_exit: Optional[bool] = None
+    nbest: Optional[int] = None
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def apply(self, d: DecodeConfig) -> DecodeConfig:
+        """`d` with the options given."""
+        return dataclasses.replace(d, **self.given())
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "nmt"
     data: DataConfig = DataConfig()

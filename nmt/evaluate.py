@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from nmt.config import DecodeConfig
+from nmt.config import DecodeConfig, DecodeOptions
 from nmt.data import read_lines, read_manifest, read_text
 from nmt.errors import NmtError, UsageError
 from nmt.files import atomic_write_text, check_output
@@ -20,7 +20,6 @@ from nmt.tokenizer import Tokenizer
 from nmt.translate import (
     Runtime,
     Translator,
-    decode_settings,
     format_output,
     load_translator,
     members,
@@ -59,17 +58,17 @@ def evaluate_checkpoint(
     checkpoint: str | Sequence[str],
     split: str,
     prepared_dir: Optional[str] = None,
-    given: Optional[dict[str, Any]] = None,
+    given: Optional[DecodeOptions] = None,
     runtime: Optional[Runtime] = None,
 ) -> dict:
     """Translate `split` of the checkpoint's prepared dir, score it, save hypotheses and JSON beside
     the checkpoint (several checkpoints: their ensemble, see load_translator; the results go beside
-    the first). `given`: decode options (beam, alpha, max_len_a, max_len_b, no_repeat_ngram,
-    early_exit); None keeps the checkpoint's."""
+    the first). `given`: the decode options given (the checkpoint's decode config has the
+    others)."""
     runtime = runtime or Runtime()
     tr = load_translator(checkpoint, runtime.device, runtime.precision, runtime.workers)
     pdir, src, refs = load_split(tr, split, prepared_dir)
-    d = decode_settings(tr, {**(given or {}), "nbest": 1})
+    d = replace(given or DecodeOptions(), nbest=1).apply(tr.cfg.decode)
     out_dir = Path(tr.path).parent
     settings = settings_tag(d, tr.cfg.decode, tr.precision, decode_precision(tr.device, "auto"))
     stem = f"{split}.{checkpoint_tag(tr)}.{settings}"

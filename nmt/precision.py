@@ -48,6 +48,17 @@ def describe(device: torch.device, precision: str) -> str:
     return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(dtype, "fp32")
 
 
+def choose_attention_kernels(device: torch.device) -> None:
+    """On a GPU, leave cuDNN's attention out of what scaled_dot_product_attention may pick (it keeps
+    flash, memory-efficient and math). Recent torch puts cuDNN first on Hopper and Blackwell GPUs,
+    and cuDNN builds an execution graph for every new problem, keyed by batch size and lengths
+    (torch's cudnn/MHA.cpp); bucketed batches bring a new shape at almost every step of the first
+    epoch, which made those steps slow (docs/speed.md). A process-wide setting of torch's
+    (torch.backends.cuda.enable_cudnn_sdp), set when a model is put on a GPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def decode_precision(device: torch.device, asked: str) -> str:
     """The weights decoding uses: fp32, bf16 or int8 (`asked` is one of DECODE_CHOICES)."""
     if asked == "auto":
@@ -55,7 +66,7 @@ def decode_precision(device: torch.device, asked: str) -> str:
     return asked
 
 
-# bf16 decoding on a CPU pads its rows by this (see padded_rows; Transformer.step)
+# bf16 decoding on a CPU pads its rows by this (see padded_rows; models/incremental.step)
 ROW_MULTIPLE = 64
 
 
@@ -91,7 +102,7 @@ class PackedLinear(nn.Module):
 
     oneDNN also builds a kernel for every new number of rows, so the rows
     are padded (padded_rows with `rows`): a decoding step pads them once
-    for all its layers (Transformer.step); the encoder's batches (sentences
+    for all its layers (models/incremental.step); the encoder's batches (sentences
     x positions rows, a new count nearly every batch) are padded here.
 
     `relu`: the layer applies ReLU to its output, in the same kernel (oneDNN's post-op: one pass

@@ -12,6 +12,9 @@ How to search is one frozen value, `SearchSettings`: beam, length penalty, n-bes
 n-gram blocking, the stopping rule, sampling. With `record=True` a model keeps the attention weights
 in its state (`state.recording`, see models/recording.py), so a finished hypothesis carries the
 weights its own tokens were produced with.
+
+A little over 350 lines: the seam, the settings and both searches in one file, so that what a search
+does reads in one place (its CPU speed-ups are in search_cpu.py).
 """
 
 from __future__ import annotations
@@ -74,16 +77,27 @@ class SearchSettings:
     max_tokens: int = 8000  # source tokens (x beam) per batch
     sampling: Optional[Sampling] = None
 
+    def __post_init__(self) -> None:
+        if self.nbest > self.beam or (self.sampling is not None and self.beam != 1):
+            raise ValueError(f"search settings that do not fit together: {self}")
+
     @staticmethod
     def of(
         d: DecodeConfig, max_positions: int, sampling: Optional[Sampling] = None
     ) -> SearchSettings:
         """The settings a decode config asks for, for a model with `max_positions` positions."""
         return SearchSettings(
-            1 if sampling else d.beam, d.alpha, 1 if sampling else d.nbest, d.max_len_a,
-            d.max_len_b, max_positions - 1, 0 if sampling else d.no_repeat_ngram, d.early_exit,
-            d.max_tokens, sampling,
-        )  # fmt: skip
+            beam=1 if sampling else d.beam,
+            alpha=d.alpha,
+            nbest=1 if sampling else d.nbest,
+            max_len_a=d.max_len_a,
+            max_len_b=d.max_len_b,
+            max_len=max_positions - 1,
+            no_repeat_ngram=0 if sampling else d.no_repeat_ngram,
+            early_exit=d.early_exit,
+            max_tokens=d.max_tokens,
+            sampling=sampling,
+        )
 
     @property
     def greedy(self) -> bool:
@@ -95,6 +109,8 @@ class SearchSettings:
 
 @dataclass
 class Hypothesis:
+    """One translation search found, as token ids, with its scores."""
+
     tokens: list[int]  # without BOS, without EOS
     score: float  # length-normalised log-probability (beam) or plain sum (greedy)
     log_prob: float  # sum of token log-probabilities, EOS included
@@ -179,9 +195,7 @@ def greedy_search(
     """Pick the most probable token at each step until EOS or `max_len` (B,) tokens; with `sample`
     (log-probs (R, V) and the rows' places in the batch (R,) -> tokens (R,); see sampling.py),
     draw it instead. A hypothesis's score is the model's log-probability of its tokens."""
-    state = (
-        model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
-    )
+    state = model.start(src, src_pad_mask, record)
     normalised = model.returns_log_probs
     b = src.size(0)
     src_len = (~src_pad_mask).sum(1).tolist()
@@ -265,9 +279,7 @@ def beam_search(
     # beams (rows) per live sentence: the k beams would start identical, so the first step decodes
     # one row
     width = 1
-    state = (
-        model.start(src, src_pad_mask, record=True) if record else model.start(src, src_pad_mask)
-    )
+    state = model.start(src, src_pad_mask, record)
     normalised = model.returns_log_probs
     src_len = (~src_pad_mask).sum(1).tolist()
     sent = torch.arange(n, device=dev)  # original sentence of each live sentence

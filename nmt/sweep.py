@@ -16,10 +16,11 @@ from typing import Optional
 
 from sacrebleu.metrics import BLEU
 
+from nmt.config import DecodeOptions
 from nmt.errors import NmtError
 from nmt.evaluate import load_split
 from nmt.files import atomic_write_text, check_output
-from nmt.translate import Runtime, decode_settings, load_translator, members, translate_lines
+from nmt.translate import Runtime, load_translator, members, translate_lines
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ def sweep(
     _, src, refs = load_split(tr, "valid", prepared_dir)
     rows, metric = [], BLEU()
     for beam, alpha, n, early in grid.settings():
-        given = {"beam": beam, "alpha": alpha, "no_repeat_ngram": n, "early_exit": early}
-        d = decode_settings(tr, {**given, "nbest": 1})
+        given = DecodeOptions(beam, alpha, no_repeat_ngram=n, early_exit=early, nbest=1)
+        d = given.apply(tr.cfg.decode)
         start = time.perf_counter()
         hyps = tr.tok.decode_tgt([h[0].tokens for h in translate_lines(tr, src, tr.settings(d))])
         seconds = time.perf_counter() - start

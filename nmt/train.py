@@ -1,6 +1,7 @@
 """Stage 2: the training loop, the learning-rate schedule, validation and the checkpoint cadence
 (what a checkpoint holds is nmt/resume.py, one optimizer step nmt/update.py, the run folder's
-bookkeeping nmt/rundir.py).
+bookkeeping nmt/rundir.py). A little over 350 lines: the Trainer and `train()`, which sets a run up
+(device, lock, fresh, resumed or fine-tuned), read best side by side.
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ from nmt.interrupt import GracefulStop
 from nmt.lock import hold
 from nmt.loss import Objective
 from nmt.models import build_model, count_parameters
-from nmt.models.transformer import choose_attention_kernels
-from nmt.precision import describe
+from nmt.precision import choose_attention_kernels, describe
 from nmt.progress import Progress
 from nmt.resume import TrainState, init_from, payload, restore, world_change
 from nmt.retention import Retention, load_for_resume

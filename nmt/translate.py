@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -17,13 +17,17 @@ from tqdm import tqdm
 
 from nmt.attention import AttentionPlots, check_request, save
 from nmt.checkpoint import load_checkpoint
-from nmt.config import Config, DecodeConfig, config_from_dict
+from nmt.config import Config, DecodeConfig, DecodeOptions, config_from_dict
 from nmt.errors import NmtError, UsageError, drop_stdout
 from nmt.files import atomic_writer, check_output
 from nmt.models import build_model
 from nmt.models.ensemble import Ensemble
-from nmt.models.transformer import choose_attention_kernels
-from nmt.precision import DECODE_CHOICES, decode_precision, pack_linear_layers
+from nmt.precision import (
+    DECODE_CHOICES,
+    choose_attention_kernels,
+    decode_precision,
+    pack_linear_layers,
+)
 from nmt.sampling import Sampling
 from nmt.search import Hypothesis, SearchSettings, decode_corpus
 from nmt.textstream import file_chunks, stream_chunks
@@ -38,7 +42,7 @@ class Translator:
     device: torch.device
     path: str
     precision: str = "fp32"  # the weights decoding uses: fp32, bf16 or int8
-    workers: int = 1  # threads decoding batches side by side (see search.in_threads)
+    workers: int = 1  # threads decoding batches side by side (see search_cpu.in_threads)
     # every checkpoint; more than one: `model` is their Ensemble, `path` the first
     paths: tuple[str, ...] = ()
 
@@ -205,17 +209,11 @@ def format_output(tr: Translator, hyps: list[list[Hypothesis]], nbest: int, firs
     return "".join(out)
 
 
-def decode_settings(tr: Translator, given: dict[str, Any]) -> DecodeConfig:
-    """The checkpoint's decode config with the options given on the command line (None: not
-    given)."""
-    return replace(tr.cfg.decode, **{k: v for k, v in given.items() if v is not None})
-
-
 def translate(
     checkpoint: str | Sequence[str],
     input: Optional[str],
     output: Optional[str],
-    given: dict[str, Any],
+    given: DecodeOptions,
     runtime: Runtime = Runtime(),
     sampling: Optional[Sampling] = None,
     plots: Optional[AttentionPlots] = None,
@@ -223,20 +221,21 @@ def translate(
     """Run stage 3: a file or stdin in, `runtime.buffer` lines at a time (fewer when no more input
     is waiting), each chunk's translations written in input order as soon as they are done: to
     stdout, or to a file written atomically. Memory is bounded by the chunk. `given`: the decode
-    options given (see decode_settings). `sampling`: draw one translation per line instead of
-    searching (see sampling.py). `plots`: also write each sentence's attention weights and heatmaps
-    (see attention.py); the input is then read as one chunk, for a few sentences."""
+    options given (the checkpoint's decode config has the others). `sampling`: draw one
+    translation per line instead of searching (see sampling.py). `plots`: also write each
+    sentence's attention weights and heatmaps (see attention.py); the input is then read as one
+    chunk, for a few sentences."""
     if runtime.buffer < 1:
         raise UsageError(f"--buffer {runtime.buffer}: expected 1 or more")
     search_only = ("beam", "nbest", "no_repeat_ngram", "early_exit")
-    clash = [k for k in search_only if given.get(k) is not None]
+    clash = [k for k in search_only if k in given.given()]
     if sampling is not None and clash:
         flag = "--" + clash[0].replace("_", "-")
         raise UsageError(f"--sample draws one translation per line: {flag} does not apply")
     if output:
         check_output(output)  # before any work
     tr = load_translator(checkpoint, runtime.device, runtime.precision, runtime.workers)
-    d = decode_settings(tr, given)
+    d = given.apply(tr.cfg.decode)
     if sampling is None and d.nbest > d.beam:
         raise UsageError(f"--nbest {d.nbest} is larger than --beam {d.beam}")
     if plots:

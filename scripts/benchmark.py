@@ -657,7 +657,7 @@ def main() -> None:
         action="store_true",
         help="on a GPU, let scaled_dot_product_attention pick "
         "cuDNN's kernels as torch would (nmt leaves them out: see "
-        "nmt.models.transformer.choose_attention_kernels)",
+        "nmt.precision.choose_attention_kernels)",
     )
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()

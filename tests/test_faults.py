@@ -7,7 +7,7 @@ import torch
 import nmt.loss
 import nmt.train as train_mod
 from nmt.checkpoint import load_checkpoint
-from nmt.config import load_config
+from nmt.config import DecodeOptions, load_config
 from nmt.errors import NmtError
 from nmt.evaluate import evaluate_checkpoint
 from nmt.prepare import prepare
@@ -124,7 +124,7 @@ def test_valid_lines_longer_than_the_model_are_cut_with_a_warning(
     assert (
         "warning: 1 valid pair(s) longer than the model's 127 subwords" in capsys.readouterr().err
     )
-    result = evaluate_checkpoint(str(run / "last.pt"), "test", given={"beam": 1})
+    result = evaluate_checkpoint(str(run / "last.pt"), "test", given=DecodeOptions(beam=1))
     assert result["metrics"]["bleu"]["score"] >= 0
     assert "1 input line(s) longer than the model's 127 subwords" in capsys.readouterr().err
 

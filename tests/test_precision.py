@@ -93,3 +93,22 @@ def test_packed_linear_layers_give_the_plain_layers_outputs_bit_for_bit():
     pack_linear_layers(bf16)
     # loading a translator leaves the random generator alone
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_attention_kernels_on_a_gpu_leave_cudnn_out_and_the_cpu_untouched():
+    from nmt.precision import choose_attention_kernels
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        choose_attention_kernels(torch.device("cpu"))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        # sets torch's flag; needs no GPU to do so
+        choose_attention_kernels(torch.device("cuda", 0))
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert (
+            torch.backends.cuda.flash_sdp_enabled()
+            and torch.backends.cuda.mem_efficient_sdp_enabled()
+        )
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

@@ -50,7 +50,7 @@ class ScriptedModel:
     ):
         self.table, self.default = table, default if default is not None else {EOS: 1.0}
 
-    def start(self, src, src_pad_mask):
+    def start(self, src, src_pad_mask, record=False):
         return PrefixState(torch.empty((src.size(0), 0), dtype=torch.long))
 
     def step(self, prev, state):
@@ -260,31 +260,6 @@ def test_beam_search_with_blocked_top_tokens_equals_the_plain_topk(monkeypatch):
         )
 
 
-def test_a_transformer_state_moves_its_sentence_rows_only_when_sentences_leave():
-    """Beam search's reordering: the self-attention caches follow the parent rows (lazily: the next
-    step gathers them), the encoder's keys/values stay one row per sentence until a sentence
-    leaves the batch."""
-    with torch.inference_mode():  # as search decodes
-        model = random_transformer()
-        src = torch.tensor([[5, 6, 7, EOS], [8, 9, EOS, PAD]])
-        state = model.start(src, src == PAD)
-        _, state = model.step(torch.full((2,), BOS), state)
-        beams = torch.tensor([0, 0, 1, 1])  # two beams per sentence, from each sentence's row
-        kept = state.reorder(beams, None)
-        assert kept.cross[0][0].size(0) == 2 and kept.parents.tolist() == [0, 0, 1, 1]
-        assert kept.past[0][0].size(0) == 2  # not copied yet
-        _, stepped = model.step(torch.tensor([5, 6, 7, 8]), kept)
-        assert stepped.past[0][0].size(0) == 4 and stepped.parents is None
-        assert torch.equal(stepped.past[0][0][1, :, 0], stepped.past[0][0][0, :, 0])  # one parent
-        shrunk = stepped.reorder(torch.tensor([2, 3]), torch.tensor([1]))  # sentence 0 left
-        assert shrunk.cross[0][0].size(0) == 1 and shrunk.mem_bias.size(0) == 1
-        assert torch.equal(shrunk.cross[0][0][0], stepped.cross[0][0][1])
-        twice = kept.reorder(
-            torch.tensor([3, 2]), None
-        )  # parents compose until a step applies them
-        assert twice.parents.tolist() == [1, 1]
-
-
 def random_transformer():
     torch.manual_seed(3)
     return Transformer(
@@ -356,7 +331,7 @@ def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_rest():
     class Failing:
         returns_log_probs = False
 
-        def start(self, src, src_pad_mask):
+        def start(self, src, src_pad_mask, record=False):
             started.append(src.size(0))
             if len(started) == 2:
                 raise ValueError("bad batch")

@@ -4,7 +4,6 @@ causality, padding invariance, cache = recompute."""
 import pytest
 import torch
 
-from nmt.models.incremental import attend
 from nmt.models.transformer import Attention, Transformer
 from nmt.tokenizer import BOS, PAD
 
@@ -76,17 +75,6 @@ def test_padding_is_what_is_masked():
     torch.testing.assert_close(model(src, mask, tgt)[2], model(other, mask, tgt)[2])
 
 
-@pytest.mark.parametrize("kw", VARIANTS)
-def test_incremental_decoding_equals_full_recomputation(kw):
-    model = tiny(**kw)
-    src, mask, tgt = batch()
-    full = model(src, mask, tgt)
-    state = model.start(src, mask)
-    for t in range(tgt.size(1)):
-        logits, state = model.step(tgt[:, t], state)
-        torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
-
-
 def test_shared_and_tied_embeddings_are_one_tensor():
     model = tiny(share_embeddings=True, tie_output=True)
     assert model.src_embed.weight is model.tgt_embed.weight is model.output.weight
@@ -138,7 +126,6 @@ def test_training_on_a_cpu_attends_as_sdpa_does(monkeypatch, causal, autocast):
     """Training on a CPU writes attention out (scores, softmax, weighted sum) where SDPA's CPU
     kernels are the slower: in bf16 always, in fp32 with dropout. Its output and gradients are
     SDPA's, with or without autocast."""
-    from nmt.models.transformer import Attention
 
     torch.manual_seed(0)
     attn = Attention(32, 4, dropout=0.0).train()
@@ -172,7 +159,6 @@ def test_training_on_a_cpu_attends_as_sdpa_does(monkeypatch, causal, autocast):
 
 
 def test_attention_dropout_on_a_cpu_drops_weights_in_training_only():
-    from nmt.models.transformer import Attention
 
     torch.manual_seed(0)
     attn = Attention(32, 4, dropout=0.5)
@@ -189,53 +175,6 @@ def test_attention_dropout_on_a_cpu_drops_weights_in_training_only():
     torch.manual_seed(1)
     # the masks come from torch's generator: seeded runs repeat
     torch.testing.assert_close(attn(x, k, v), first)
-
-
-@pytest.mark.parametrize("pad", [0, 3])
-def test_a_decoding_step_where_beams_share_a_row_of_keys_attends_as_if_each_had_its_own_copy(pad):
-    """Beam search keeps the encoder's keys/values once per sentence: f consecutive query rows share
-    one row. The step gives what the teacher-forcing path gives with a copy per row, also when pad
-    rows follow the real ones."""
-    from nmt.models.transformer import Attention
-
-    torch.manual_seed(0)
-    attn = Attention(32, 4, 0.0).eval()
-    n, f, s = 3, 5, 7
-    x = torch.randn(n * f + pad, 32)
-    k, v = attn.project_kv(torch.randn(n, s, 32))
-    mask = torch.ones(n, 1, 1, s, dtype=torch.bool)
-    mask[1, ..., 4:] = False  # a shorter sentence
-    bias = torch.zeros(n, 4, 1, s).masked_fill(~mask, -float("inf"))
-    weights: list = []
-    shared = attend(attn, x, n * f, (k, v), bias, weights)
-    rows = torch.arange(n).repeat_interleave(f)
-    recorded: list = []
-    copied = attn(x[: n * f, None], k[rows], v[rows], mask[rows], weights=recorded)
-    w_copied = recorded[0]
-    assert shared.shape == (n * f + pad, 32)
-    torch.testing.assert_close(shared[: n * f], copied[:, 0])
-    torch.testing.assert_close(weights[0], w_copied[:, :, 0])
-    assert weights[0].shape == (n * f, 4, s) and (weights[0][f : 2 * f, :, 4:] == 0).all()
-    sdpa = attn(x[: n * f, None], k[rows], v[rows], mask[rows])[:, 0]  # SDPA too
-    torch.testing.assert_close(sdpa, shared[: n * f])
-
-
-def test_extend_reorders_and_appends_in_one_copy():
-    from nmt.models.incremental import extend
-
-    past, new = torch.randn(4, 2, 3, 5), torch.randn(6, 2, 5)
-    parents = torch.tensor([3, 3, 0, 1, 2, 0])  # a beam step: rows continue (and repeat) other rows
-    torch.testing.assert_close(
-        extend(past, new, parents),
-        torch.cat([past[parents], new[:, :, None]], dim=2),
-        rtol=0,
-        atol=0,
-    )
-    torch.testing.assert_close(
-        extend(past, new[:4], None), torch.cat([past, new[:4, :, None]], dim=2), rtol=0, atol=0
-    )
-    # appended in the cache's dtype
-    assert extend(past, new[:4].bfloat16(), None).dtype == torch.float32
 
 
 def test_encoder_keys_and_values_are_kept_contiguous_so_a_step_reads_them_without_a_copy():
@@ -276,38 +215,6 @@ def test_a_bf16_model_decodes_on_the_cpu_with_bf16_attention_caches_and_matches_
     assert (other[:, -1] - logits.float()).abs().max() > 0.5
 
 
-def test_a_bf16_decoding_step_attends_through_sdpa_as_the_written_out_products_do():
-    """incremental.attend on bf16 keys on a CPU (scaled_dot_product_attention) gives what the
-    written-out products give (scores, softmax, weighted sum, in fp32) within bf16 rounding: with
-    padded rows, with the beams of a sentence attending together (3 queries per key row) and with
-    masked keys. Asking for the weights changes nothing in the output."""
-    torch.manual_seed(5)
-    att = Attention(32, 4, 0.0).eval().to(torch.bfloat16)
-    b, f, s = 4, 3, 7
-    x = torch.randn(b * f + 4, 32).bfloat16()  # 12 real rows, 4 of padding
-    k, v = torch.randn(b, 4, s, 8).bfloat16(), torch.randn(b, 4, s, 8).bfloat16()
-    bias = torch.zeros(b, 4, 1, s, dtype=torch.bfloat16)
-    bias[1, :, :, 4:] = -float("inf")  # sentence 1 has 4 source positions
-    with torch.inference_mode():
-        fast = attend(att, x, b * f, (k, v), bias)
-        weights: list = []
-        assert torch.equal(attend(att, x, b * f, (k, v), bias, weights), fast)
-        q = att.q(x)[: b * f].float().view(b, f, 4, 8).transpose(1, 2)  # written out, in fp32
-        w = (q @ k.float().transpose(-1, -2) * 8**-0.5 + bias.float()).softmax(-1)
-        y = (w @ v.float()).transpose(1, 2).reshape(b * f, 32)
-        plain = att.out(torch.cat([y.bfloat16(), torch.zeros(4, 32).bfloat16()]))
-    assert fast.dtype == torch.bfloat16 and fast.shape == (b * f + 4, 32)
-    torch.testing.assert_close(fast.float(), plain.float(), atol=0.03, rtol=0.02)
-    assert torch.equal(fast[b * f :], plain[b * f :])  # pad rows: zero before the output projection
-    assert weights[0].shape == (b * f, 4, s) and torch.allclose(
-        weights[0].sum(-1), torch.ones(b * f, 4)
-    )
-    k2 = k.clone()
-    k2[1, :, 4:] = 100.0  # what masked keys hold changes nothing
-    with torch.inference_mode():
-        assert torch.equal(attend(att, x, b * f, (k2, v), bias), fast)
-
-
 def test_under_autocast_decoding_keeps_the_caches_in_the_layers_dtype():
     """Validation during CPU training decodes under bf16 autocast: the
     caches stay in the dtype the projections make them in (bf16, as with
@@ -322,22 +229,3 @@ def test_under_autocast_decoding_keeps_the_caches_in_the_layers_dtype():
             logits, state = model.step(tgt[:, t], state)
             torch.testing.assert_close(logits.float(), full[:, t], atol=0.1, rtol=0.05)
         assert all(c.dtype == torch.bfloat16 for kv in state.past for c in kv)
-
-
-def test_attention_kernels_on_a_gpu_leave_cudnn_out_and_the_cpu_untouched():
-    from nmt.models.transformer import choose_attention_kernels
-
-    before = torch.backends.cuda.cudnn_sdp_enabled()
-    try:
-        torch.backends.cuda.enable_cudnn_sdp(True)
-        choose_attention_kernels(torch.device("cpu"))
-        assert torch.backends.cuda.cudnn_sdp_enabled()
-        # sets torch's flag; needs no GPU to do so
-        choose_attention_kernels(torch.device("cuda", 0))
-        assert not torch.backends.cuda.cudnn_sdp_enabled()
-        assert (
-            torch.backends.cuda.flash_sdp_enabled()
-            and torch.backends.cuda.mem_efficient_sdp_enabled()
-        )
-    finally:
-        torch.backends.cuda.enable_cudnn_sdp(before)

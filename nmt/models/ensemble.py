@@ -15,19 +15,22 @@ unchanged. Its state holds each member's state, and reorders each by that member
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor, nn
 
 from nmt.models.recording import Recording
 
+if TYPE_CHECKING:
+    from nmt.search import DecoderState
+
 
 @dataclass(frozen=True)
 class EnsembleState:
     """The members' states, in order (search.DecoderState)."""
 
-    members: tuple[Any, ...]
+    members: tuple[DecoderState, ...]
     recording: Optional[Recording] = None  # an ensemble records no attention (see start)
 
     def reorder(self, beams: Tensor, sentences: Optional[Tensor]) -> EnsembleState:
@@ -35,6 +38,8 @@ class EnsembleState:
 
 
 class Ensemble(nn.Module):
+    """Two or more models decoding as one: the mean of their next-token probabilities."""
+
     # `step` gives normalised log-probabilities: search need not normalise them again
     returns_log_probs = True
 

@@ -129,10 +129,8 @@ def layer_step(
     h = layer.norm2(x) if layer.pre_norm else x
     y = attend(layer.cross_attn, h, rows, state.cross[i], state.mem_bias, cross)
     x = layer.residual(x, y, layer.norm2)
-    return layer.residual(x, layer.ffn(layer.norm3(x) if layer.pre_norm else x), layer.norm3), (
-        k,
-        v,
-    )
+    out = layer.residual(x, layer.ffn(layer.norm3(x) if layer.pre_norm else x), layer.norm3)
+    return out, (k, v)
 
 
 def extend(past: Tensor, new: Tensor, parents: Optional[Tensor]) -> Tensor:

@@ -96,6 +96,8 @@ class RNNState:
 
 
 class RNNSeq2Seq(nn.Module):
+    """Encoder, bridge, decoder and (optionally) attention, as the module docstring lays out."""
+
     returns_log_probs = False  # step returns logits (search.Decodable)
 
     def __init__(

@@ -30,17 +30,6 @@ from nmt.models import incremental
 from nmt.models.dropout import Dropout
 
 
-def choose_attention_kernels(device: torch.device) -> None:
-    """On a GPU, leave cuDNN's attention out of what scaled_dot_product_attention may pick (it keeps
-    flash, memory-efficient and math). Recent torch puts cuDNN first on Hopper and Blackwell GPUs,
-    and cuDNN builds an execution graph for every new problem, keyed by batch size and lengths
-    (torch's cudnn/MHA.cpp); bucketed batches bring a new shape at almost every step of the first
-    epoch, which made those steps slow (docs/speed.md). A process-wide setting of torch's
-    (torch.backends.cuda.enable_cudnn_sdp), set when a model is put on a GPU."""
-    if device.type == "cuda":
-        torch.backends.cuda.enable_cudnn_sdp(False)
-
-
 def sinusoid_table(n: int, d: int) -> Tensor:
     """(n, d) fixed sinusoidal position table: sin on even dims, cos on odd dims."""
     pos = torch.arange(n, dtype=torch.float32)[:, None]
@@ -216,6 +205,9 @@ class DecoderLayer(Sublayers):
 
 
 class Transformer(nn.Module):
+    """Embeddings, the encoder stack, the decoder stack and the output projection (tied to the
+    target embeddings by default); see the module docstring."""
+
     returns_log_probs = False  # step returns logits (search.Decodable)
 
     def __init__(
