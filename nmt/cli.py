@@ -437,6 +437,34 @@ def export(
 
 
 @app.command()
+@takes("runtime", RUNTIME_OPTIONS)
+def serve(
+    checkpoint: list[str] = typer.Option(
+        ...,
+        help="A checkpoint file, or a run directory (uses best.pt); repeat it for an ensemble.",
+        metavar="CKPT",
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on.", metavar="HOST"),
+    port: int = typer.Option(8080, min=0, help="Port to listen on (0: a free one).", metavar="N"),
+    max_sentences: int = typer.Option(64, min=1, help="Sentences a request may hold.", metavar="N"),
+    max_chars: int = typer.Option(1000, min=1, help="Characters a sentence may hold.", metavar="N"),
+    batch_wait_ms: float = typer.Option(
+        5.0,
+        min=0.0,
+        help="How long the decoder waits for more requests to translate together.",
+        metavar="MS",
+    ),
+    runtime: Any = None,  # RUNTIME_OPTIONS here (see takes)
+) -> None:
+    """Serve translations over HTTP: POST /translate {"sentences": [...]}, GET /health."""
+    from nmt.serve import Limits
+    from nmt.serve import serve as run
+
+    limits = Limits(max_sentences=max_sentences, max_chars=max_chars, wait_ms=batch_wait_ms)
+    run(checkpoint, host, port, _runtime(runtime), limits)
+
+
+@app.command()
 def average(
     checkpoints: Optional[list[Path]] = typer.Argument(
         None, help="Checkpoint files to average (or --run-dir with --last/--best)."

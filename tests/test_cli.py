@@ -200,7 +200,7 @@ def test_usage_errors_are_one_line_with_exit_status_2(cli, args: list, names: li
 
 
 @pytest.mark.parametrize(
-    "command", ["prepare", "train", "translate", "evaluate", "sweep", "export"]
+    "command", ["prepare", "train", "translate", "evaluate", "sweep", "export", "serve"]
 )
 def test_help_fits_an_80_column_terminal(command: str, tmp_path: Path) -> None:
     proc = subprocess.run(
