@@ -29,6 +29,7 @@ figure. Timings are wall clock; CUDA is synchronised.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import resource
@@ -39,7 +40,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -255,23 +256,37 @@ def runs(beams: list[int]) -> list[tuple[int, bool]]:
     return [(beam, early) for beam in beams for early in ((False, True) if beam > 1 else (False,))]
 
 
-def ct2_compute_type(tr) -> str:
-    """CTranslate2's compute type nearest to nmt's precision: bfloat16 on a GPU; int8 or float32 on
-    a CPU (its CPU backend has no bfloat16)."""
-    if tr.device.type == "cuda":
-        return "bfloat16"
-    return "int8" if tr.precision == "int8" else "float32"
+def ct2_compute_types(device: str, asked: Optional[list[str]] = None) -> list[str]:
+    """The CTranslate2 compute types to time: `asked`, or every one it supports on the device
+    (float32 and the int8 variants on a CPU, and bfloat16/float16 on a GPU), so that nmt is compared
+    with CTranslate2's fastest mode on this machine, found by trying them."""
+    import ctranslate2
+
+    supported = ctranslate2.get_supported_compute_types(device)
+    order = ["float32", "int8", "int8_float32", "bfloat16", "int8_bfloat16", "float16"]
+    wanted = asked or [c for c in order if c in supported]
+    unknown = [c for c in wanted if c not in supported]
+    if unknown:
+        raise SystemExit(f"--ct2-compute-types: {unknown[0]} is not supported on {device} here")
+    return wanted
 
 
 def ct2_decoder(
-    tr, src: list[str], refs: list[str], beams: list[int], threads: int, stack: ExitStack
+    tr,
+    src: list[str],
+    refs: list[str],
+    beams: list[int],
+    threads: int,
+    stack: ExitStack,
+    compute_types: Optional[list[str]] = None,
 ) -> Callable[[], dict]:
     """A function that decodes with CTranslate2 on the same weights (converted once, into a folder
-    `stack` removes), batches and length rule, and returns the results by name. On a CPU it runs
-    twice: with all threads on one batch at a time, and with batches side by side as nmt decodes
-    them (inter_threads = nmt's workers, each with its share of the threads); the faster is what nmt
-    is compared with. Its beam search (4.x) has one stopping rule, nmt's default: a sentence ends
-    with beam_size x patience (1) finished hypotheses."""
+    `stack` removes), batches and length rule, and returns the results by name. It runs every
+    compute type (ct2_compute_types) in every layout: on a CPU with all threads on one batch at a
+    time, and with batches side by side as nmt decodes them (inter_threads = nmt's workers, each
+    with its share of the threads); the fastest is what nmt is compared with. Its beam search (4.x)
+    has one stopping rule, nmt's default: a sentence ends with beam_size x patience (1) finished
+    hypotheses."""
     import ctranslate2
 
     from nmt.export import export
@@ -282,7 +297,7 @@ def ct2_decoder(
         if dev == "cuda" or tr.workers == 1
         else [(1, threads), (tr.workers, max(threads // tr.workers, 1))]
     )
-    compute_type = ct2_compute_type(tr)
+    types = ct2_compute_types(dev, compute_types)
     pieces = [tr.tok.src_pieces(ids) + ["</s>"] for ids in tr.tok.encode_src(src)]
     d = tr.cfg.decode
     tmp = stack.enter_context(tempfile.TemporaryDirectory())
@@ -290,7 +305,7 @@ def ct2_decoder(
 
     def run() -> dict:
         results = {}
-        for inter, intra in layouts:
+        for compute_type, (inter, intra) in itertools.product(types, layouts):
             model = ctranslate2.Translator(
                 tmp,
                 device=dev,
@@ -335,7 +350,7 @@ def ct2_decoder(
                     for toks in texts
                 ]
                 n_tok = sum(len([t for t in toks if t not in ("</s>", "<s>")]) for toks in texts)
-                name = f"ct2_beam{beam}" + (f"_inter{inter}" if inter > 1 else "")
+                name = f"ct2_{compute_type}_beam{beam}" + (f"_inter{inter}" if inter > 1 else "")
                 # its beam search ends a sentence with beam_size x patience (1) finished hypotheses
                 entry = {
                     "engine": f"ctranslate2 {ctranslate2.__version__}",
@@ -628,6 +643,12 @@ def main() -> None:
         "--ct2", action="store_true", help="also decode with CTranslate2 (same weights, converted)"
     )
     ap.add_argument(
+        "--ct2-compute-types",
+        nargs="+",
+        metavar="TYPE",
+        help="CTranslate2 compute types to time (default: every one it supports on the device)",
+    )
+    ap.add_argument(
         "--onmt",
         action="store_true",
         help="also run OpenNMT-py (onmt_train/onmt_translate on PATH): training on the "
@@ -706,7 +727,9 @@ def main() -> None:
                     peer(
                         "CTranslate2",
                         report,
-                        lambda: ct2_decoder(tr, src, refs, beams, threads, stack),
+                        lambda: ct2_decoder(
+                            tr, src, refs, beams, threads, stack, args.ct2_compute_types
+                        ),
                     )
                 )
             if args.onmt and tr.device.type == "cpu":
@@ -782,18 +805,21 @@ def add_round(decode: dict, outputs: dict, results: dict) -> None:
 
 
 def add_ratios(decode: dict) -> None:
-    """nmt's speed as a multiple of each peer's, at the same beam: CTranslate2's faster thread
-    layout under the same stopping rule (speed_vs_ct2), and OpenNMT-py, whose beam search always
-    exits early (speed_vs_onmt)."""
+    """nmt's speed as a multiple of each peer's, at the same beam: CTranslate2's fastest compute
+    type and thread layout under the same stopping rule (speed_vs_ct2, fastest_ct2 names it), and
+    OpenNMT-py, whose beam search always exits early (speed_vs_onmt)."""
     for r in (r for name, r in decode.items() if name.startswith("nmt_")):
         ct2 = [
-            c["seconds"]
+            (c["seconds"], name)
             for name, c in decode.items()
             if name.startswith("ct2_")
             and (c["beam"], c["early_exit"]) == (r["beam"], r["early_exit"])
         ]
         if ct2:
-            r["speed_vs_ct2"] = min(ct2) / r["seconds"]
+            seconds, name = min(ct2)
+            c = decode[name]
+            r["speed_vs_ct2"] = seconds / r["seconds"]
+            r["fastest_ct2"] = f"{c['precision']}, {c['inter_threads']} translator(s)"
         if f"onmt_beam{r['beam']}" in decode:
             r["speed_vs_onmt"] = decode[f"onmt_beam{r['beam']}"]["seconds"] / r["seconds"]
 
@@ -846,7 +872,8 @@ def print_table(report: dict) -> None:
         print(f"{name}: failed, left out ({message})")
     for name, r in report.get("decode", {}).items():
         ratio = (
-            f"   {r['speed_vs_ct2']:.2f}x CTranslate2's speed (its faster layout, same rule)"
+            f"   {r['speed_vs_ct2']:.2f}x CTranslate2's speed (its fastest: {r['fastest_ct2']}, "
+            "same rule)"
             if "speed_vs_ct2" in r
             else ""
         )

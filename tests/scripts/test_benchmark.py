@@ -147,26 +147,37 @@ def test_rounds_report_the_fastest_and_must_translate_alike(repo_root):
 
 def test_ratios_compare_nmt_with_the_peers_under_the_same_stopping_rule(repo_root):
     bench = load_benchmark(repo_root)
-    run = lambda beam, early, seconds: {"beam": beam, "early_exit": early, "seconds": seconds}  # noqa: E731
+
+    def run(beam, early, seconds, precision="float32", inter=1):
+        return {
+            "beam": beam, "early_exit": early, "seconds": seconds, "precision": precision,
+            "inter_threads": inter,
+        }  # fmt: skip
+
     decode = {
         "nmt_beam5": run(5, False, 4.0),
         "nmt_beam5_early": run(5, True, 3.0),
         "nmt_beam1": run(1, False, 1.0),
-        "ct2_beam5": run(5, False, 8.0),
-        "ct2_beam5_inter2": run(5, False, 6.0),
-        "ct2_beam1": run(1, False, 1.5),
+        "ct2_float32_beam5": run(5, False, 8.0),
+        "ct2_float32_beam5_inter2": run(5, False, 6.0, inter=2),
+        "ct2_int8_beam5": run(5, False, 7.0, "int8"),
+        "ct2_int8_beam5_inter2": run(5, False, 5.0, "int8", 2),
+        "ct2_float32_beam1": run(1, False, 1.5),
+        "ct2_int8_beam1": run(1, False, 1.6, "int8"),
         "onmt_beam5": run(5, True, 9.0),
     }
     bench.add_ratios(decode)
-    # CTranslate2's faster layout, the same stopping rule
-    assert decode["nmt_beam5"]["speed_vs_ct2"] == 6.0 / 4.0
+    # CTranslate2's fastest compute type and layout, the same stopping rule
+    assert decode["nmt_beam5"]["speed_vs_ct2"] == 5.0 / 4.0
+    assert decode["nmt_beam5"]["fastest_ct2"] == "int8, 2 translator(s)"
     assert "speed_vs_ct2" not in decode["nmt_beam5_early"]  # CTranslate2 4.x cannot exit early
     assert decode["nmt_beam1"]["speed_vs_ct2"] == 1.5
     assert (decode["nmt_beam5"]["speed_vs_onmt"], decode["nmt_beam5_early"]["speed_vs_onmt"]) == (
         9.0 / 4.0,
         9.0 / 3.0,
     )
-    assert "speed_vs_ct2" not in decode["ct2_beam5"]
+    assert decode["nmt_beam1"]["fastest_ct2"] == "float32, 1 translator(s)"
+    assert "speed_vs_ct2" not in decode["ct2_float32_beam5"]
 
 
 def test_attention_bench_times_both_paths_on_every_setting(repo_root):
