@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Where the time goes: training steps and a decoding pass under torch's profiler, the time split
+into kinds of work.
+
+    python scripts/profile_steps.py --config configs/multi30k_en_de.yaml \
+        --checkpoint runs/multi30k_en_de/best.pt [--steps 5] [--limit 300] [--beam 5] [--threads 2]
+
+Each operator's own time (without the operators it calls) is put in one kind: matrix products
+(mm, bmm, linear, oneDNN's), attention kernels (scaled_dot_product_attention's), softmax and norms,
+data movement (copies, index_select, cat, gather), top-k and reductions, elementwise work,
+optimizer updates, views and allocation, and the rest. "Python and dispatch" is the wall time no
+operator accounts for: the interpreter between operators, torch's dispatcher, and the profiler
+itself (so the share is an upper bound). Decoding runs with one worker thread, so that the
+operators' time is on the profiled thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nmt.config import load_config  # noqa: E402
+from nmt.data import epoch_batches, read_lines, split_batch  # noqa: E402
+from nmt.tokenizer import Tokenizer  # noqa: E402
+from nmt.train import RunData, Trainer, pick_device  # noqa: E402
+from nmt.translate import load_translator, translate_lines  # noqa: E402
+
+KINDS = [
+    ("matrix products", ("mm", "bmm", "addmm", "baddbmm", "linear", "matmul", "mkldnn", "_linear")),
+    ("attention kernel", ("scaled_dot_product", "_flash_attention", "_efficient_attention")),
+    ("softmax and norms", ("softmax", "log_softmax", "layer_norm", "native_layer_norm")),
+    ("data movement", ("copy_", "index_select", "cat", "gather", "take", "index", "clone", "pad",
+                       "contiguous", "to", "to_copy", "stack", "repeat_interleave", "scatter")),
+    ("top-k and reductions", ("topk", "amax", "max", "sum", "nonzero", "any", "all", "sort")),
+    ("elementwise", ("add", "mul", "div", "sub", "relu", "masked_fill", "fill_", "where", "eq",
+                     "ne", "lt", "le", "gt", "ge", "exp", "log", "neg", "random_", "bitwise",
+                     "clamp", "zero_", "add_", "mul_", "div_", "addcmul_", "addcdiv_", "sqrt",
+                     "lerp_", "threshold_backward")),
+    ("optimizer update", ("fused_adamw_", "linalg_vector_norm", "foreach_")),
+    ("views and allocation", ("view", "t", "as_strided", "transpose", "slice", "select", "empty",
+                              "empty_strided", "reshape", "expand", "unsqueeze", "squeeze",
+                              "permute", "unbind", "split", "chunk", "full", "arange", "zeros",
+                              "ones", "resolve_conj", "detach", "alias", "unfold", "narrow")),
+]  # fmt: skip
+
+
+def kind_of(name: str) -> str:
+    op = name.split("::")[-1].lstrip("_")
+    for kind, ops in KINDS:
+        if op in ops or any(op.startswith(o) for o in ops if len(o) > 3):
+            return kind
+    return "other operators"
+
+
+def split_time(prof, wall: float) -> dict[str, float]:
+    """Seconds of each kind, and the wall time no operator accounts for."""
+    out = {kind: 0.0 for kind, _ in KINDS} | {"other operators": 0.0}
+    for e in prof.key_averages():
+        if e.key.startswith("aten::") or e.key.startswith("mkldnn::"):
+            out[kind_of(e.key)] += e.self_cpu_time_total / 1e6
+    out["Python and dispatch"] = max(wall - sum(out.values()), 0.0)
+    return out
+
+
+def show(title: str, parts: dict[str, float], wall: float) -> None:
+    print(f"{title}: {wall:.2f} s")
+    for kind, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:<22} {seconds:7.3f} s  {seconds / wall:6.1%}")
+
+
+def profile_training(cfg, steps: int) -> None:
+    device = pick_device(cfg.train.device)
+    tok = Tokenizer.load(cfg.prepared_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp), device, tok, RunData.load(cfg))
+        split, t = trainer.train_split, cfg.train
+        groups = epoch_batches(split, [len(split)], [1.0], t.max_tokens, t.seed, 0)
+        batches = [split_batch(split, ix) for ix in groups[: steps + 2]]
+        for b in batches[:2]:  # warm-up
+            trainer.train_step([b], b.n_tgt)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for b in batches[2:]:
+                trainer.train_step([b], b.n_tgt)
+            wall = time.perf_counter() - start
+    show(f"training, {steps} steps of {t.max_tokens} tokens", split_time(prof, wall), wall)
+
+
+def profile_decoding(checkpoint: str, lines: list[str], beam: int) -> None:
+    tr = load_translator(checkpoint, None, "auto", workers=1)
+    settings = replace(tr.settings(), beam=beam)
+    translate_lines(tr, lines[:32], settings)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        translate_lines(tr, lines, settings)
+        wall = time.perf_counter() - start
+    title = f"decoding {len(lines)} sentences, beam {beam}, {tr.precision}, 1 worker"
+    show(title, split_time(prof, wall), wall)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--checkpoint", help="also profile decoding the test split with it")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--limit", type=int, default=300, help="test sentences to decode")
+    ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(Path(args.config), [])
+    profile_training(cfg, args.steps)
+    if args.checkpoint:
+        lines = read_lines(cfg.prepared_dir / "test.src.txt")[: args.limit]
+        profile_decoding(args.checkpoint, lines, args.beam)
+
+
+if __name__ == "__main__":
+    main()
