@@ -110,7 +110,7 @@ class Trainer:
         self.state = TrainState()
         self.retention = Retention(run_dir, cfg.train.keep_last, cfg.train.keep_best)
         # what the loop carries between steps (set again by run(), after a restore)
-        self.last_valid_step = -1  # the step validated last; -1: none in this session
+        self.last_valid_step = -1  # the step validated last; -1: none yet in this process
         self.stop_signal: Optional[GracefulStop] = None  # while run() runs: SIGINT/SIGTERM caught
 
     def resume_from(self, ckpt: dict) -> None:
