@@ -75,6 +75,9 @@ def export(
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise NmtError(f"--output {output}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "nmt_export.json").exists():
+        # the folder is replaced whole: only an earlier export may be
+        raise NmtError(f"--output {output}: a folder that holds other files; give a new one")
     spec.optimize(quantization=quantization)  # None: the weights stay float32
     with hold(out, "nmt export"), atomic_folder(out) as new:
         spec.save(str(new))

@@ -219,6 +219,9 @@ def handler(tr: Translator, batcher: Batcher, limits: Limits) -> type[BaseHTTPRe
                 self.reply(e.status, {"error": str(e)})
             except NmtError as e:
                 self.reply(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+            except Exception as e:  # noqa: BLE001 - a bug: the client still hears of it in one line
+                message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                self.reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": message})
 
         def body(self) -> bytes:
             length = self.headers.get("Content-Length")

@@ -133,6 +133,7 @@ def test_the_smoke_model_translates_the_same_with_ctranslate2_greedy_and_beam_5(
 
 def test_an_int8_export_is_smaller_and_translates(cli, smoke: SmokeRun, tmp_path: Path) -> None:
     export(cli, smoke.run / "best.pt", tmp_path / "fp32")
+    export(cli, smoke.run / "best.pt", tmp_path / "fp32")  # an earlier export is replaced
     ct2 = export(cli, smoke.run / "best.pt", tmp_path / "int8", "--quantization", "int8")
     size = {q: (tmp_path / q / "model.bin").stat().st_size for q in ("fp32", "int8")}
     assert size["int8"] < 0.6 * size["fp32"]
@@ -164,6 +165,11 @@ def test_what_does_not_export_is_one_error_line(
     save_checkpoint(tmp_path / "rnn.pt", {**rnn, "config": cfg, "model": net.state_dict()})
     code, _, err = cli("export", "--checkpoint", tmp_path / "rnn.pt", "-o", tmp_path / "r")
     assert_one_error_line(code, err, "rnn.pt", "RNN")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    code, _, err = cli("export", "--checkpoint", ckpt, "-o", tmp_path / "mine")
+    assert_one_error_line(code, err, "mine", "other files")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # as if it were not installed
     code, _, err = cli("export", "--checkpoint", ckpt, "-o", tmp_path / "m")
     assert_one_error_line(code, err, "pip install 'nmt[ctranslate2]'")
