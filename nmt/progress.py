@@ -104,15 +104,12 @@ class Progress:
             tqdm.write(message, file=sys.stderr)
 
     def step_done(
-        self, s, loss_sum: torch.Tensor, n_tgt: int, skipped: torch.Tensor, seconds: float, bar,
-        lr: float,
-    ) -> None:  # fmt: skip
-        s.step += 1
-        s.oom_in_row = 0
+        self, s, loss_sum: torch.Tensor, n_tgt: int, skipped: torch.Tensor, bar, lr: float
+    ) -> None:
+        """Count the loss and tokens of the step the state `s` has just counted (count_step), and
+        report every train.log_every steps."""
         self.counters.add(loss_sum, skipped)
         self.loss_tokens += n_tgt
-        s.train_tokens += n_tgt
-        s.train_seconds += seconds
         self.window[0] += n_tgt
         bar.update(1)
         if s.step % self.cfg.train.log_every == 0 or s.step == 1:

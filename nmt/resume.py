@@ -36,6 +36,13 @@ class TrainState:
     train_tokens: int = 0
     train_seconds: float = 0.0
 
+    def count_step(self, n_tgt: int, seconds: float) -> None:
+        """One optimizer step taken, on `n_tgt` target tokens in `seconds`."""
+        self.step += 1
+        self.oom_in_row = 0
+        self.train_tokens += n_tgt
+        self.train_seconds += seconds
+
     def count_validation(self, bleu: float, loss: float) -> bool:
         """Count a validation of this step toward best/early stopping; True if it is the best so far
         (higher BLEU; on a tie, lower loss)."""

@@ -209,8 +209,8 @@ class Trainer:
             if result is None:
                 self.progress.oom(s, group)
             else:
-                seconds = time.perf_counter() - start
-                self.progress.step_done(s, *result, seconds, bar, self.updater.lr)
+                s.count_step(n_tgt, time.perf_counter() - start)
+                self.progress.step_done(s, *result, bar, self.updater.lr)
             heard = self.stop_signal
             signalled, out_of_time = self.dist.any(heard.requested is not None, self.out_of_time())
             if signalled:
