@@ -214,7 +214,8 @@ def handler(tr: Translator, batcher: Batcher, limits: Limits) -> type[BaseHTTPRe
                 if self.path != "/translate":
                     raise ClientError(HTTPStatus.NOT_FOUND, f"no {self.path}: POST /translate")
                 job = parse_request(self.body(), limits)
-                self.reply(HTTPStatus.OK, {"translations": batcher.translate(job)})
+                translations = batcher.translate(job) if job.lines else []  # nothing to decode
+                self.reply(HTTPStatus.OK, {"translations": translations})
             except ClientError as e:
                 self.reply(e.status, {"error": str(e)})
             except NmtError as e:
