@@ -149,9 +149,8 @@ RUNTIME_OPTIONS = {
         typer.Option(
             "auto",
             help="Weights for decoding: auto (bf16 on a GPU or a CPU with bf16 instructions, else "
-            "fp32), fp32, bf16, or int8 (CPU only: every Linear layer quantized). int8, and bf16 "
-            "on a CPU with bf16 instructions, decode faster than fp32 at about the same BLEU "
-            "(docs/speed.md).",
+            "fp32), fp32 or bf16. bf16 on a CPU with bf16 instructions decodes faster than fp32 at "
+            "about the same BLEU (docs/speed.md); for int8 weights, nmt export to CTranslate2.",
             metavar="P",
         ),
     ),

@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DECODE_CHOICES = ("auto", "fp32", "bf16", "int8")
+DECODE_CHOICES = ("auto", "fp32", "bf16")
+# int8 weights are CTranslate2's: torch's own int8 for CPU inference (dynamic quantization) is
+# deprecated, and was slower than an export to CTranslate2 on every CPU measured (docs/speed.md)
+INT8_GONE = (
+    "--precision int8: nmt decodes in fp32 or bf16; for int8 weights on a CPU, export the model "
+    "(nmt export --checkpoint P --format ctranslate2 --quantization int8) and decode with "
+    "CTranslate2 (docs/usage.md)"
+)
 
 
 def cpu_has_bf16() -> bool:
@@ -60,7 +67,7 @@ def choose_attention_kernels(device: torch.device) -> None:
 
 
 def decode_precision(device: torch.device, asked: str) -> str:
-    """The weights decoding uses: fp32, bf16 or int8 (`asked` is one of DECODE_CHOICES)."""
+    """The weights decoding uses: fp32 or bf16 (`asked` is one of DECODE_CHOICES)."""
     if asked == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return asked
@@ -86,8 +93,8 @@ def padded_rows(n: int, multiple: int) -> int:
 def decode_row_multiple(device: torch.device, precision: str) -> int:
     """The row multiple decoding pads by (padded_rows): 64 for bf16 on a CPU, where torch hands the
     products to oneDNN, which builds a kernel for every new shape, and beam search changes the row
-    count whenever a sentence finishes; 1 (no padding) elsewhere: fp32 products go to MKL and int8
-    ones to fbgemm, which build nothing per shape."""
+    count whenever a sentence finishes; 1 (no padding) elsewhere: fp32 products go to MKL, which
+    builds nothing per shape."""
     return ROW_MULTIPLE if device.type == "cpu" and precision == "bf16" else 1
 
 

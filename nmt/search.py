@@ -57,7 +57,8 @@ class Decodable(Protocol):
         ...
 
     def step(self, prev: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
-        """Scores (rows, V) of the next token after `prev` (rows,), and the new state."""
+        """Scores (rows, V) of the next token after `prev` (rows,), in a tensor of their own
+        (search changes them in place), and the new state."""
         ...
 
 
@@ -76,6 +77,9 @@ class SearchSettings:
     early_exit: bool = False  # beam search's stopping rule, see beam_search
     max_tokens: int = 8000  # source tokens (x beam) per batch
     sampling: Optional[Sampling] = None
+    # hypotheses carry their log-probabilities; without, greedy search takes the best token of the
+    # logits and skips the softmax over the vocabulary (as CTranslate2's does without return_scores)
+    scores: bool = True
 
     def __post_init__(self) -> None:
         if self.nbest > self.beam or (self.sampling is not None and self.beam != 1):
@@ -85,7 +89,8 @@ class SearchSettings:
     def of(
         d: DecodeConfig, max_positions: int, sampling: Optional[Sampling] = None
     ) -> SearchSettings:
-        """The settings a decode config asks for, for a model with `max_positions` positions."""
+        """The settings a decode config asks for, for a model with `max_positions` positions; with
+        scores where they are shown: n-best lists (and beam search, which ranks by them)."""
         return SearchSettings(
             beam=1 if sampling else d.beam,
             alpha=d.alpha,
@@ -97,6 +102,7 @@ class SearchSettings:
             early_exit=d.early_exit,
             max_tokens=d.max_tokens,
             sampling=sampling,
+            scores=d.nbest > 1,
         )
 
     @property
@@ -112,8 +118,9 @@ class Hypothesis:
     """One translation search found, as token ids, with its scores."""
 
     tokens: list[int]  # without BOS, without EOS
-    score: float  # length-normalised log-probability (beam) or plain sum (greedy)
-    log_prob: float  # sum of token log-probabilities, EOS included
+    # length-normalised log-probability (beam) or plain sum (greedy; None without settings.scores)
+    score: Optional[float]
+    log_prob: Optional[float]  # sum of token log-probabilities, EOS included (as score)
     attention: Optional[dict[str, np.ndarray]] = None  # with record=True: see Recording.of_row
 
 
@@ -191,10 +198,12 @@ def greedy_search(
     max_len: Tensor,
     record: bool = False,
     sample: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    scores: bool = True,
 ) -> list[Hypothesis]:
     """Pick the most probable token at each step until EOS or `max_len` (B,) tokens; with `sample`
     (log-probs (R, V) and the rows' places in the batch (R,) -> tokens (R,); see sampling.py),
-    draw it instead. A hypothesis's score is the model's log-probability of its tokens."""
+    draw it instead. A hypothesis's score is the model's log-probability of its tokens; without
+    `scores` it is None, and the most probable token is the largest logit (no softmax)."""
     state = model.start(src, src_pad_mask, record)
     normalised = model.returns_log_probs
     b = src.size(0)
@@ -210,14 +219,18 @@ def greedy_search(
     for t in range(int(max_len.max())):
         logits, state = model.step(prev, state)
         force = max_len[alive] <= t + 1
-        lp = next_log_probs(logits, force, normalised=normalised, workspace=workspace)
-        if sample is None:  # one beam per sentence
-            best, prev, _ = top_continuations(lp.new_zeros(len(alive), 1), lp, 1)
-            best, prev = best[:, 0], prev[:, 0]
+        if sample is None and not scores:
+            # a softmax keeps the order of a row: its largest logit is its best token
+            prev = restrict(logits, force).argmax(dim=-1)
         else:
-            prev = sample(lp, alive)
-            best = lp.gather(1, prev[:, None]).squeeze(1)
-        log_prob.index_add_(0, alive, best)
+            lp = next_log_probs(logits, force, normalised=normalised, workspace=workspace)
+            if sample is None:  # one beam per sentence
+                best, prev, _ = top_continuations(lp.new_zeros(len(alive), 1), lp, 1)
+                best, prev = best[:, 0], prev[:, 0]
+            else:
+                prev = sample(lp, alive)
+                best = lp.gather(1, prev[:, None]).squeeze(1)
+            log_prob.index_add_(0, alive, best)
         tokens.append(prev)
         owners.append(alive)
         done = prev == EOS
@@ -234,8 +247,8 @@ def greedy_search(
         for row, token in zip(own.tolist(), tok.tolist()):
             if token != EOS:
                 out[row].append(token)
-    scores = log_prob.tolist()
-    return [Hypothesis(out[i], scores[i], scores[i], attention[i]) for i in range(b)]
+    total = log_prob.tolist() if scores or sample is not None else [None] * b
+    return [Hypothesis(out[i], total[i], total[i], attention[i]) for i in range(b)]
 
 
 def top_continuations(scores: Tensor, log_probs: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -360,7 +373,9 @@ def decode_corpus(
             sample = (
                 None if s.sampling is None else Sampler(s.sampling, (index + first_line).tolist())
             )
-            found = greedy_search(model, batch.src, batch.src_pad_mask, max_len, record, sample)
+            found = greedy_search(
+                model, batch.src, batch.src_pad_mask, max_len, record, sample, s.scores
+            )
             hyps = [[h] for h in found]
         else:
             hyps = beam_search(model, batch.src, batch.src_pad_mask, max_len, s, record)

@@ -4,7 +4,6 @@ length-sorted batches, write its translations in input order as soon as they are
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from nmt.models import build_model
 from nmt.models.ensemble import Ensemble
 from nmt.precision import (
     DECODE_CHOICES,
+    INT8_GONE,
     choose_attention_kernels,
     decode_precision,
     pack_linear_layers,
@@ -41,7 +41,7 @@ class Translator:
     cfg: Config
     device: torch.device
     path: str
-    precision: str = "fp32"  # the weights decoding uses: fp32, bf16 or int8
+    precision: str = "fp32"  # the weights decoding uses: fp32 or bf16
     workers: int = 1  # threads decoding batches side by side (see search_cpu.in_threads)
     # every checkpoint; more than one: `model` is their Ensemble, `path` the first
     paths: tuple[str, ...] = ()
@@ -74,11 +74,10 @@ def load_translator(
 ) -> Translator:
     """Everything needed to translate comes from the checkpoint: config, tokenizer, weights.
     `precision` (see nmt.precision): auto is bf16 where the device multiplies bf16 natively, else
-    fp32; int8, on the CPU only, quantizes every Linear layer's weights (torch's dynamic
-    quantization; activations stay float). `workers`: batches decoded side by side; default 2 on a
-    CPU with two or more threads, each with half of them, else 1. Several checkpoints: decode with
-    their ensemble (nmt.models.ensemble); they must share the tokenizer and the direction, and the
-    first one's decode settings are the defaults."""
+    fp32 (int8 weights are CTranslate2's: INT8_GONE). `workers`: batches decoded side by side;
+    default 2 on a CPU with two or more threads, each with half of them, else 1. Several
+    checkpoints: decode with their ensemble (nmt.models.ensemble); they must share the tokenizer
+    and the direction, and the first one's decode settings are the defaults."""
     dev = decode_device(device, precision, workers)
     precision = decode_precision(dev, precision)
     wanted = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
@@ -128,15 +127,12 @@ def decode_device(device: Optional[str], precision: str, workers: Optional[int])
         raise UsageError(f"--device {device}: expected cpu or cuda (or cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA device is available here")
+    if precision == "int8":
+        raise UsageError(INT8_GONE)
     if precision not in DECODE_CHOICES:
         raise UsageError(f"--precision {precision}: expected one of {', '.join(DECODE_CHOICES)}")
     if workers is not None and workers < 1:
         raise UsageError(f"--workers {workers}: expected 1 or more")
-    if dev.type == "cuda" and precision == "int8":
-        raise NmtError(
-            "--precision int8 is for decoding on the CPU (add --device cpu); "
-            "on a GPU, use bf16 (the default)"
-        )
     return dev
 
 
@@ -158,11 +154,6 @@ def ready_model(
         model.to(torch.bfloat16)
         if dev.type == "cpu":
             pack_linear_layers(model)
-    elif precision == "int8":
-        # torch 2.13 marks its quantized tensors deprecated (torchao replaces them)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     return model
 
 
@@ -241,6 +232,8 @@ def translate(
     if plots:
         check_request(plots, tr.cfg.model, len(tr.paths), tr.path)
     settings = tr.settings(d, sampling)
+    if plots:  # each heatmap's JSON gives the translation's score
+        settings = replace(settings, scores=True)
     size = sys.maxsize if plots else runtime.buffer
     chunks = (
         file_chunks(Path(input), size)

@@ -657,9 +657,8 @@ def main() -> None:
     ap.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "fp32", "bf16", "int8"),
-        help="nmt's decoding weights (nmt translate --precision); CTranslate2 runs int8 for int8, "
-        "else float32 on a CPU",
+        choices=("auto", "fp32", "bf16"),
+        help="nmt's decoding weights (nmt translate --precision)",
     )
     ap.add_argument(
         "--workers",

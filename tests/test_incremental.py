@@ -178,7 +178,7 @@ def test_the_smoke_model_translates_the_same_with_caches_as_without(
 ) -> None:
     tr = load_translator(smoke.run / "best.pt", "cpu", "fp32", workers=1)
     src = encode_lines(tr, read_lines(smoke.prepared / "valid.src.txt")[:60])
-    settings = replace(tr.settings(), beam=beam, nbest=beam)
+    settings = replace(tr.settings(), beam=beam, nbest=beam, scores=True)
     cached = decode_corpus(tr.model, src, settings, tr.device)
     plain = decode_corpus(Recompute(tr.model), src, settings, tr.device)
     assert [[h.tokens for h in hs] for hs in cached] == [[h.tokens for h in hs] for hs in plain]
@@ -242,3 +242,23 @@ def test_the_smoke_model_translates_as_a_textbook_beam_search_does(
             tokens, score = textbook_beam_search(tr.model, ids, beam, settings.alpha, limit)
             assert hyps[0].tokens == tokens
             assert hyps[0].score == pytest.approx(score, abs=1e-4)
+
+
+def test_greedy_search_without_scores_takes_the_largest_logit(smoke: SmokeRun) -> None:
+    """What `nmt translate` runs for one output a line: the same tokens as greedy search over the
+    log-probabilities (a softmax keeps each row's order), no softmax, and no score."""
+    tr = load_translator(smoke.run / "best.pt", "cpu", "fp32", workers=1)
+    src = encode_lines(tr, read_lines(smoke.prepared / "valid.src.txt")[:100])
+    assert tr.settings().scores is False  # one output a line: its score is never shown
+    settings = replace(tr.settings(), beam=1, nbest=1)
+    fast = decode_corpus(tr.model, src, settings, tr.device)
+    scored = decode_corpus(tr.model, src, replace(settings, scores=True), tr.device)
+    assert [h[0].tokens for h in fast] == [h[0].tokens for h in scored]
+    assert {(h[0].score, h[0].log_prob) for h in fast} == {(None, None)}
+    assert all(h[0].score < 0 for h in scored)
+    # at the length limit the only token left is EOS
+    limited = replace(settings, max_len_a=0.0, max_len_b=3)
+    short = decode_corpus(tr.model, src, limited, tr.device)
+    assert all(len(h[0].tokens) <= 2 for h in short) and any(len(h[0].tokens) == 2 for h in short)
+    scored = decode_corpus(tr.model, src, replace(limited, scores=True), tr.device)
+    assert [h[0].tokens for h in short] == [h[0].tokens for h in scored]

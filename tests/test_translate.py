@@ -2,7 +2,8 @@
 translation before it is closed, and a file is replaced only when the whole input has been
 translated. On the smoke run of tests/conftest.py: bad input and outputs as one `error:` line,
 the decoding options (length limits, workers, early exit, no repeated n-grams), attention heatmaps,
-bf16/int8 weights, devices, ensembles, and outputs through a symlink or /dev/null."""
+bf16 weights (int8: an error naming the CTranslate2 export), devices, ensembles, and outputs
+through a symlink or /dev/null."""
 
 from __future__ import annotations
 
@@ -417,6 +418,7 @@ def test_translate_writes_attention_heatmaps(cli, smoke: SmokeRun, tmp_path: Pat
     for line in (1, 3):
         meta = json.loads((out_dir / f"{line:04d}.json").read_text(encoding="utf-8"))
         assert meta["translation"] == translations[line - 1] and meta["source"] in (SHORT, LONG)
+        assert meta["score"] < 0  # the translation's length-normalised log-probability
         s, t = len(meta["source_tokens"]), len(meta["target_tokens"])
         assert meta["source_tokens"][-1] == "</s>" and meta["decoder_inputs"][0] == "<s>"
         with np.load(out_dir / f"{line:04d}.npz") as w:
@@ -438,6 +440,19 @@ def test_translate_writes_attention_heatmaps(cli, smoke: SmokeRun, tmp_path: Pat
         with Image.open(out_dir / f"{line:04d}.cross.layer1.heads.png") as image:
             # the four heads side by side
             assert image.size == (4 * (110 + 28 * s + 70), 110 + 28 * t + 50)
+
+
+def test_greedy_heatmaps_carry_the_translation_score(cli, smoke: SmokeRun, tmp_path: Path) -> None:
+    """Greedy search without an n-best list skips the softmax and its scores, except where they are
+    shown: the heatmaps' JSON."""
+    out_dir = tmp_path / "attention"
+    code, out, err = cli(
+        "translate", "--checkpoint", smoke.run / "best.pt", "--beam", "1",
+        "--attention-dir", out_dir, stdin=f"{SHORT}\n".encode(),
+    )  # fmt: skip
+    assert code in (0, None), err
+    meta = json.loads((out_dir / "0001.json").read_text(encoding="utf-8"))
+    assert meta["translation"] == out.splitlines()[0] and meta["score"] < 0
 
 
 def test_attention_dir_errors(cli, smoke: SmokeRun, tmp_path: Path, monkeypatch) -> None:
@@ -523,32 +538,24 @@ def test_attention_dir_errors(cli, smoke: SmokeRun, tmp_path: Path, monkeypatch)
 # --- precision, devices, ensembles ---
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
-def test_bf16_and_int8_weights_translate_like_float32(smoke: SmokeRun, precision: str) -> None:
+def test_bf16_weights_translate_like_float32(smoke: SmokeRun) -> None:
     import torch
-    from torch import nn
-    from torch.ao.nn.quantized.dynamic import Linear as QLinear
 
     from nmt.data import read_lines
     from nmt.translate import load_translator, translate_lines
 
     fp32, low = (
         load_translator(smoke.run / "best.pt", "cpu", "fp32"),
-        load_translator(smoke.run / "best.pt", "cpu", precision),
+        load_translator(smoke.run / "best.pt", "cpu", "bf16"),
     )
-    assert (fp32.precision, low.precision) == ("fp32", precision)
+    assert (fp32.precision, low.precision) == ("fp32", "bf16")
     assert all(p.dtype == torch.float32 for p in fp32.model.parameters())
-    if precision == "bf16":
-        assert all(p.dtype == torch.bfloat16 for p in low.model.parameters())
-        # decoding pads rows for oneDNN's kernels
-        one = torch.tensor([[5, 6, 3]])
-        with torch.inference_mode():
-            rows = [t.model.start(one, one == 0).row_multiple for t in (low, fp32)]
-        assert rows == [64, 1]
-    else:
-        n_linear = sum(isinstance(m, nn.Linear) for m in fp32.model.modules())
-        assert n_linear > 0 and sum(isinstance(m, QLinear) for m in low.model.modules()) == n_linear
-        assert not any(type(m) is nn.Linear for m in low.model.modules())
+    assert all(p.dtype == torch.bfloat16 for p in low.model.parameters())
+    # decoding pads rows for oneDNN's kernels
+    one = torch.tensor([[5, 6, 3]])
+    with torch.inference_mode():
+        rows = [t.model.start(one, one == 0).row_multiple for t in (low, fp32)]
+    assert rows == [64, 1]
     src = read_lines(smoke.prepared / "valid.src.txt")[:100]
     for beam in (1, 2):
         a = [
@@ -569,7 +576,15 @@ def test_unknown_precision_is_one_error_line(cli, smoke: SmokeRun) -> None:
         "translate", "--checkpoint", smoke.run / "best.pt", "--precision", "fp8", stdin=b"a\n"
     )
     assert code == 2
-    assert_one_error_line(code, err, "--precision fp8", "auto, fp32, bf16, int8")
+    assert_one_error_line(code, err, "--precision fp8", "auto, fp32, bf16")
+
+
+def test_int8_precision_points_to_the_ctranslate2_export(cli, smoke: SmokeRun) -> None:
+    code, _, err = cli(
+        "translate", "--checkpoint", smoke.run / "best.pt", "--precision", "int8", stdin=b"a\n"
+    )
+    assert code == 2
+    assert_one_error_line(code, err, "--precision int8", "nmt export", "--quantization int8")
 
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", "cuda"])

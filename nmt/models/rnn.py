@@ -86,10 +86,12 @@ class RNNState:
         """See search.DecoderState: the encoder's outputs move only when sentences leave."""
         memory, keys, mem_mask = self.memory, self.keys, self.mem_mask
         if sentences is not None and memory is not None:
-            memory, keys, mem_mask = memory[sentences], keys[sentences], mem_mask[sentences]
+            memory, keys, mem_mask = (
+                t.index_select(0, sentences) for t in (memory, keys, mem_mask)
+            )
         return RNNState(
-            self.hidden[beams],
-            None if self.feed is None else self.feed[beams],
+            self.hidden.index_select(0, beams),
+            None if self.feed is None else self.feed.index_select(0, beams),
             memory, keys, mem_mask,
             None if self.recording is None else self.recording.reorder(beams, sentences),
         )  # fmt: skip
