@@ -31,7 +31,13 @@ from nmt.config import DecodeConfig
 from nmt.data import bucket_batches, make_batch
 from nmt.models.recording import Recording
 from nmt.sampling import Sampler, Sampling
-from nmt.search_cpu import Workspace, block_size, blocked_top_continuations, in_threads
+from nmt.search_cpu import (
+    Workspace,
+    block_size,
+    blocked_argmax,
+    blocked_top_continuations,
+    in_threads,
+)
 from nmt.tokenizer import BOS, EOS, PAD
 
 
@@ -221,7 +227,7 @@ def greedy_search(
         force = max_len[alive] <= t + 1
         if sample is None and not scores:
             # a softmax keeps the order of a row: its largest logit is its best token
-            prev = restrict(logits, force).argmax(dim=-1)
+            prev = best_tokens(restrict(logits, force))
         else:
             lp = next_log_probs(logits, force, normalised=normalised, workspace=workspace)
             if sample is None:  # one beam per sentence
@@ -249,6 +255,15 @@ def greedy_search(
                 out[row].append(token)
     total = log_prob.tolist() if scores or sample is not None else [None] * b
     return [Hypothesis(out[i], total[i], total[i], attention[i]) for i in range(b)]
+
+
+def best_tokens(scores: Tensor) -> Tensor:
+    """(R,) the column of each row's largest score in `scores` (R, V), the first of equals; on a
+    CPU, over many columns, by blocks (search_cpu.blocked_argmax: the same result)."""
+    blk = block_size(scores.size(1))
+    if scores.device.type == "cpu" and blk is not None and scores.size(1) >= 16 * blk:
+        return blocked_argmax(scores, blk)
+    return scores.argmax(dim=1)
 
 
 def top_continuations(scores: Tensor, log_probs: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:

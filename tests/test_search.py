@@ -237,6 +237,24 @@ def test_next_log_probs_in_a_workspace_equal_a_new_tensor_and_reuse_its_memory()
     assert ws.buffer.size(0) == 12
 
 
+def test_best_tokens_by_blocks_equal_argmax_ties_included():
+    """Vocabularies cut into blocks (8,000 and 2,048 by 64, 10,000 by 50), one without a block
+    divisor and one too short for blocks; random rows, rows of ties, rows ruled out but for one
+    token (the length limit's EOS): torch.argmax's column, the first of equals."""
+    from nmt.search import best_tokens
+
+    g = torch.Generator().manual_seed(2)
+    for v in (8000, 2048, 10000, 997, 7):
+        for x in (
+            torch.randn(6, v, generator=g),
+            torch.randint(0, 3, (6, v), generator=g).float(),  # ties, in several blocks
+        ):
+            x[:, ::3] = -float("inf")
+            x[0] = -float("inf")
+            x[0, 2] = 0.0  # only one token left
+            assert torch.equal(best_tokens(x), x.argmax(dim=1))
+
+
 def test_beam_search_with_blocked_top_tokens_equals_the_plain_topk(monkeypatch):
     """A vocabulary long enough for top_continuations to use blocks (64 of 64) at beam 4: search
     gives what it gives with torch.topk over every beam's whole row."""
