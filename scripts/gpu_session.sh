@@ -2,7 +2,7 @@
 # The GPU measurements in one command, for a GPU machine without network or pip (run from the
 # repository root with torch, sentencepiece, sacrebleu, typer, tqdm and pyyaml installed):
 #   DATA=data/multi30k OUT=out bash scripts/gpu_session.sh
-# STEPS names what runs, in its order (default "prepare bench train test decode"). RUN stays on the
+# STEPS names what runs, in its order (default "prepare bench train test decode int8"). RUN stays on the
 # machine between calls, so a call limited in time can do some steps and the next the rest:
 # STEPS="prepare train test", then STEPS="decode bench".
 #   prepare: Multi30k from the local folder DATA (a copy of the downloaded data/multi30k);
@@ -20,10 +20,14 @@
 #            loads libcublas.so.12; on a machine with only CUDA 13's libcublas.so.13 this step gives
 #            that name to it (CTranslate2 calls cublasGemmEx and the like, which both have) and
 #            says so in the log; the table gives CTranslate2's BLEU beside nmt's.
+#   int8:    the int8 matrix products torch offers on this machine's CPU against fp32 and nmt's bf16
+#            Linear, at decoding's shapes (scripts/int8_matmul_bench.py, 2 threads; INT8_SHAPES to
+#            choose them): whether a CPU with VNNI or AMX has one worth an int8 path.
 # Wheels in .whl/ are installed into /tmp/site first (e.g. ctranslate2 and sacremoses, fetched
 # beforehand with `pip download --no-deps` for the GPU machine's Python).
 # OUT receives the figures in these files: log.txt (the machine first), metrics.jsonl, test.json,
-# test.hyp.txt, bench_train.json, bench_train_cudnn.json, bench_decode.json, bench_decode_cudnn.json.
+# test.hyp.txt, bench_train.json, bench_train_cudnn.json, bench_decode.json, bench_decode_cudnn.json,
+# int8_matmul.json.
 # Checkpoints stay in RUN (default runs/gpu_session). Knobs: CONFIG, MINUTES, TRAIN_STEPS, WARMUP,
 # LIMIT (test sentences the decoding benchmark decodes), SETS (extra --set flags for the prepare and
 # train steps, e.g. "--set train.seed=2"), STEPS.
@@ -37,7 +41,7 @@ MINUTES=${MINUTES:-5}
 TRAIN_STEPS=${TRAIN_STEPS:-100}
 WARMUP=${WARMUP:-200}
 LIMIT=${LIMIT:-100000}
-STEPS=${STEPS:-prepare bench train test decode}
+STEPS=${STEPS:-prepare bench train test decode int8}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 PREP=(--set "data.prepared_dir=$RUN/prepared")
@@ -113,10 +117,17 @@ decode() {
         --json "$OUT/bench_decode_cudnn.json" 2>&1 | tee -a "$OUT/log.txt"
 }
 
+int8() {
+    log "int8 and bf16 products on this CPU"
+    # shellcheck disable=SC2086  # INT8_SHAPES is a list of shapes
+    python3 scripts/int8_matmul_bench.py --threads 2 ${INT8_SHAPES:+--shapes $INT8_SHAPES} \
+        --json "$OUT/int8_matmul.json" 2>&1 | tee -a "$OUT/log.txt"
+}
+
 for step in $STEPS; do
     case $step in
-        prepare | bench | train | test | decode) ;;
-        *) log "STEPS: unknown step '$step' (prepare, bench, train, test, decode)"; exit 2 ;;
+        prepare | bench | train | test | decode | int8) ;;
+        *) log "STEPS: unknown step '$step' (prepare, bench, train, test, decode, int8)"; exit 2 ;;
     esac
 done
 { nvidia-smi || true; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >> "$OUT/log.txt" 2>&1

@@ -8,6 +8,9 @@ milliseconds per call (median of --repeat timings of --calls calls, fewer for a 
 they would take more than half a second):
 
 - fp32: F.linear, the plain product;
+- bf16: nmt's bf16 Linear for decoding on a CPU (precision.PackedLinear where torch packs bf16
+  weights for oneDNN, else F.linear), bf16 activations: the int8 products' rival on a CPU with bf16
+  instructions, where bf16 is nmt's fastest;
 - dynamic: torch's dynamic quantization (torch.ao, deprecated in torch 2.13; fbgemm's kernels), the
   int8 path nmt had;
 - int_mm: torch._int_mm, the op torchao's int8 products build on, with the activations quantized
@@ -27,18 +30,25 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 import warnings
+from functools import partial
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nmt.precision import ROW_MULTIPLE, PackedLinear, can_pack  # noqa: E402
+
 # decoding's shapes for the reference model (d_model 256, FFN 1024, 8,000 subwords) at 80 rows
 # (16 sentences x beam 5), and the smaller model's (d_model 128, FFN 256) at 40
 SHAPES = ["80x256x256", "80x256x1024", "80x1024x256", "80x256x8000", "40x128x256", "40x128x8000"]
-KINDS = ["fp32", "dynamic", "int_mm", "weight-only", "onednn"]
+KINDS = ["fp32", "bf16", "dynamic", "int_mm", "weight-only", "onednn"]
 
 
 def per_row_int8(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -53,6 +63,9 @@ def candidates(x: Tensor, lin: nn.Linear) -> dict[str, Callable[[], Tensor]]:
     w_scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127  # per output channel
     w_int8 = torch.round(w / w_scale[:, None]).to(torch.int8)
     calls: dict[str, Callable[[], Tensor]] = {"fp32": lambda: F.linear(x, w, b)}
+    x16, w16, b16 = x.bfloat16(), w.bfloat16(), b.bfloat16()
+    packed16 = PackedLinear(w16, b16, ROW_MULTIPLE) if can_pack() else None
+    calls["bf16"] = partial(packed16, x16) if packed16 else lambda: F.linear(x16, w16, b16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantized = torch.ao.quantization.quantize_dynamic(

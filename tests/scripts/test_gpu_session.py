@@ -1,6 +1,6 @@
 """scripts/gpu_session.sh, the one command a GPU machine runs, works end to end (here on the CPU,
 with the smoke model, the toy corpus and a few seconds of training), in two calls as a time limit
-splits it (STEPS), and leaves its figures in the 8 files it names."""
+splits it (STEPS), and leaves its figures in the 9 files it names."""
 
 import json
 import os
@@ -22,6 +22,7 @@ def test_gpu_session_script_prepares_trains_scores_then_benchmarks(repo_root, to
         "TRAIN_STEPS": "2",
         "WARMUP": "1",
         "LIMIT": "30",
+        "INT8_SHAPES": "8x32x48",
     }
     script = ["bash", str(repo_root / "scripts" / "gpu_session.sh")]
     first = subprocess.run(
@@ -52,13 +53,18 @@ def test_gpu_session_script_prepares_trains_scores_then_benchmarks(repo_root, to
 
     # the second call finds the first one's checkpoint in RUN, as a warm machine keeps it
     second = subprocess.run(
-        script, env={**env, "STEPS": "decode bench"}, capture_output=True, text=True, timeout=600
+        script,
+        env={**env, "STEPS": "decode bench int8"},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
     assert files == [
         "bench_decode.json",
         "bench_train.json",
+        "int8_matmul.json",
         "log.txt",
         "metrics.jsonl",
         "test.hyp.txt",
@@ -70,12 +76,14 @@ def test_gpu_session_script_prepares_trains_scores_then_benchmarks(repo_root, to
     assert {"nmt_beam1", "nmt_beam5"} <= set(decode) and all(
         d["sentences"] == 30 for d in decode.values()
     )
+    products = json.loads((out / "int8_matmul.json").read_text())
+    assert products["threads"] == 2 and list(products["shapes"]) == ["8x32x48"]
     log = (out / "log.txt").read_text()
     assert (
         "MFU" in log
         and "BLEU = " in log
         and "done (prepare train test)" in log
-        and "done (decode bench)" in log
+        and "done (decode bench int8)" in log
     )
     # in the order STEPS names them
     assert log.index("decoding benchmark") < log.index("training benchmark")

@@ -25,16 +25,16 @@ def test_each_int8_product_is_timed_and_computes_the_product(repo_root, tmp_path
     figures = json.loads(out.read_text())
     assert figures["threads"] == 1 and set(figures["shapes"]) == {"8x32x48", "3x64x16"}
     for shape, row in figures["shapes"].items():
-        assert list(row) == ["fp32", "dynamic", "int_mm", "weight-only", "onednn"]
+        assert list(row) == ["fp32", "bf16", "dynamic", "int_mm", "weight-only", "onednn"]
         assert row["fp32"]["error"] == 0.0 and row["fp32"]["ms"] > 0
         ran = {kind: r for kind, r in row.items() if r is not None}
-        assert {"fp32", "dynamic"} <= set(ran)  # torch's own two are in every CPU build
+        assert {"fp32", "bf16", "dynamic"} <= set(ran)  # in every CPU build of torch
         for kind, r in ran.items():
-            # 8-bit weights and activations: within a few percent of the largest output
+            # 8-bit weights and activations (bf16: 8-bit mantissas): within a few percent
             assert r["ms"] > 0 and r["error"] < 0.05, (shape, kind, r)
         # the printed table has the shape's row, a figure or n/a per kind
         line = next(x for x in done.stdout.splitlines() if x.startswith(shape))
-        assert len(line.split()) == 1 + len(ran) * 2 + (5 - len(ran))
+        assert len(line.split()) == 1 + len(ran) * 2 + (6 - len(ran))
 
 
 def test_a_shape_that_is_not_three_numbers_is_one_error(repo_root) -> None:
