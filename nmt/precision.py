@@ -20,7 +20,7 @@ DECODE_CHOICES = ("auto", "fp32", "bf16")
 # deprecated, and was slower than an export to CTranslate2 on every CPU measured (docs/speed.md)
 INT8_GONE = (
     "--precision int8: nmt decodes in fp32 or bf16; for int8 weights on a CPU, export the model "
-    "(nmt export --checkpoint P --format ctranslate2 --quantization int8) and decode with "
+    "(nmt export --checkpoint P --output DIR --quantization int8) and decode with "
     "CTranslate2 (docs/usage.md)"
 )
 

@@ -13,8 +13,8 @@ n-gram blocking, the stopping rule, sampling. With `record=True` a model keeps t
 in its state (`state.recording`, see models/recording.py), so a finished hypothesis carries the
 weights its own tokens were produced with.
 
-A little over 350 lines: the seam, the settings and both searches in one file, so that what a search
-does reads in one place (its CPU speed-ups are in search_cpu.py).
+About 400 lines: the seam, the settings and both searches in one file, so that what a search does
+reads in one place (its CPU speed-ups are in search_cpu.py).
 """
 
 from __future__ import annotations
@@ -230,12 +230,8 @@ def greedy_search(
             prev = best_tokens(restrict(logits, force))
         else:
             lp = next_log_probs(logits, force, normalised=normalised, workspace=workspace)
-            if sample is None:  # one beam per sentence
-                best, prev, _ = top_continuations(lp.new_zeros(len(alive), 1), lp, 1)
-                best, prev = best[:, 0], prev[:, 0]
-            else:
-                prev = sample(lp, alive)
-                best = lp.gather(1, prev[:, None]).squeeze(1)
+            prev = best_tokens(lp) if sample is None else sample(lp, alive)
+            best = lp.gather(1, prev[:, None]).squeeze(1)
             log_prob.index_add_(0, alive, best)
         tokens.append(prev)
         owners.append(alive)

@@ -4,7 +4,7 @@
 #   DATA=data/multi30k OUT=out bash scripts/gpu_session.sh
 # STEPS names what runs, in its order (default "prepare bench train test decode int8"). RUN stays on the
 # machine between calls, so a call limited in time can do some steps and the next the rest:
-# STEPS="prepare train test", then STEPS="decode bench".
+# STEPS="prepare train test", then STEPS="decode bench int8".
 #   prepare: Multi30k from the local folder DATA (a copy of the downloaded data/multi30k);
 #   bench:   training benchmark: tokens/s, step time, peak memory, MFU against a matmul timed in the
 #            same run (TRAIN_STEPS timed steps after WARMUP untimed ones, more than en->de's 128
@@ -30,7 +30,7 @@
 # int8_matmul.json.
 # Checkpoints stay in RUN (default runs/gpu_session). Knobs: CONFIG, MINUTES, TRAIN_STEPS, WARMUP,
 # LIMIT (test sentences the decoding benchmark decodes), SETS (extra --set flags for the prepare and
-# train steps, e.g. "--set train.seed=2"), STEPS.
+# train steps, e.g. "--set train.seed=2"), INT8_SHAPES, STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_session_out}

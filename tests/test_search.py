@@ -252,6 +252,8 @@ def test_best_tokens_by_blocks_equal_argmax_ties_included():
             x[:, ::3] = -float("inf")
             x[0] = -float("inf")
             x[0, 2] = 0.0  # only one token left
+            x[1] = -float("inf")  # none left: the first column, as argmax
+            x[2, v // 2 :] = float("nan")  # NaN counts as the largest, as argmax has it
             assert torch.equal(best_tokens(x), x.argmax(dim=1))
 
 
