@@ -1,8 +1,7 @@
 """What makes search fast on a CPU, each beside its plain version in search.py, which the tests
 check it against: top-k and argmax by blocks (plain: torch.topk or torch.argmax over every beam's
-whole row), a log-probability
-buffer reused from step to step (plain: a new tensor each step), and batches decoded side by side
-in threads (plain: one after the other)."""
+whole row), a log-probability buffer reused from step to step (plain: a new tensor each step), and
+batches decoded side by side in threads (plain: one after the other)."""
 
 from __future__ import annotations
 
