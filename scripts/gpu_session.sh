@@ -2,9 +2,9 @@
 # The GPU measurements in one command, for a GPU machine without network or pip (run from the
 # repository root with torch, sentencepiece, sacrebleu, typer, tqdm and pyyaml installed):
 #   DATA=data/multi30k OUT=out bash scripts/gpu_session.sh
-# STEPS names what runs, in its order (default "prepare bench train test decode int8"). RUN stays on the
-# machine between calls, so a call limited in time can do some steps and the next the rest:
-# STEPS="prepare train test", then STEPS="decode bench int8".
+# STEPS names what runs, in its order (default "prepare bench train test decode int8 cpu"). RUN stays on
+# the machine between calls, so a call limited in time can do some steps and the next the rest:
+# STEPS="prepare train test", then STEPS="decode bench int8 cpu".
 #   prepare: Multi30k from the local folder DATA (a copy of the downloaded data/multi30k);
 #   bench:   training benchmark: tokens/s, step time, peak memory, MFU against a matmul timed in the
 #            same run (TRAIN_STEPS timed steps after WARMUP untimed ones, more than en->de's 128
@@ -27,10 +27,10 @@
 # beforehand with `pip download --no-deps` for the GPU machine's Python).
 # OUT receives the figures in these files: log.txt (the machine first), metrics.jsonl, test.json,
 # test.hyp.txt, bench_train.json, bench_train_cudnn.json, bench_decode.json, bench_decode_cudnn.json,
-# int8_matmul.json.
+# int8_matmul.json, bench_cpu.json, profile_cpu.json.
 # Checkpoints stay in RUN (default runs/gpu_session). Knobs: CONFIG, MINUTES, TRAIN_STEPS, WARMUP,
 # LIMIT (test sentences the decoding benchmark decodes), SETS (extra --set flags for the prepare and
-# train steps, e.g. "--set train.seed=2"), INT8_SHAPES, STEPS.
+# train steps, e.g. "--set train.seed=2"), INT8_SHAPES, REPEAT (the cpu step's decoding rounds), STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_session_out}
@@ -41,7 +41,8 @@ MINUTES=${MINUTES:-5}
 TRAIN_STEPS=${TRAIN_STEPS:-100}
 WARMUP=${WARMUP:-200}
 LIMIT=${LIMIT:-100000}
-STEPS=${STEPS:-prepare bench train test decode int8}
+REPEAT=${REPEAT:-3}
+STEPS=${STEPS:-prepare bench train test decode int8 cpu}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 PREP=(--set "data.prepared_dir=$RUN/prepared")
@@ -124,10 +125,22 @@ int8() {
         --json "$OUT/int8_matmul.json" 2>&1 | tee -a "$OUT/log.txt"
 }
 
+cpu() {
+    local ct2=() flags
+    ct2_setup && ct2=(--ct2)
+    flags=$(grep -m1 -o -w -E 'amx_bf16|amx_int8|avx512_bf16|avx512_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ' || true)
+    log "this CPU alone:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- || true); bf16/int8 instructions: ${flags:-none}"
+    CUDA_VISIBLE_DEVICES= python3 scripts/benchmark.py --config "$CONFIG" "${PREP[@]}" --checkpoint "$RUN/run/best.pt" \
+        --train-steps 20 --warmup 5 "${ct2[@]}" --threads 2 --repeat "$REPEAT" --limit "$LIMIT" \
+        --json "$OUT/bench_cpu.json" 2>&1 | tee -a "$OUT/log.txt"
+    CUDA_VISIBLE_DEVICES= python3 scripts/profile_steps.py --config "$CONFIG" "${PREP[@]}" --checkpoint "$RUN/run/best.pt" \
+        --steps 5 --limit "$LIMIT" --beam 1 5 --threads 1 --json "$OUT/profile_cpu.json" 2>&1 | tee -a "$OUT/log.txt"
+}
+
 for step in $STEPS; do
     case $step in
-        prepare | bench | train | test | decode | int8) ;;
-        *) log "STEPS: unknown step '$step' (prepare, bench, train, test, decode, int8)"; exit 2 ;;
+        prepare | bench | train | test | decode | int8 | cpu) ;;
+        *) log "STEPS: unknown step '$step' (prepare, bench, train, test, decode, int8, cpu)"; exit 2 ;;
     esac
 done
 { nvidia-smi || true; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >> "$OUT/log.txt" 2>&1

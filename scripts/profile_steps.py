@@ -3,7 +3,8 @@
 into kinds of work.
 
     python scripts/profile_steps.py --config configs/multi30k_en_de.yaml \
-        --checkpoint runs/multi30k_en_de/best.pt [--steps 5] [--limit 300] [--beam 5] [--threads 2]
+        --checkpoint runs/multi30k_en_de/best.pt [--steps 5] [--limit 300] [--beam 1 5] \
+        [--threads 1] [--no-train] [--json FILE]
 
 Each operator's own time (without the operators it calls) is put in one kind: matrix products
 (mm, bmm, linear, oneDNN's), attention kernels (scaled_dot_product_attention's), softmax and norms,
@@ -11,12 +12,14 @@ data movement (copies, index_select, cat, gather), top-k and reductions, element
 optimizer updates, views and allocation, and the rest. "Python and dispatch" is the wall time no
 operator accounts for: the interpreter between operators, torch's dispatcher, and the profiler
 itself (so the share is an upper bound). Decoding runs with one worker thread, so that the
-operators' time is on the profiled thread.
+operators' time is on the profiled thread; with `--threads 1` each figure is one core's time, which
+compares with another engine's wall time multiplied by the threads it ran on.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -77,7 +80,7 @@ def show(title: str, parts: dict[str, float], wall: float) -> None:
         print(f"  {kind:<22} {seconds:7.3f} s  {seconds / wall:6.1%}")
 
 
-def profile_training(cfg, steps: int) -> None:
+def profile_training(cfg, steps: int) -> dict:
     device = pick_device(cfg.train.device)
     tok = Tokenizer.load(cfg.prepared_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,37 +95,50 @@ def profile_training(cfg, steps: int) -> None:
             for b in batches[2:]:
                 trainer.train_step([b], b.n_tgt)
             wall = time.perf_counter() - start
-    show(f"training, {steps} steps of {t.max_tokens} tokens", split_time(prof, wall), wall)
+    parts = split_time(prof, wall)
+    show(f"training, {steps} steps of {t.max_tokens} tokens", parts, wall)
+    return {"steps": steps, "max_tokens": t.max_tokens, "wall_s": wall, "split_s": parts}
 
 
-def profile_decoding(checkpoint: str, lines: list[str], beam: int) -> None:
-    tr = load_translator(checkpoint, None, "auto", workers=1)
+def profile_decoding(tr, lines: list[str], beam: int) -> dict:
     settings = replace(tr.settings(), beam=beam)
     translate_lines(tr, lines[:32], settings)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         translate_lines(tr, lines, settings)
         wall = time.perf_counter() - start
-    title = f"decoding {len(lines)} sentences, beam {beam}, {tr.precision}, 1 worker"
-    show(title, split_time(prof, wall), wall)
+    parts = split_time(prof, wall)
+    show(f"decoding {len(lines)} sentences, beam {beam}, {tr.precision}, 1 worker", parts, wall)
+    return {"sentences": len(lines), "precision": tr.precision, "wall_s": wall, "split_s": parts}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
+    ap.add_argument(
+        "--set", action="append", default=[], dest="sets", help="config override section.key=value"
+    )
     ap.add_argument("--checkpoint", help="also profile decoding the test split with it")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--limit", type=int, default=300, help="test sentences to decode")
-    ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--beam", type=int, nargs="+", default=[5], help="beam sizes to decode with")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
+    ap.add_argument("--no-train", action="store_true", help="profile decoding only")
+    ap.add_argument("--json", type=Path, help="write every figure here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(Path(args.config), [])
-    profile_training(cfg, args.steps)
+    cfg = load_config(Path(args.config), args.sets)
+    out: dict = {"threads": torch.get_num_threads(), "training": None, "decoding": {}}
+    if not args.no_train:
+        out["training"] = profile_training(cfg, args.steps)
     if args.checkpoint:
         lines = read_lines(cfg.prepared_dir / "test.src.txt")[: args.limit]
-        profile_decoding(args.checkpoint, lines, args.beam)
+        tr = load_translator(args.checkpoint, None, "auto", workers=1)
+        for beam in args.beam:
+            out["decoding"][f"beam{beam}"] = profile_decoding(tr, lines, beam)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """scripts/gpu_session.sh, the one command a GPU machine runs, works end to end (here on the CPU,
 with the smoke model, the toy corpus and a few seconds of training), in two calls as a time limit
-splits it (STEPS), and leaves its figures in the 9 files it names."""
+splits it (STEPS), and leaves its figures in the 11 files it names."""
 
 import json
 import os
@@ -23,6 +23,7 @@ def test_gpu_session_script_prepares_trains_scores_then_benchmarks(repo_root, to
         "WARMUP": "1",
         "LIMIT": "30",
         "INT8_SHAPES": "8x32x48",
+        "REPEAT": "1",
     }
     script = ["bash", str(repo_root / "scripts" / "gpu_session.sh")]
     first = subprocess.run(
@@ -54,7 +55,7 @@ def test_gpu_session_script_prepares_trains_scores_then_benchmarks(repo_root, to
     # the second call finds the first one's checkpoint in RUN, as a warm machine keeps it
     second = subprocess.run(
         script,
-        env={**env, "STEPS": "decode bench int8"},
+        env={**env, "STEPS": "decode bench int8 cpu"},
         capture_output=True,
         text=True,
         timeout=600,
@@ -62,11 +63,13 @@ def test_gpu_session_script_prepares_trains_scores_then_benchmarks(repo_root, to
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
     assert files == [
+        "bench_cpu.json",
         "bench_decode.json",
         "bench_train.json",
         "int8_matmul.json",
         "log.txt",
         "metrics.jsonl",
+        "profile_cpu.json",
         "test.hyp.txt",
         "test.json",
     ]
@@ -78,12 +81,21 @@ def test_gpu_session_script_prepares_trains_scores_then_benchmarks(repo_root, to
     )
     products = json.loads((out / "int8_matmul.json").read_text())
     assert products["threads"] == 2 and list(products["shapes"]) == ["8x32x48"]
+    on_cpu = json.loads((out / "bench_cpu.json").read_text())
+    assert on_cpu["train"]["steps"] == 20 and 0 < on_cpu["train"]["mfu"] < 1
+    assert all(d["sentences"] == 30 for d in on_cpu["decode"].values())
+    profiled = json.loads((out / "profile_cpu.json").read_text())
+    assert profiled["threads"] == 1 and profiled["training"]["steps"] == 5
+    decoded = {k: v["sentences"] for k, v in profiled["decoding"].items()}
+    assert decoded == {"beam1": 30, "beam5": 30}
     log = (out / "log.txt").read_text()
     assert (
         "MFU" in log
         and "BLEU = " in log
         and "done (prepare train test)" in log
-        and "done (decode bench int8)" in log
+        and "done (decode bench int8 cpu)" in log
+        and "this CPU alone: " in log
+        and "bf16/int8 instructions: " in log
     )
     # in the order STEPS names them
     assert log.index("decoding benchmark") < log.index("training benchmark")
