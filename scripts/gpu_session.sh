@@ -23,6 +23,11 @@
 #   int8:    the int8 matrix products torch offers on this machine's CPU against fp32 and nmt's bf16
 #            Linear, at decoding's shapes (scripts/int8_matmul_bench.py, 2 threads; INT8_SHAPES to
 #            choose them): whether a CPU with VNNI or AMX has one worth an int8 path.
+#   cpu:     the machine's CPU alone (CUDA hidden), with the trained checkpoint: training throughput
+#            and MFU (20 steps, 2 threads), decoding beside CTranslate2 (every compute type and
+#            layout, REPEAT rounds, 2 threads), then where a training step's and a decoding pass's
+#            time goes (scripts/profile_steps.py, 1 thread, greedy and beam 5): the CPU figures of
+#            docs/speed.md for a CPU that multiplies bf16 (AVX512-BF16, AMX).
 # Wheels in .whl/ are installed into /tmp/site first (e.g. ctranslate2 and sacremoses, fetched
 # beforehand with `pip download --no-deps` for the GPU machine's Python).
 # OUT receives the figures in these files: log.txt (the machine first), metrics.jsonl, test.json,

@@ -12,8 +12,8 @@ data movement (copies, index_select, cat, gather), top-k and reductions, element
 optimizer updates, views and allocation, and the rest. "Python and dispatch" is the wall time no
 operator accounts for: the interpreter between operators, torch's dispatcher, and the profiler
 itself (so the share is an upper bound). Decoding runs with one worker thread, so that the
-operators' time is on the profiled thread; with `--threads 1` each figure is one core's time, which
-compares with another engine's wall time multiplied by the threads it ran on.
+operators' time is on the profiled thread; with `--threads 1` each figure is one core's time, to
+compare with an engine timed on one thread (scripts/benchmark.py --threads 1 --workers 1).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nmt.config import load_config  # noqa: E402
 from nmt.data import epoch_batches, read_lines, split_batch  # noqa: E402
+from nmt.precision import describe  # noqa: E402
 from nmt.tokenizer import Tokenizer  # noqa: E402
 from nmt.train import RunData, Trainer, pick_device  # noqa: E402
 from nmt.translate import load_translator, translate_lines  # noqa: E402
@@ -88,6 +89,8 @@ def profile_training(cfg, steps: int) -> dict:
         split, t = trainer.train_split, cfg.train
         groups = epoch_batches(split, [len(split)], [1.0], t.max_tokens, t.seed, 0)
         batches = [split_batch(split, ix) for ix in groups[: steps + 2]]
+        if len(batches) < 3:
+            sys.exit(f"profile_steps.py: the training split has {len(batches)} batches, 3 needed")
         for b in batches[:2]:  # warm-up
             trainer.train_step([b], b.n_tgt)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -95,9 +98,15 @@ def profile_training(cfg, steps: int) -> dict:
             for b in batches[2:]:
                 trainer.train_step([b], b.n_tgt)
             wall = time.perf_counter() - start
-    parts = split_time(prof, wall)
-    show(f"training, {steps} steps of {t.max_tokens} tokens", parts, wall)
-    return {"steps": steps, "max_tokens": t.max_tokens, "wall_s": wall, "split_s": parts}
+    parts, n, how = split_time(prof, wall), len(batches) - 2, describe(device, t.precision)
+    show(f"training, {n} steps of {t.max_tokens} tokens, {how}", parts, wall)
+    return {
+        "steps": n,
+        "max_tokens": t.max_tokens,
+        "precision": how,
+        "wall_s": wall,
+        "split_s": parts,
+    }
 
 
 def profile_decoding(tr, lines: list[str], beam: int) -> dict:
@@ -126,6 +135,8 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="profile decoding only")
     ap.add_argument("--json", type=Path, help="write every figure here")
     args = ap.parse_args()
+    if args.no_train and not args.checkpoint:
+        ap.error("--no-train needs --checkpoint: there is nothing else to profile")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(Path(args.config), args.sets)

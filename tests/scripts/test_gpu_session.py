@@ -82,8 +82,12 @@ def test_gpu_session_script_prepares_trains_scores_then_benchmarks(repo_root, to
     products = json.loads((out / "int8_matmul.json").read_text())
     assert products["threads"] == 2 and list(products["shapes"]) == ["8x32x48"]
     on_cpu = json.loads((out / "bench_cpu.json").read_text())
-    assert on_cpu["train"]["steps"] == 20 and 0 < on_cpu["train"]["mfu"] < 1
-    assert all(d["sentences"] == 30 for d in on_cpu["decode"].values())
+    assert on_cpu["train"]["device"] == "cpu" and on_cpu["train"]["steps"] == 20
+    assert 0 < on_cpu["train"]["mfu"] < 1
+    # REPEAT rounds of every engine, on the CPU
+    assert all(
+        d["sentences"] == 30 and len(d["seconds_rounds"]) == 1 for d in on_cpu["decode"].values()
+    )
     profiled = json.loads((out / "profile_cpu.json").read_text())
     assert profiled["threads"] == 1 and profiled["training"]["steps"] == 5
     decoded = {k: v["sentences"] for k, v in profiled["decoding"].items()}

@@ -39,6 +39,7 @@ def test_profile_splits_training_and_decoding_time(repo_root, smoke: SmokeRun, t
         assert abs(sum(shares) - 100) < 1.5
     saved = json.loads((tmp_path / "p.json").read_text())
     assert saved["threads"] == 1 and saved["training"]["steps"] == 2
+    assert saved["training"]["precision"] in ("fp32", "bf16 autocast")
     assert list(saved["decoding"]) == ["beam1", "beam2"]
     # the JSON says what the screen did
     for run in [saved["training"], *saved["decoding"].values()]:
@@ -50,4 +51,12 @@ def test_profile_of_decoding_alone(repo_root, smoke: SmokeRun) -> None:
     done = profile(repo_root, smoke, "--no-train", "--limit", "5", "--beam", "1", "--threads", "1")
     assert done.returncode == 0, done.stderr
     titles = re.findall(r"^(\w[^\n:]*)", done.stdout, re.M)
-    assert titles == ["decoding 5 sentences, beam 1, fp32, 1 worker"]
+    assert len(titles) == 1 and re.fullmatch(
+        r"decoding 5 sentences, beam 1, (fp32|bf16), 1 worker", titles[0]
+    )
+    alone = subprocess.run(  # nothing to profile: one line, exit 2
+        [sys.executable, str(repo_root / "scripts" / "profile_steps.py"), "--config",
+         str(smoke.run / "config.yaml"), "--no-train"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert alone.returncode == 2 and "--no-train needs --checkpoint" in alone.stderr
