@@ -9,12 +9,14 @@ import sys
 from conftest import SmokeRun
 
 
-def profile(repo_root, smoke: SmokeRun, *flags: str) -> subprocess.CompletedProcess:
+def profile(
+    repo_root, smoke: SmokeRun, *flags: str, checkpoint: bool = True
+) -> subprocess.CompletedProcess:
     config = smoke.run / "config.yaml"  # the smoke run's own config: its prepared folder
     script = str(repo_root / "scripts" / "profile_steps.py")
-    checkpoint = str(smoke.run / "best.pt")
+    ckpt = ["--checkpoint", str(smoke.run / "best.pt")] if checkpoint else []
     return subprocess.run(
-        [sys.executable, script, "--config", str(config), "--checkpoint", checkpoint, *flags],
+        [sys.executable, script, "--config", str(config), *ckpt, *flags],
         capture_output=True,
         text=True,
         timeout=300,
@@ -54,9 +56,6 @@ def test_profile_of_decoding_alone(repo_root, smoke: SmokeRun) -> None:
     assert len(titles) == 1 and re.fullmatch(
         r"decoding 5 sentences, beam 1, (fp32|bf16), 1 worker", titles[0]
     )
-    alone = subprocess.run(  # nothing to profile: one line, exit 2
-        [sys.executable, str(repo_root / "scripts" / "profile_steps.py"), "--config",
-         str(smoke.run / "config.yaml"), "--no-train"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    # nothing to profile: an error line, exit 2
+    alone = profile(repo_root, smoke, "--no-train", checkpoint=False)
     assert alone.returncode == 2 and "--no-train needs --checkpoint" in alone.stderr
